@@ -1,0 +1,1 @@
+"""recfunnel: a two-stage recommender research codebase."""

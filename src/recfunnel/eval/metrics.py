@@ -1,0 +1,72 @@
+"""Full-corpus ranking metrics exactly as ``../shared/EVALUATION.md`` defines them.
+
+One target per user. With ``g`` candidates scoring strictly above the target and ``t`` others tied
+with it, every rank in ``g+1 … g+t+1`` is equally likely; each metric is its expectation:
+
+- Recall@K = P(rank ≤ K) = clip((K − g) / (t + 1), 0, 1)
+- NDCG@K  = mean over those ranks r ≤ K of 1 / log2(r + 1)  (0 for ranks beyond K)
+- MRR     = mean over those ranks of 1 / r
+
+Everything is vectorised over a (users × items) score matrix in torch; excluded items (the user's
+earlier items) are set to −inf before counting, the target never is.
+"""
+
+from __future__ import annotations
+
+import torch
+
+RECALL_KS = (10, 20, 50, 100)
+NDCG_KS = (10, 20)
+
+
+def target_rank_counts(scores: torch.Tensor, targets: torch.Tensor,
+                       exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Count competitors of each target.
+
+    Args:
+        scores: (B, I) float scores over the whole catalogue.
+        targets: (B,) item index of each row's target.
+        exclude: optional (B, I) bool, True where an item is removed from the candidates.
+            The target is never removed, whatever ``exclude`` says.
+    Returns:
+        greater: (B,) number of candidates scoring strictly above the target.
+        ties: (B,) number of other candidates scoring exactly the same as the target.
+    """
+    rows = torch.arange(scores.shape[0], device=scores.device)
+    target_score = scores[rows, targets].unsqueeze(1)
+    candidates = torch.ones_like(scores, dtype=torch.bool) if exclude is None else ~exclude
+    candidates[rows, targets] = True
+    greater = ((scores > target_score) & candidates).sum(1)
+    ties = ((scores == target_score) & candidates).sum(1) - 1
+    return greater, ties
+
+
+def _prefix(values: torch.Tensor) -> torch.Tensor:
+    """(n+1,) prefix sums with a leading zero, in float64 for exactness on long catalogues."""
+    return torch.cat([values.new_zeros(1), values.cumsum(0)])
+
+
+def metrics_from_counts(greater: torch.Tensor, ties: torch.Tensor, num_items: int,
+                        recall_ks=RECALL_KS, ndcg_ks=NDCG_KS) -> dict[str, torch.Tensor]:
+    """Per-user expected metrics (each a (B,) float64 tensor) from ``target_rank_counts``."""
+    g = greater.to(torch.float64)
+    n = (ties + 1).to(torch.float64)  # number of equally likely ranks
+    ranks = torch.arange(1, num_items + 2, dtype=torch.float64, device=greater.device)
+    dcg = _prefix(1.0 / torch.log2(ranks + 1))  # dcg[m] = sum_{r<=m} 1/log2(r+1)
+    harmonic = _prefix(1.0 / ranks)
+    lo, hi = greater.long(), (greater + ties + 1).long()  # ranks lo+1 .. hi
+    out = {}
+    for k in recall_ks:
+        out[f"recall@{k}"] = ((k - g) / n).clamp(0.0, 1.0)
+    for k in ndcg_ks:
+        top = hi.clamp(max=k)
+        out[f"ndcg@{k}"] = torch.where(top > lo, (dcg[top] - dcg[lo.clamp(max=k)]) / n, torch.zeros_like(g))
+    out["mrr"] = (harmonic[hi] - harmonic[lo]) / n
+    return out
+
+
+def ranking_metrics(scores: torch.Tensor, targets: torch.Tensor, exclude: torch.Tensor | None = None,
+                    recall_ks=RECALL_KS, ndcg_ks=NDCG_KS) -> dict[str, torch.Tensor]:
+    """Per-user metrics for one chunk of users: (B, I) scores → {name: (B,) tensor}."""
+    greater, ties = target_rank_counts(scores, targets, exclude)
+    return metrics_from_counts(greater, ties, scores.shape[1], recall_ks, ndcg_ks)

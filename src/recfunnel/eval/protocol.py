@@ -1,0 +1,86 @@
+"""The evaluation protocol as data: which users, which target, which items to exclude, per split.
+
+``EvalSet.build(data, "test")`` gives every user with a test event, the target item, and a CSR
+list of excluded items (train items for valid; train + valid items for test). ``evaluate`` runs any
+scorer over the full catalogue in user chunks and averages ``metrics.ranking_metrics``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from recfunnel.data.dataset import TEST, TRAIN, VALID, SplitData
+from recfunnel.eval.metrics import ranking_metrics
+
+SPLIT_CODES = {"valid": VALID, "test": TEST}
+
+
+@dataclasses.dataclass
+class EvalSet:
+    """One target per user for one split.
+
+    rows: (U,) event row of each target (index into the interactions table).
+    users: (U,) dense user index; targets: (U,) dense item index.
+    exclude_ptr: (U+1,), exclude_items: (E,) CSR of items removed from each user's candidates.
+    """
+
+    name: str
+    rows: np.ndarray
+    users: np.ndarray
+    targets: np.ndarray
+    exclude_ptr: np.ndarray
+    exclude_items: np.ndarray
+
+    @classmethod
+    def build(cls, data: SplitData, name: str) -> "EvalSet":
+        code = SPLIT_CODES[name]
+        rows = data.rows(code)
+        users = data.user_idx[rows]
+        seen_codes = [TRAIN] if code == VALID else [TRAIN, VALID]
+        seen = np.isin(data.split, seen_codes)
+        # seen items per user as CSR aligned with `users`
+        su, si = data.user_idx[seen], data.item_idx[seen]
+        pairs = np.unique(su * data.num_items + si)
+        su, si = pairs // data.num_items, pairs % data.num_items
+        starts = np.searchsorted(su, users, side="left")
+        ends = np.searchsorted(su, users, side="right")
+        ptr = np.r_[0, np.cumsum(ends - starts)]
+        items = np.concatenate([si[s:e] for s, e in zip(starts, ends)]) if len(users) else np.zeros(0, np.int64)
+        return cls(name, rows, users, data.item_idx[rows], ptr, items)
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def exclusion_mask(self, lo: int, hi: int, num_items: int, device=None) -> torch.Tensor:
+        """(hi-lo, num_items) bool mask of excluded items for users lo..hi-1 of this set."""
+        mask = torch.zeros(hi - lo, num_items, dtype=torch.bool, device=device)
+        counts = np.diff(self.exclude_ptr[lo:hi + 1])
+        r = torch.as_tensor(np.repeat(np.arange(hi - lo), counts), device=device)
+        c = torch.as_tensor(self.exclude_items[self.exclude_ptr[lo]:self.exclude_ptr[hi]], device=device)
+        mask[r, c] = True
+        return mask
+
+
+Scorer = Callable[[np.ndarray], torch.Tensor]
+"""Given ``idx`` (B,) positions into an EvalSet, return (B, num_items) scores for those targets' users."""
+
+
+@torch.no_grad()
+def evaluate(scorer: Scorer, evalset: EvalSet, num_items: int, chunk_size: int = 1024,
+             progress: bool = False) -> dict[str, float]:
+    """Mean metrics of ``scorer`` over ``evalset``, keys like ``recall@10``, ``ndcg@10``, ``mrr``."""
+    sums: dict[str, float] = {}
+    starts = range(0, len(evalset), chunk_size)
+    for lo in tqdm(starts, desc=f"eval {evalset.name}", disable=not progress, leave=False):
+        hi = min(lo + chunk_size, len(evalset))
+        scores = scorer(np.arange(lo, hi))
+        exclude = evalset.exclusion_mask(lo, hi, num_items, device=scores.device)
+        targets = torch.as_tensor(evalset.targets[lo:hi], device=scores.device)
+        for k, v in ranking_metrics(scores.float(), targets, exclude).items():
+            sums[k] = sums.get(k, 0.0) + float(v.sum())
+    return {k: v / max(len(evalset), 1) for k, v in sums.items()}

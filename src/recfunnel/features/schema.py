@@ -1,0 +1,184 @@
+"""Feature schema: one YAML file per dataset (``configs/features/*.yaml``) declares every feature.
+
+Each feature has a ``tower`` (user / item / context), a ``kind`` and a ``source`` the pipeline
+knows how to compute *as of the event's time*:
+
+==============  ==================================================================================
+kind            meaning
+==============  ==================================================================================
+categorical     one id per event (length-1 bag)
+multi_hot       a bag of ids (e.g. an item's genres)
+sequence        an ordered list of ids, oldest first (e.g. the user's history); pooled by the
+                embedding bag, and also available unpooled for sequence encoders
+dense           one float per event, normalised with train-split statistics
+==============  ==================================================================================
+
+Sparse features own an embedding table (``dim``, ``pooling``) or share another feature's table
+(``table: item_id``): shared tables must agree on pooling. Ids are made dense by ``vocab: auto``
+(values seen in the users/items tables, 0 = unknown), by ``buckets`` (numeric edges), by
+``hash_size`` (string hashing), or are already dense indices (``user_id``, ``item_id``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Mapping
+
+from recfunnel.utils.errors import RecfunnelError
+
+TOWERS = ("user", "item", "context")
+KINDS = ("categorical", "multi_hot", "sequence", "dense")
+POOLINGS = ("sum", "mean")
+TRANSFORMS = ("none", "log1p")
+
+# source -> (tower it describes, kinds it can feed)
+SOURCES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "user_id": ("user", ("categorical",)),
+    "user.age": ("user", ("categorical",)),
+    "user.gender": ("user", ("categorical",)),
+    "user.occupation": ("user", ("categorical",)),
+    "user.zip": ("user", ("categorical",)),
+    "user.activity": ("user", ("dense",)),
+    "history.item_id": ("user", ("sequence", "multi_hot")),
+    "history.age": ("user", ("sequence", "multi_hot")),
+    "session.item_id": ("user", ("sequence", "multi_hot")),
+    "session.position": ("context", ("categorical", "dense")),
+    "context.hour": ("context", ("categorical",)),
+    "context.weekday": ("context", ("categorical",)),
+    "social.friend_items": ("user", ("multi_hot", "sequence")),
+    "item_id": ("item", ("categorical",)),
+    "item.genres": ("item", ("multi_hot",)),
+    "item.year": ("item", ("categorical",)),
+    "item.pop_count": ("item", ("dense",)),
+    "item.pop_decayed": ("item", ("dense",)),
+}
+_FIELDS = {"tower", "kind", "source", "dim", "pooling", "table", "vocab", "buckets", "hash_size",
+           "max_len", "prefix", "transform"}
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureSpec:
+    name: str
+    tower: str
+    kind: str
+    source: str
+    dim: int = 16
+    pooling: str = "mean"
+    table: str | None = None  # name of the feature whose table this one shares
+    vocab: str | int | None = None  # "auto", or a fixed size for already-dense ids
+    buckets: tuple[float, ...] | None = None
+    hash_size: int | None = None
+    max_len: int = 50
+    prefix: int | None = None  # keep the first `prefix` characters of a string value (zip codes)
+    transform: str = "none"
+
+    @property
+    def is_sparse(self) -> bool:
+        return self.kind != "dense"
+
+    @property
+    def table_name(self) -> str:
+        return self.table or self.name
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureSchema:
+    """Ordered features plus the pipeline's global settings (history length, session gap, decay)."""
+
+    name: str
+    features: tuple[FeatureSpec, ...]
+    session_gap_s: int = 1800
+    popularity_half_life_days: float = 30.0
+    friend_items_per_friend: int = 2
+
+    def tower(self, tower: str, kind: str | None = None) -> list[FeatureSpec]:
+        """Features of one tower (optionally one kind: 'sparse' / 'dense' / a KINDS value), in order."""
+        out = [f for f in self.features if f.tower == tower]
+        if kind == "sparse":
+            return [f for f in out if f.is_sparse]
+        if kind is not None:
+            return [f for f in out if f.kind == kind]
+        return out
+
+    def __getitem__(self, name: str) -> FeatureSpec:
+        for f in self.features:
+            if f.name == name:
+                return f
+        raise KeyError(name)
+
+    @property
+    def names(self) -> list[str]:
+        return [f.name for f in self.features]
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any], where: str = "features") -> "FeatureSchema":
+        """Validate a schema mapping (a Hydra node or parsed YAML); ``where`` names it in errors."""
+        cfg = dict(cfg)
+        feats_cfg = cfg.pop("features", None)
+        if not feats_cfg:
+            raise RecfunnelError(f"{where}: no 'features' mapping; declare at least one feature")
+        known_top = {"name", "session_gap_s", "popularity_half_life_days", "friend_items_per_friend"}
+        unknown = set(cfg) - known_top
+        if unknown:
+            raise RecfunnelError(f"{where}: unknown key(s) {sorted(unknown)}; valid keys: {sorted(known_top | {'features'})}")
+        specs = [_parse_feature(name, dict(fc), where) for name, fc in dict(feats_cfg).items()]
+        schema = cls(name=str(cfg.get("name", "schema")), features=tuple(specs),
+                     **{k: cfg[k] for k in known_top - {"name"} if k in cfg})
+        _check_tables(schema, where)
+        return schema
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "FeatureSchema":
+        import yaml
+
+        path = Path(path)
+        if not path.is_file():
+            raise RecfunnelError(f"feature schema {path} does not exist")
+        return cls.from_config(yaml.safe_load(path.read_text()), where=str(path))
+
+
+def _choice(where: str, key: str, value: Any, valid: tuple[str, ...] | list[str]) -> None:
+    if value not in valid:
+        raise RecfunnelError(f"{where}: {key}={value!r} is not valid; choose one of: {', '.join(valid)}")
+
+
+def _parse_feature(name: str, fc: dict[str, Any], where: str) -> FeatureSpec:
+    at = f"{where}: feature '{name}'"
+    unknown = set(fc) - _FIELDS
+    if unknown:
+        raise RecfunnelError(f"{at}: unknown key(s) {sorted(unknown)}; valid keys: {', '.join(sorted(_FIELDS))}")
+    for key in ("tower", "kind", "source"):
+        if key not in fc:
+            raise RecfunnelError(f"{at}: missing '{key}'")
+    _choice(at, "kind", fc["kind"], KINDS)
+    _choice(at, "tower", fc["tower"], TOWERS)
+    _choice(at, "source", fc["source"], sorted(SOURCES))
+    _, kinds = SOURCES[fc["source"]]
+    _choice(at, f"kind (for source {fc['source']})", fc["kind"], kinds)
+    _choice(at, "pooling", fc.get("pooling", "mean"), POOLINGS)
+    _choice(at, "transform", fc.get("transform", "none"), TRANSFORMS)
+    if "buckets" in fc:
+        fc["buckets"] = tuple(float(b) for b in fc["buckets"])
+        if list(fc["buckets"]) != sorted(fc["buckets"]):
+            raise RecfunnelError(f"{at}: buckets must be increasing, got {list(fc['buckets'])}")
+    for key in ("dim", "max_len", "hash_size", "prefix"):
+        if key in fc and (not isinstance(fc[key], int) or fc[key] <= 0):
+            raise RecfunnelError(f"{at}: {key} must be a positive integer, got {fc[key]!r}")
+    return FeatureSpec(name=name, **fc)
+
+
+def _check_tables(schema: FeatureSchema, where: str) -> None:
+    for f in schema.features:
+        if f.table is None:
+            continue
+        try:
+            owner = schema[f.table]
+        except KeyError:
+            raise RecfunnelError(f"{where}: feature '{f.name}' shares table '{f.table}', which is not a feature; "
+                                 f"choose one of: {', '.join(x.name for x in schema.features if x.is_sparse)}") from None
+        if owner.table is not None or not owner.is_sparse:
+            raise RecfunnelError(f"{where}: feature '{f.name}' must share the table of a sparse feature that owns one")
+        if owner.pooling != f.pooling:
+            raise RecfunnelError(f"{where}: features '{owner.name}' and '{f.name}' share a table but pool "
+                                 f"differently ({owner.pooling} vs {f.pooling}); set the same pooling on both")
