@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
@@ -31,9 +32,11 @@ class TowerInput:
         return TowerInput(self.sparse.pin_memory(), self.dense.pin_memory())
 
 
-def make_kjt(keys: list[str], values: list[torch.Tensor], lengths: list[torch.Tensor]) -> KeyedJaggedTensor:
-    """KJT from per-key values (int64) and lengths (int32, each of length B)."""
+def make_kjt(keys: list[str], values: list[np.ndarray], lengths: list[np.ndarray]) -> KeyedJaggedTensor:
+    """KJT from per-key values (ids) and lengths (each of length B), given as numpy arrays."""
     if not keys:
         return KeyedJaggedTensor.empty(values_dtype=torch.int64, lengths_dtype=torch.int32)
-    return KeyedJaggedTensor.from_lengths_sync(
-        keys=keys, values=torch.cat(values).long(), lengths=torch.cat(lengths).int())
+    return KeyedJaggedTensor(
+        keys=keys,
+        values=torch.from_numpy(np.concatenate(values).astype(np.int64, copy=False)),
+        lengths=torch.from_numpy(np.concatenate(lengths).astype(np.int32, copy=False)))

@@ -1,0 +1,393 @@
+"""Synthetic interaction logs with planted, recoverable structure, from 1k to 10M+ events.
+
+``generate_synthetic`` returns canonical ``Tables`` (see ``tables.py``) whose structure is known:
+
+- **Taste clusters.** Every user and item belongs to one of ``num_clusters`` clusters (users
+  uniformly at random, items in equal shares). Each event picks an item from the user's own cluster
+  with probability ``OWN_CLUSTER_SHARE`` and from global popularity otherwise. The ground truth is
+  kept as an extra ``cluster`` column on ``users`` and ``items``: it is the answer key, not a feature.
+- **Popularity.** Items get popularity ranks from a random permutation and weight
+  ``rank ** -zipf_exponent``; own-cluster and global draws are both proportional to that weight.
+- **Side information tied to the cluster.** Users: age (int 18-70) around a cluster mean, gender
+  'M'/'F' with a cluster-specific share, one of ``OCCUPATIONS`` from a cluster-specific
+  distribution, a 5-digit zip whose first two digits are the cluster's home region for most users.
+  Items: 1-3 of ``GENRES`` drawn from a cluster-specific distribution, a year (whole numbers
+  1950-2020, float64 like the MovieLens reader) around a cluster era, and the title ``"item <id>"``.
+- **Activity.** Every user has at least ``MIN_EVENTS`` events; the rest are spread by lognormal
+  user weights (capped at half the catalogue per user), so the total is exactly ``num_interactions``.
+  Each (user, item) pair occurs at most once, like ratings: the evaluation protocol excludes seen
+  items, so a repeated item could never be hit.
+- **Sessions.** A user's events come in sessions of geometric length (mean ``mean_session_length``):
+  gaps inside a session are 1 s to 30 min (median 1 min), gaps between sessions are 1 h plus a
+  lognormal with a median of one day. Each user's timeline starts at a random time so that it ends
+  before 2021-01-01; ``ts`` is int64 unix seconds in [2015-01-01, 2021-01-01). The interactions table
+  is in global time order, like a log (ties keep user order).
+- **Ratings.** float32 whole stars 1-5, about one star higher for items in the user's own cluster,
+  plus a hidden per-item quality and noise.
+- **Social graph.** Each user proposes Poisson(``friends_per_user / 2``) friendships, a fraction
+  ``friend_same_cluster`` of them with a uniformly drawn member of their own cluster and the rest with
+  a member of another cluster; self-pairs and repeats are dropped. ``edges`` stores every friendship
+  in both directions (``src -> dst`` and ``dst -> src``), sorted by (src, dst), so a user's friends are
+  the rows with ``src == user`` and the mean number of friends is about ``friends_per_user``.
+
+Ids are 0-based and equal to the dense index (``user_id`` 0..num_users-1, ``item_id`` 0..num_items-1).
+
+Determinism and scale: the same arguments give identical tables. The catalogue, users and activity
+come from one stream; the events of each block of ``BLOCK_USERS`` consecutive users from that block's
+own stream; the graph from a third stream. Events are generated a chunk of whole blocks at a time
+(about ``chunk_size`` events), so memory stays O(num_interactions + chunk_size) and the tables do not
+depend on ``chunk_size``; changing the graph arguments leaves the other tables unchanged.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from recfunnel.data.tables import Tables
+from recfunnel.utils.errors import RecfunnelError
+
+GENRES = ["Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
+          "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War",
+          "Western"]
+OCCUPATIONS = ["administrator", "artist", "doctor", "educator", "engineer", "entertainment", "executive",
+               "healthcare", "homemaker", "lawyer", "librarian", "marketing", "none", "other", "programmer",
+               "retired", "salesman", "scientist", "student", "technician", "writer"]
+
+OWN_CLUSTER_SHARE = 0.75  # probability that an event's item is drawn from the user's cluster
+MIN_EVENTS = 3  # every user has at least this many events (leave-one-out needs 3)
+ACTIVITY_SIGMA = 1.0  # sigma of the lognormal user activity weights
+BLOCK_USERS = 512  # users per random stream; chunks are whole blocks, so chunk_size changes nothing
+POPULAR_ROUNDS = 16  # redraws of a repeated item from the taste distribution before drawing uniformly
+HOME_REGION_SHARE = 0.7  # users whose zip starts with their cluster's home region
+GENRE_COUNT_PROBS = [0.45, 0.35, 0.2]  # P(1, 2, 3 genre draws); repeated draws merge
+
+T_START = 1_420_070_400  # 2015-01-01 00:00:00 UTC
+T_END = 1_609_459_200  # 2021-01-01 00:00:00 UTC
+IN_SESSION_MEDIAN_S = 60.0
+IN_SESSION_MAX_S = 1799
+BETWEEN_SESSION_MIN_S = 3600
+BETWEEN_SESSION_MEDIAN_S = 86_400.0
+
+
+def generate_synthetic(num_users: int, num_items: int, num_interactions: int, *, seed: int = 0,
+                       num_clusters: int = 8, zipf_exponent: float = 1.1, mean_session_length: float = 8.0,
+                       friends_per_user: int = 10, friend_same_cluster: float = 0.8,
+                       chunk_size: int = 1_000_000, progress: bool = False) -> Tables:
+    """Canonical tables with the planted structure of the module docstring.
+
+    Returns ``Tables`` with
+    interactions (num_interactions rows): user_id int64, item_id int64, ts int64, rating float32;
+    users (num_users rows): user_id, age int64, gender, occupation, zip (str), cluster int64;
+    items (num_items rows): item_id, title (str), year float64, genres (list[str]), cluster int64;
+    edges (2 x friendships rows): src int64, dst int64, both directions of every friendship.
+
+    Raises ``RecfunnelError`` for arguments that cannot give such tables (non-positive sizes, fewer
+    than ``MIN_EVENTS`` events per user, more than half the catalogue per user, ...).
+    """
+    _check_args(num_users, num_items, num_interactions, seed, num_clusters, zipf_exponent,
+                mean_session_length, friends_per_user, friend_same_cluster, chunk_size)
+    static_seed, events_seed, graph_seed = np.random.SeedSequence(seed).spawn(3)
+    rng = np.random.default_rng(static_seed)
+    users, user_cluster = _users(rng, num_users, num_clusters)
+    items, item_cluster = _items(rng, num_items, num_clusters)
+    popularity = rng.permutation(num_items).astype(np.float64) + 1.0
+    sampler = _ItemSampler(popularity ** -zipf_exponent, item_cluster, num_clusters)
+    item_quality = rng.normal(0.0, 0.4, num_items)
+    counts = _activity(rng, num_users, num_interactions, _max_events_per_user(num_items))
+
+    block_starts = np.arange(0, num_users, BLOCK_USERS)
+    block_seeds = events_seed.spawn(len(block_starts))
+    bounds = _chunk_bounds(np.add.reduceat(counts, block_starts), chunk_size)
+    event_end = np.cumsum(counts)
+    item = np.empty(num_interactions, np.int64)
+    ts = np.empty(num_interactions, np.int64)
+    rating = np.empty(num_interactions, np.float32)
+    for b_lo, b_hi in tqdm(list(zip(bounds[:-1], bounds[1:])), desc="synthetic events", unit="chunk",
+                           disable=not progress):
+        u_lo, u_hi = b_lo * BLOCK_USERS, min(b_hi * BLOCK_USERS, num_users)
+        e_lo, e_hi = event_end[u_lo] - counts[u_lo], event_end[u_hi - 1]
+        rngs = [np.random.default_rng(s) for s in block_seeds[b_lo:b_hi]]
+        item[e_lo:e_hi], ts[e_lo:e_hi], rating[e_lo:e_hi] = _chunk_events(
+            rngs, counts[u_lo:u_hi], user_cluster[u_lo:u_hi], sampler, item_cluster, item_quality,
+            mean_session_length)
+
+    columns = {"user_id": np.repeat(np.arange(num_users, dtype=np.int64), counts),
+               "item_id": item, "ts": ts, "rating": rating}
+    del item, ts, rating
+    order = np.argsort(columns["ts"], kind="stable")
+    for name in columns:  # one column at a time: peak memory is the table plus one column
+        columns[name] = columns[name][order]
+    del order
+    interactions = pd.DataFrame(columns, copy=False)
+    edges = _edges(np.random.default_rng(graph_seed), user_cluster, friends_per_user, friend_same_cluster)
+    return Tables(interactions=interactions, users=users, items=items, edges=edges)
+
+
+def _check_args(num_users, num_items, num_interactions, seed, num_clusters, zipf_exponent,
+                mean_session_length, friends_per_user, friend_same_cluster, chunk_size) -> None:
+    def integer(name: str, value, low: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+            raise RecfunnelError(f"{name} must be an integer >= {low}, got {value!r}")
+
+    def real(name: str, value, low: float, high: float = np.inf) -> None:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not low <= value <= high:
+            raise RecfunnelError(f"{name} must be a number in [{low}, {high}], got {value!r}")
+
+    for name, value in (("num_users", num_users), ("num_items", num_items),
+                        ("num_interactions", num_interactions), ("num_clusters", num_clusters),
+                        ("chunk_size", chunk_size)):
+        integer(name, value, 1)
+    integer("seed", seed, 0)
+    integer("friends_per_user", friends_per_user, 0)
+    real("zipf_exponent", zipf_exponent, 0.0, 10.0)
+    real("mean_session_length", mean_session_length, 1.0)
+    real("friend_same_cluster", friend_same_cluster, 0.0, 1.0)
+    if num_items < MIN_EVENTS:
+        raise RecfunnelError(f"num_items={num_items} is too small: every user needs {MIN_EVENTS} distinct items")
+    if num_clusters > num_items:
+        raise RecfunnelError(f"num_clusters={num_clusters} exceeds num_items={num_items}: "
+                             "every cluster needs at least one item")
+    if num_interactions < MIN_EVENTS * num_users:
+        raise RecfunnelError(
+            f"num_interactions={num_interactions} is below {MIN_EVENTS} per user "
+            f"({MIN_EVENTS * num_users} for num_users={num_users}); leave-one-out needs {MIN_EVENTS} events "
+            "per user: raise num_interactions or lower num_users")
+    most = num_users * _max_events_per_user(num_items)
+    if num_interactions > most:
+        raise RecfunnelError(
+            f"num_interactions={num_interactions} is too dense for num_users={num_users} and "
+            f"num_items={num_items}: a user rates at most half the catalogue, so at most {most} events")
+
+
+def _max_events_per_user(num_items: int) -> int:
+    return max(MIN_EVENTS, num_items // 2)
+
+
+def _users(rng: np.random.Generator, num_users: int, num_clusters: int) -> tuple[pd.DataFrame, np.ndarray]:
+    """Users table and (num_users,) cluster of each user; demographics depend on the cluster."""
+    cluster = rng.integers(num_clusters, size=num_users)
+    age_center = rng.uniform(22.0, 55.0, num_clusters)
+    male_share = rng.uniform(0.15, 0.85, num_clusters)
+    occupation_probs = rng.dirichlet(np.full(len(OCCUPATIONS), 0.3), num_clusters)  # (K, 21)
+    home_region = rng.integers(100, size=num_clusters)
+
+    age = np.clip(np.rint(rng.normal(age_center[cluster], 8.0)), 18, 70).astype(np.int64)
+    gender = np.where(rng.random(num_users) < male_share[cluster], "M", "F")
+    occupation = np.array(OCCUPATIONS)[_categorical(rng, occupation_probs, cluster)]
+    at_home = rng.random(num_users) < HOME_REGION_SHARE
+    region = np.where(at_home, home_region[cluster], rng.integers(100, size=num_users))
+    zip_code = _digits(region * 1000 + rng.integers(1000, size=num_users), 5)
+    users = pd.DataFrame({"user_id": np.arange(num_users, dtype=np.int64), "age": age, "gender": gender,
+                          "occupation": occupation, "zip": zip_code, "cluster": cluster})
+    return users, cluster
+
+
+def _items(rng: np.random.Generator, num_items: int, num_clusters: int) -> tuple[pd.DataFrame, np.ndarray]:
+    """Items table and (num_items,) cluster of each item (equal shares); genres and year follow it."""
+    cluster = rng.permutation(np.arange(num_items) % num_clusters)
+    era = rng.uniform(1965.0, 2012.0, num_clusters)
+    concentrated = rng.dirichlet(np.full(len(GENRES), 0.3), num_clusters)
+    genre_probs = 0.85 * concentrated + 0.15 / len(GENRES)  # (K, 18): every genre stays possible
+
+    year = np.clip(np.rint(rng.normal(era[cluster], 8.0)), 1950, 2020)
+    draws = np.stack([_categorical(rng, genre_probs, cluster) for _ in GENRE_COUNT_PROBS], axis=1)  # (I, 3)
+    num_draws = rng.choice(np.arange(1, len(GENRE_COUNT_PROBS) + 1), size=num_items, p=GENRE_COUNT_PROBS)
+    keep = np.arange(draws.shape[1]) < num_draws[:, None]
+    keep[:, 1] &= draws[:, 1] != draws[:, 0]
+    keep[:, 2] &= (draws[:, 2] != draws[:, 0]) & (draws[:, 2] != draws[:, 1])
+    names = np.array(GENRES, dtype=object)[draws].tolist()
+    genres = [[g for g, k in zip(row, row_keep) if k] for row, row_keep in zip(names, keep.tolist())]
+    items = pd.DataFrame({"item_id": np.arange(num_items, dtype=np.int64),
+                          "title": [f"item {i}" for i in range(num_items)],
+                          "year": year, "genres": genres, "cluster": cluster})
+    return items, cluster
+
+
+def _categorical(rng: np.random.Generator, probs: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """(n,) draws: entry j is a column index drawn from the distribution ``probs[rows[j]]`` (R, C)."""
+    num_rows, num_cols = probs.shape
+    cdf = np.cumsum(probs, axis=1)
+    cdf /= cdf[:, -1:]
+    flat = (cdf + np.arange(num_rows)[:, None]).ravel()  # row r's cdf shifted into (r, r + 1]
+    flat[num_cols - 1::num_cols] = np.arange(1, num_rows + 1)
+    pos = np.searchsorted(flat, rows + rng.random(len(rows)), side="right") - rows * num_cols
+    return np.clip(pos, 0, num_cols - 1)
+
+
+def _digits(values: np.ndarray, width: int) -> np.ndarray:
+    """(n,) zero-padded decimal strings of non-negative ints below 10**width."""
+    powers = 10 ** np.arange(width - 1, -1, -1)
+    chars = (values[:, None] // powers % 10 + ord("0")).astype(np.uint8)  # (n, width)
+    return chars.view(f"S{width}").ravel().astype(f"U{width}")
+
+
+def _activity(rng: np.random.Generator, num_users: int, total: int, cap: int) -> np.ndarray:
+    """(num_users,) events per user: >= MIN_EVENTS, <= cap, lognormal-skewed, summing to ``total``."""
+    weight = rng.lognormal(0.0, ACTIVITY_SIGMA, num_users)
+    counts = MIN_EVENTS + rng.multinomial(total - MIN_EVENTS * num_users, weight / weight.sum())
+    while (excess := int(np.maximum(counts - cap, 0).sum())) > 0:
+        counts = np.minimum(counts, cap)
+        room = np.where(counts < cap, weight, 0.0)
+        counts += rng.multinomial(excess, room / room.sum())
+    return counts
+
+
+def _chunk_bounds(block_events: np.ndarray, chunk_size: int) -> list[int]:
+    """Block boundaries of chunks: consecutive blocks up to ``chunk_size`` events (at least one block)."""
+    bounds, total = [0], 0
+    for b, n in enumerate(block_events.tolist()):
+        if total and total + n > chunk_size:
+            bounds.append(b)
+            total = 0
+        total += n
+    bounds.append(len(block_events))
+    return bounds
+
+
+class _ItemSampler:
+    """Maps uniforms to items: own cluster with probability OWN_CLUSTER_SHARE, else the whole catalogue.
+
+    Both draws are proportional to ``weight`` (num_items,). The per-cluster distributions are stored
+    as one array of CDFs, cluster c's shifted into (c, c + 1], so one searchsorted serves all clusters.
+    """
+
+    def __init__(self, weight: np.ndarray, item_cluster: np.ndarray, num_clusters: int):
+        self.global_cdf = np.cumsum(weight) / weight.sum()
+        self.global_cdf[-1] = 1.0
+        self.by_cluster = np.argsort(item_cluster, kind="stable")  # (I,) items grouped by cluster
+        sorted_cluster = item_cluster[self.by_cluster]
+        self.start = np.searchsorted(sorted_cluster, np.arange(num_clusters + 1))  # (K + 1,)
+        w = weight[self.by_cluster]
+        totals = np.add.reduceat(w, self.start[:-1])
+        before = np.cumsum(totals) - totals
+        self.cluster_cdf = sorted_cluster + (np.cumsum(w) - before[sorted_cluster]) / totals[sorted_cluster]
+        self.cluster_cdf[self.start[1:] - 1] = np.arange(1, num_clusters + 1)
+
+    def draw(self, cluster: np.ndarray, u_own: np.ndarray, u_pick: np.ndarray) -> np.ndarray:
+        """(n,) items for events of users in ``cluster`` (n,), from uniforms ``u_own``, ``u_pick`` (n,)."""
+        own = u_own < OWN_CLUSTER_SHARE
+        out = np.empty(len(cluster), np.int64)
+        pos = np.searchsorted(self.global_cdf, u_pick[~own], side="right")
+        out[~own] = np.minimum(pos, len(self.global_cdf) - 1)
+        c = cluster[own]
+        pos = np.searchsorted(self.cluster_cdf, c + u_pick[own], side="right")
+        out[own] = self.by_cluster[np.minimum(pos, self.start[c + 1] - 1)]  # pos >= start[c] already
+        return out
+
+
+def _draw(rngs: list[np.random.Generator], counts: np.ndarray,
+          fn: Callable[[np.random.Generator, int], np.ndarray]) -> np.ndarray:
+    """Concatenation of ``fn(rngs[b], counts[b])``: block b's values always come from block b's stream."""
+    return np.concatenate([fn(rng, n) for rng, n in zip(rngs, counts.tolist())])
+
+
+def _chunk_events(rngs: list[np.random.Generator], counts: np.ndarray, user_cluster: np.ndarray,
+                  sampler: _ItemSampler, item_cluster: np.ndarray, item_quality: np.ndarray,
+                  mean_session_length: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Events of one chunk of users (whole blocks; ``rngs`` has one generator per block).
+
+    counts, user_cluster: (n_users,). Returns item (E,) int64, ts (E,) int64, rating (E,) float32 with
+    E = counts.sum(), grouped by user in chunk order and in time order within each user.
+    """
+    n_users = len(counts)
+    local = np.repeat(np.arange(n_users), counts)  # (E,) user index within the chunk
+    starts = np.cumsum(counts) - counts  # (n_users,) first event of each user
+    block_users = np.bincount(np.arange(n_users) // BLOCK_USERS)
+    block_events = np.add.reduceat(counts, np.arange(0, n_users, BLOCK_USERS))
+    uniform = _draw(rngs, block_events, lambda r, n: r.random((n, 4)))  # own, pick, shuffle, new session
+    normal = _draw(rngs, block_events, lambda r, n: r.standard_normal((n, 2)))  # gap, rating
+    u_start = _draw(rngs, block_users, lambda r, n: r.random(n))
+    cluster = user_cluster[local]
+
+    item = sampler.draw(cluster, uniform[:, 0], uniform[:, 1])
+    _redraw_repeats(item, local, cluster, sampler, rngs)
+    # Redrawn slots sit late in a user's sequence; shuffling within users removes that position bias.
+    shuffle_key = (local << 32) | (uniform[:, 2] * 2.0 ** 32).astype(np.int64)
+    item = item[np.argsort(shuffle_key, kind="stable")]
+
+    in_session = np.minimum(np.rint(np.exp(np.log(IN_SESSION_MEDIAN_S) + normal[:, 0])), IN_SESSION_MAX_S)
+    between = BETWEEN_SESSION_MIN_S + np.rint(np.exp(np.log(BETWEEN_SESSION_MEDIAN_S) + 1.2 * normal[:, 0]))
+    gap = np.where(uniform[:, 3] < 1.0 / mean_session_length, between, np.maximum(in_session, 1.0))
+    gap[starts] = 0.0
+    offset = np.cumsum(gap)
+    offset -= np.repeat(offset[starts], counts)
+    span = offset[starts + counts - 1]  # (n_users,) seconds from first to last event
+    window = T_END - 1 - T_START
+    shrink = np.minimum(1.0, window / np.maximum(span, 1.0))  # only for timelines longer than the window
+    offset = np.floor(offset * np.repeat(shrink, counts))
+    first = T_START + np.floor(u_start * (window - np.minimum(span, window)))
+    ts = (np.repeat(first, counts) + offset).astype(np.int64)
+
+    own = item_cluster[item] == cluster
+    stars = 2.9 + 1.1 * own + item_quality[item] + 0.9 * normal[:, 1]
+    rating = np.clip(np.rint(stars), 1, 5).astype(np.float32)
+    return item, ts, rating
+
+
+def _redraw_repeats(item: np.ndarray, local: np.ndarray, cluster: np.ndarray, sampler: _ItemSampler,
+                    rngs: list[np.random.Generator]) -> None:
+    """Redraw, in place, every event whose item repeats an earlier one of the same user.
+
+    item, local, cluster: (E,). The first POPULAR_ROUNDS redraws use the taste distribution, later
+    ones the uniform distribution (a user holds at most half the catalogue, so they finish quickly).
+    """
+    num_items = len(sampler.global_cdf)
+    key = local * num_items + item
+    order = np.argsort(key, kind="stable")
+    sorted_key = key[order]
+    repeat = np.r_[False, sorted_key[1:] == sorted_key[:-1]]
+    taken = sorted_key[~repeat]  # sorted distinct (user, item) keys of the first draw
+    added = np.empty(0, np.int64)  # sorted keys accepted by redraws (kept apart: merging is then cheap)
+    pending = np.sort(order[repeat])  # slots to redraw, in slot order, hence block order
+    rounds = 0
+    while pending.size:
+        counts = np.bincount(local[pending] // BLOCK_USERS, minlength=len(rngs))
+        u = _draw(rngs, counts, lambda r, n: r.random((n, 2)))
+        if rounds < POPULAR_ROUNDS:
+            new = sampler.draw(cluster[pending], u[:, 0], u[:, 1])
+        else:
+            new = np.minimum((u[:, 1] * num_items).astype(np.int64), num_items - 1)
+        new_key = local[pending] * num_items + new
+        fresh = np.flatnonzero(~_contains(taken, new_key) & ~_contains(added, new_key))
+        accepted_key, first = np.unique(new_key[fresh], return_index=True)
+        accepted = fresh[first]
+        item[pending[accepted]] = new[accepted]
+        added = np.sort(np.concatenate([added, accepted_key]), kind="stable")  # merge of two sorted runs
+        pending = np.delete(pending, accepted)
+        rounds += 1
+
+
+def _contains(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """(n,) whether each of ``keys`` (n,) is in the sorted array ``sorted_keys``."""
+    if not len(sorted_keys):
+        return np.zeros(len(keys), bool)
+    pos = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
+    return sorted_keys[pos] == keys
+
+
+def _edges(rng: np.random.Generator, cluster: np.ndarray, friends_per_user: int,
+           same_share: float) -> pd.DataFrame:
+    """Friendships in both directions, sorted by (src, dst); about ``friends_per_user`` per user."""
+    num_users = len(cluster)
+    by_cluster = np.argsort(cluster, kind="stable")
+    cluster_size = np.bincount(cluster)
+    cluster_start = np.cumsum(cluster_size) - cluster_size
+    src = np.repeat(np.arange(num_users), rng.poisson(friends_per_user / 2, num_users))
+    u = rng.random((2, len(src)))
+    size, start = cluster_size[cluster[src]], cluster_start[cluster[src]]
+    same = (u[0] < same_share) | (size == num_users)
+    pool = np.where(same, size, num_users - size)  # candidates: own cluster, or all the others
+    r = np.minimum((u[1] * pool).astype(np.int64), pool - 1)
+    pos = np.where(same, start + r, np.where(r < start, r, r + size))  # "others" skip the own segment
+    dst = by_cluster[pos]
+    keep = src != dst
+    lo, hi = np.minimum(src, dst)[keep], np.maximum(src, dst)[keep]
+    pair = np.unique(lo * num_users + hi)
+    lo, hi = pair // num_users, pair % num_users
+    both = np.sort(np.concatenate([lo * num_users + hi, hi * num_users + lo]))
+    return pd.DataFrame({"src": both // num_users, "dst": both % num_users})

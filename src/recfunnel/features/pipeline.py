@@ -1,0 +1,325 @@
+"""As-of-time feature pipeline: for any event, every schema feature from strictly earlier data.
+
+``FeaturePipeline(schema, data)`` precomputes O(N) per-event scalars once (timeline positions,
+session starts, popularity as of each event); ``query(rows)`` and ``items(item_idx, ts)`` then build
+a batch's ``TowerInput``s with vectorised numpy, so history and session bags are never materialised
+for the whole dataset.
+
+What "as of" means here (see ``../shared/EVALUATION.md``):
+- the user's own history and session: the user's events strictly before this one in protocol order
+  (ts, then source position) — any split, since earlier validation events are known at test time;
+- item popularity, and the friends' recent items: *train-split* events with a timestamp strictly
+  earlier than the event's, so no other user's validation or test event ever leaks in;
+- static attributes (demographics, genres, year) are known at all times.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import torch
+
+from recfunnel.data.dataset import SplitData
+from recfunnel.features.batch import TowerInput, make_kjt
+from recfunnel.features.schema import FeatureSchema, FeatureSpec
+from recfunnel.utils.errors import RecfunnelError
+
+# Sources whose ids are dense item indices: features of these may share the item-id table.
+ITEM_SPACE = {"item_id", "history.item_id", "session.item_id", "social.friend_items"}
+NUMERIC_SOURCES = {"user.age", "item.year", "session.position", "history.age"}
+FIXED_VOCAB = {"context.hour": 24, "context.weekday": 7}
+
+
+def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Concatenation of ``arange(s, e)`` for each pair: (sum(e - s),) int64."""
+    lengths = ends - starts
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    offsets = np.repeat(starts - np.r_[0, np.cumsum(lengths)[:-1]], lengths)
+    return offsets + np.arange(total, dtype=np.int64)
+
+
+def _segments(keys: np.ndarray, size: int) -> np.ndarray:
+    """(size+1,) CSR pointer of sorted non-negative integer ``keys``."""
+    return np.searchsorted(keys, np.arange(size + 1), side="left").astype(np.int64)
+
+
+class _Categorical:
+    """Maps raw values of one categorical source to embedding rows (0 = missing / unknown)."""
+
+    def __init__(self, spec: FeatureSpec, raw: np.ndarray | None, where: str):
+        self.spec = spec
+        if spec.source in ("user_id", "item_id") or spec.source in ITEM_SPACE:
+            self.mode, self.size = "dense", None  # set by the pipeline (num_users / num_items)
+        elif spec.source in FIXED_VOCAB:
+            self.mode, self.size = "fixed", FIXED_VOCAB[spec.source]
+        elif spec.buckets is not None:
+            self.mode, self.size = "buckets", len(spec.buckets) + 2
+            self.edges = np.asarray(spec.buckets, dtype=np.float64)
+        elif spec.source in NUMERIC_SOURCES:
+            raise RecfunnelError(f"{where}: feature '{spec.name}' reads numeric source {spec.source}; "
+                                 "give it 'buckets: [edges...]' (or make it kind: dense where allowed)")
+        elif spec.hash_size is not None:
+            self.mode, self.size = "hash", spec.hash_size
+        else:
+            self.mode = "vocab"
+            vocab = sorted({self._clean(v) for v in raw})
+            self.lookup = {v: i + 1 for i, v in enumerate(vocab)}
+            self.size = len(vocab) + 1
+
+    def _clean(self, v) -> str:
+        v = str(v)
+        return v[: self.spec.prefix] if self.spec.prefix else v
+
+    def encode(self, raw: np.ndarray) -> np.ndarray:
+        """(n,) raw values → (n,) int64 rows in [0, size)."""
+        if self.mode in ("dense", "fixed"):
+            return raw.astype(np.int64)
+        if self.mode == "buckets":
+            raw = raw.astype(np.float64)
+            return np.where(np.isnan(raw), 0, 1 + np.digitize(raw, self.edges)).astype(np.int64)
+        if self.mode == "hash":
+            return np.array([zlib.crc32(self._clean(v).encode()) % self.size for v in raw], dtype=np.int64)
+        return np.array([self.lookup.get(self._clean(v), 0) for v in raw], dtype=np.int64)
+
+
+class FeaturePipeline:
+    """Builds the towers' inputs for events (query side) and for (item, time) pairs (item side).
+
+    Args:
+        schema: the validated feature schema.
+        data: events with dense indices and the protocol split.
+        where: name of the schema's source (a file or config path) for error messages.
+    """
+
+    def __init__(self, schema: FeatureSchema, data: SplitData, where: str = "features"):
+        self.schema, self.where = schema, where
+        self.num_users, self.num_items = data.num_users, data.num_items
+        users, items = data.tables.users, data.tables.items
+        self.user_idx, self.item_idx, self.ts = data.user_idx, data.item_idx, data.ts
+        self.split = data.split
+        n = len(self.ts)
+
+        # --- the user's own timeline (protocol order) -------------------------------------------
+        self.order = data.order
+        tl_user = self.user_idx[self.order]
+        self.timeline_ptr = _segments(tl_user, self.num_users)  # (U+1,)
+        pos_sorted = np.arange(n) - self.timeline_ptr[tl_user]
+        self.timeline_pos = np.empty(n, dtype=np.int64)  # position of each row in its user's timeline
+        self.timeline_pos[self.order] = pos_sorted
+        ts_sorted = self.ts[self.order]
+        new_session = np.r_[True, (tl_user[1:] != tl_user[:-1]) | (np.diff(ts_sorted) > schema.session_gap_s)]
+        session_start_sorted = np.maximum.accumulate(np.where(new_session, np.arange(n), 0))
+        self.session_start = np.empty(n, dtype=np.int64)  # index into `order` where the row's session starts
+        self.session_start[self.order] = session_start_sorted
+
+        # --- train-split events per item and per user, sorted by time ----------------------------
+        train = np.flatnonzero(self.split == 0)
+        self.t0 = int(self.ts.min()) if n else 0
+        by_item = train[np.lexsort((self.ts[train], self.item_idx[train]))]
+        self.item_train_ts = self.ts[by_item]
+        self.item_train_ptr = _segments(self.item_idx[by_item], self.num_items)
+        tau = schema.popularity_half_life_days * 86400 / np.log(2)
+        span = (self.ts.max() - self.t0) / tau if n else 0
+        if span > 600:
+            raise RecfunnelError(f"{where}: popularity_half_life_days={schema.popularity_half_life_days} is too short "
+                                 f"for a dataset spanning {(self.ts.max() - self.t0) / 86400:.0f} days; raise it")
+        self.tau = tau
+        growth = np.exp((self.item_train_ts - self.t0) / tau)
+        # decayed_cumsum[k] = sum over the first k train events (item-major order) of exp((ts - t0) / tau)
+        self.decayed_cumsum = np.r_[0.0, np.cumsum(growth)]
+        self.key_span = int(self.ts.max() - self.t0) + 3 if n else 3
+        self.item_train_key = self._key(self.item_idx[by_item], self.item_train_ts)
+        by_user = train[np.lexsort((self.ts[train], self.user_idx[train]))]
+        self.user_train_ts, self.user_train_item = self.ts[by_user], self.item_idx[by_user]
+        self.user_train_ptr = _segments(self.user_idx[by_user], self.num_users)
+        self.user_train_key = self._key(self.user_idx[by_user], self.user_train_ts)
+
+        # --- social graph (CSR of friends, both directions) --------------------------------------
+        edges = data.tables.edges
+        if edges is not None and len(edges):
+            uid = data.tables.users["user_id"].to_numpy()
+            src = np.searchsorted(uid, edges["src"].to_numpy())
+            dst = np.searchsorted(uid, edges["dst"].to_numpy())
+            a, b = np.r_[src, dst], np.r_[dst, src]
+            pairs = np.unique(a * self.num_users + b)
+            a, b = pairs // self.num_users, pairs % self.num_users
+            self.friend_ptr, self.friends = _segments(a, self.num_users), b
+        else:
+            self.friend_ptr, self.friends = np.zeros(self.num_users + 1, np.int64), np.zeros(0, np.int64)
+
+        # --- static attributes and categorical encoders -----------------------------------------
+        self.user_attr = {"user.age": users["age"].to_numpy(), "user.gender": users["gender"].to_numpy(),
+                          "user.occupation": users["occupation"].to_numpy(), "user.zip": users["zip"].to_numpy()}
+        self.item_year = items["year"].to_numpy(dtype=np.float64)
+        genres = items["genres"].tolist()
+        self.genre_ptr = np.r_[0, np.cumsum([len(g) for g in genres])].astype(np.int64)
+        flat_genres = np.array([g for gs in genres for g in gs], dtype=object)
+        self.encoders: dict[str, _Categorical] = {}
+        for spec in schema.features:
+            if spec.kind == "dense":
+                continue
+            if spec.source in self.user_attr:
+                raw = self.user_attr[spec.source]
+            elif spec.source == "item.genres":
+                raw = flat_genres
+            else:
+                raw = None
+            enc = _Categorical(spec, raw, where)
+            if enc.mode == "dense":
+                enc.size = self.num_users if spec.source == "user_id" else self.num_items
+            self.encoders[spec.name] = enc
+        # static attributes are encoded once per user / item; a batch only gathers rows
+        self.static_codes = {}
+        for name, enc in self.encoders.items():
+            if enc.spec.source in self.user_attr:
+                self.static_codes[name] = enc.encode(self.user_attr[enc.spec.source])
+            elif enc.spec.source == "item.genres":
+                self.static_codes[name] = enc.encode(flat_genres)
+            elif enc.spec.source == "item.year":
+                self.static_codes[name] = enc.encode(self.item_year)
+        self._check_shared_tables()
+
+    # ------------------------------------------------------------------------------------------
+    @property
+    def num_embeddings(self) -> dict[str, int]:
+        """Rows of each embedding table, keyed by table name (the owning feature's name)."""
+        return {name: enc.size for name, enc in self.encoders.items() if enc.spec.table is None}
+
+    def _check_shared_tables(self) -> None:
+        for name, enc in self.encoders.items():
+            owner = enc.spec.table
+            if owner is None:
+                continue
+            same_space = enc.spec.source in ITEM_SPACE and self.encoders[owner].spec.source in ITEM_SPACE
+            if not same_space and enc.size != self.encoders[owner].size:
+                raise RecfunnelError(f"{self.where}: feature '{name}' (source {enc.spec.source}) cannot share table "
+                                     f"'{owner}' (source {self.encoders[owner].spec.source}): their ids differ")
+
+    # ------------------------------------------------------------------------------------------
+    def query(self, rows: np.ndarray, tower: str) -> TowerInput:
+        """Inputs of the 'user' or 'context' tower for event ``rows`` (B,), as of each event."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return self._tower(tower, rows, None, None)
+
+    def items(self, item_idx: np.ndarray, ts: np.ndarray | int) -> TowerInput:
+        """Inputs of the 'item' tower for items (B,) as of times ``ts`` (B,) or one time for all."""
+        item_idx = np.asarray(item_idx, dtype=np.int64)
+        ts = np.broadcast_to(np.asarray(ts, dtype=np.int64), item_idx.shape)
+        return self._tower("item", None, item_idx, ts)
+
+    def catalogue_time(self) -> int:
+        """The time the whole catalogue is scored at: just after the last train event."""
+        return int(self.ts[self.split == 0].max()) + 1
+
+    def dense_stats(self, tower: str, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and std of a tower's dense features over train events (``rows`` default: all train)."""
+        rows = np.flatnonzero(self.split == 0) if rows is None else rows
+        if tower == "item":
+            dense = self._dense("item", None, self.item_idx[rows], self.ts[rows])
+        else:
+            dense = self._dense(tower, rows, None, None)
+        if dense.shape[1] == 0:
+            return np.zeros(0, np.float32), np.ones(0, np.float32)
+        return dense.mean(0), dense.std(0)
+
+    # ------------------------------------------------------------------------------------------
+    def _tower(self, tower: str, rows, item_idx, ts) -> TowerInput:
+        keys, values, lengths = [], [], []
+        for spec in self.schema.tower(tower, "sparse"):
+            v, l = self._sparse(spec, rows, item_idx, ts)
+            keys.append(spec.name)
+            values.append(v)
+            lengths.append(l)
+        dense = self._dense(tower, rows, item_idx, ts)
+        return TowerInput(make_kjt(keys, values, lengths), torch.from_numpy(dense))
+
+    def _dense(self, tower: str, rows, item_idx, ts) -> np.ndarray:
+        cols = []
+        for spec in self.schema.tower(tower, "dense"):
+            x = self._dense_raw(spec, rows, item_idx, ts).astype(np.float64)
+            cols.append(np.log1p(x) if spec.transform == "log1p" else x)
+        b = len(rows) if rows is not None else len(item_idx)
+        return np.stack(cols, 1).astype(np.float32) if cols else np.zeros((b, 0), np.float32)
+
+    def _dense_raw(self, spec: FeatureSpec, rows, item_idx, ts) -> np.ndarray:
+        s = spec.source
+        if s == "user.activity":
+            return self.timeline_pos[rows]
+        if s == "session.position":
+            return self.timeline_pos[rows] - (self.session_start[rows] - self.timeline_ptr[self.user_idx[rows]])
+        if s in ("item.pop_count", "item.pop_decayed"):
+            if item_idx is None:
+                item_idx, ts = self.item_idx[rows], self.ts[rows]
+            count, ends = self._train_before(item_idx, ts)
+            if s == "item.pop_count":
+                return count
+            # sum over earlier train events of exp(-(ts - t_e) / tau), computed in log space
+            total = self.decayed_cumsum[ends] - self.decayed_cumsum[ends - count]
+            with np.errstate(divide="ignore"):
+                return np.where(count > 0, np.exp(np.log(total) - (ts - self.t0) / self.tau), 0.0)
+        raise RecfunnelError(f"{self.where}: feature '{spec.name}': source {s} cannot be dense")
+
+    def _train_before(self, item_idx: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per (item, ts): number of train events of the item strictly before ts, and the end offset."""
+        ends = np.searchsorted(self.item_train_key, self._key(item_idx, ts), side="left")
+        return ends - self.item_train_ptr[item_idx], ends
+
+    def _key(self, segment: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        """Sort key (segment, time) shared by the per-item and per-user train arrays."""
+        return segment * self.key_span + np.clip(ts - self.t0, -1, self.key_span - 1)
+
+    def _sparse(self, spec: FeatureSpec, rows, item_idx, ts) -> tuple[np.ndarray, np.ndarray]:
+        """(values, lengths) of one sparse feature for the batch."""
+        s, enc = spec.source, self.encoders[spec.name]
+        if s == "user_id":
+            return self.user_idx[rows], np.ones(len(rows), np.int64)
+        if s in self.user_attr:
+            return self.static_codes[spec.name][self.user_idx[rows]], np.ones(len(rows), np.int64)
+        if s in ("context.hour", "context.weekday"):
+            t = self.ts[rows]
+            v = (t // 3600) % 24 if s == "context.hour" else (t // 86400 + 3) % 7  # 1970-01-01 was a Thursday
+            return v.astype(np.int64), np.ones(len(rows), np.int64)
+        if s == "session.position":
+            return enc.encode(self._dense_raw(spec, rows, None, None)), np.ones(len(rows), np.int64)
+        if s in ("history.item_id", "history.age", "session.item_id"):
+            start_of_user = self.timeline_ptr[self.user_idx[rows]]
+            end = start_of_user + self.timeline_pos[rows]  # exclusive, index into `order`
+            first = self.session_start[rows] if s == "session.item_id" else start_of_user
+            start = np.maximum(first, end - spec.max_len)
+            events = self.order[_ranges(start, end)]
+            if s == "history.age":
+                now = np.repeat(self.ts[rows], end - start)
+                return enc.encode(now - self.ts[events]), end - start
+            return self.item_idx[events], end - start
+        if s == "social.friend_items":
+            return self._friend_items(spec, rows)
+        if item_idx is None:  # item features of the event's own item
+            item_idx, ts = self.item_idx[rows], self.ts[rows]
+        if s == "item_id":
+            return item_idx, np.ones(len(item_idx), np.int64)
+        if s == "item.year":
+            return self.static_codes[spec.name][item_idx], np.ones(len(item_idx), np.int64)
+        if s == "item.genres":
+            lo, hi = self.genre_ptr[item_idx], self.genre_ptr[item_idx + 1]
+            return self.static_codes[spec.name][_ranges(lo, hi)], hi - lo
+        raise RecfunnelError(f"{self.where}: feature '{spec.name}': source {s} cannot be {spec.kind}")
+
+    def _friend_items(self, spec: FeatureSpec, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each friend's last few train items strictly before the event (at most ``max_len`` in all)."""
+        users, ts = self.user_idx[rows], self.ts[rows]
+        f_lo, f_hi = self.friend_ptr[users], self.friend_ptr[users + 1]
+        friend = self.friends[_ranges(f_lo, f_hi)]  # (sum F,)
+        when = np.repeat(ts, f_hi - f_lo)
+        end = np.searchsorted(self.user_train_key, self._key(friend, when), side="left")
+        start = np.maximum(self.user_train_ptr[friend], end - self.schema.friend_items_per_friend)
+        per_friend = end - start
+        items = self.user_train_item[_ranges(start, end)]
+        # regroup per event and keep at most max_len
+        event_of_friend = np.repeat(np.arange(len(rows)), f_hi - f_lo)
+        per_event = np.bincount(event_of_friend, weights=per_friend, minlength=len(rows)).astype(np.int64)
+        ev_lo = np.r_[0, np.cumsum(per_event)[:-1]]
+        keep = np.minimum(per_event, spec.max_len)
+        return items[_ranges(ev_lo + per_event - keep, ev_lo + per_event)], keep
