@@ -20,8 +20,9 @@
 - **Sessions.** A user's events come in sessions of geometric length (mean ``mean_session_length``):
   gaps inside a session are 1 s to 30 min (median 1 min), gaps between sessions are 1 h plus a
   lognormal with a median of one day. Each user's timeline starts at a random time so that it ends
-  before 2021-01-01; ``ts`` is int64 unix seconds in [2015-01-01, 2021-01-01). The interactions table
-  is in global time order, like a log (ties keep user order).
+  before 2021-01-01 (a timeline longer than those six years, which takes thousands of events, is
+  compressed to fit); ``ts`` is int64 unix seconds in [2015-01-01, 2021-01-01). The interactions
+  table is in global time order, like a log (ties keep user order).
 - **Ratings.** float32 whole stars 1-5, about one star higher for items in the user's own cluster,
   plus a hidden per-item quality and noise.
 - **Social graph.** Each user proposes Poisson(``friends_per_user / 2``) friendships, a fraction
@@ -35,8 +36,9 @@ Ids are 0-based and equal to the dense index (``user_id`` 0..num_users-1, ``item
 Determinism and scale: the same arguments give identical tables. The catalogue, users and activity
 come from one stream; the events of each block of ``BLOCK_USERS`` consecutive users from that block's
 own stream; the graph from a third stream. Events are generated a chunk of whole blocks at a time
-(about ``chunk_size`` events), so memory stays O(num_interactions + chunk_size) and the tables do not
-depend on ``chunk_size``; changing the graph arguments leaves the other tables unchanged.
+(at most ``chunk_size`` events, or one block if that holds more), so memory stays
+O(num_interactions + chunk_size), no users x items array is ever built, and the tables do not depend
+on ``chunk_size``. Changing the graph arguments leaves the other tables unchanged.
 """
 
 from __future__ import annotations

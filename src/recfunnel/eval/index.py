@@ -179,7 +179,7 @@ class ItemIndex:
             queries: (Q, D) user-tower outputs (cast to float32).
             k: results per query; more than I is clamped to I with a warning.
             nprobe: IVF only: lists to scan (clamped to nlist); default nlist / 32, rounded, ≥ 1.
-            ef_search: HNSW only: search beam width (faiss uses at least k); default 128.
+            ef_search: HNSW only: search beam width (recall falls off below k); default 128.
             threads: faiss OpenMP threads for this call; ``None`` keeps the current setting.
         Returns:
             scores: (Q, k) float32 inner products, best first.

@@ -19,15 +19,29 @@ from omegaconf.errors import OmegaConfBaseException
 from recfunnel.utils.errors import RecfunnelError
 
 
+def user_message(error: BaseException) -> str | None:
+    """The one-line message for a user-fixable error, looking through wrappers (Hydra's
+    ``InstantiationException`` hides the real cause in ``__cause__``); None for a bug."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, RecfunnelError):
+            return f"error: {error}"
+        if isinstance(error, OmegaConfBaseException):  # a missing key or broken interpolation
+            return f"config error: {error}"
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except RecfunnelError as e:
-            message = f"error: {e}"
-        except OmegaConfBaseException as e:  # a missing key or broken interpolation in a config
-            message = f"config error: {e}"
+        except Exception as e:  # noqa: BLE001 - re-raised below unless the user can fix it
+            message = user_message(e)
+            if message is None:
+                raise
         logging.getLogger("recfunnel").error(message)
         print(message, file=sys.stderr)
         sys.exit(2)

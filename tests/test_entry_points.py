@@ -1,0 +1,34 @@
+"""The real entry points, run as users run them."""
+
+import json
+import subprocess
+import sys
+
+from conftest import DATA_DIR, ROOT
+
+
+def run(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_evaluate_popularity_writes_reference_metrics(tmp_path):
+    out = tmp_path / "run"
+    proc = run("recfunnel.evaluate", "model=popularity", f"hydra.run.dir={out}", f"paths.data_dir={DATA_DIR}")
+    assert proc.returncode == 0, proc.stderr
+    m = json.loads((out / "metrics.json").read_text())
+    assert round(m["test/recall@10"], 4) == 0.0848 and round(m["test/ndcg@10"], 4) == 0.0441
+    assert {"valid/recall@10", "test/recall@100", "test/mrr", "valid/ndcg@20"} <= m.keys()
+
+
+def test_prepare_prints_stats(tmp_path):
+    proc = run("recfunnel.data.prepare", "data=ml100k", f"paths.data_dir={DATA_DIR}")
+    assert proc.returncode == 0, proc.stderr
+    assert "98,114" in proc.stdout and "1,682" in proc.stdout
+
+
+def test_missing_local_folder_is_one_clear_error(tmp_path):
+    proc = run("recfunnel.data.prepare", "data=ml100k", f"paths.data_dir={tmp_path}",
+               f"data.source.local_dir={tmp_path}/nowhere")
+    assert proc.returncode == 2
+    assert "error: data.local_dir=" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "ml100k").exists()  # nothing half-written
