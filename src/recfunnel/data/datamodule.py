@@ -4,7 +4,8 @@ Every batch is built by ``FeaturePipeline`` from a list of event rows (vectorise
 collate). A training batch is a dict::
 
     {"user": TowerInput, "context": TowerInput, "item": TowerInput,   # item = the event's item as of its time
-     "user_idx": (B,) long, "item_idx": (B,) long, "rating": (B,) float, "rows": (B,) long}
+     "user_idx": (B,) long, "item_idx": (B,) long, "rows": (B,) long,
+     "neg_item": TowerInput, "neg_idx": (N,) long}                      # only with num_negatives > 0
 
 An evaluation batch has the query towers plus ``"eval_pos"`` (B,): positions in the split's
 ``EvalSet`` (whose targets and exclusions the task reads). ``catalogue()`` gives the item tower's
@@ -36,8 +37,9 @@ class EventBatches(Dataset):
     """Indexed by a *list* of positions (from a BatchSampler); returns one whole batch."""
 
     def __init__(self, pipeline: FeaturePipeline, rows: np.ndarray, with_items: bool,
-                 eval_positions: bool = False):
+                 eval_positions: bool = False, num_negatives: int = 0):
         self.pipeline, self.rows, self.with_items, self.eval_positions = pipeline, rows, with_items, eval_positions
+        self.num_negatives = num_negatives
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -52,6 +54,13 @@ class EventBatches(Dataset):
         if self.with_items:
             batch["item"] = p.items(p.item_idx[rows], p.ts[rows])
             batch["item_idx"] = torch.from_numpy(p.item_idx[rows])
+        if self.num_negatives:
+            # uniform negatives, each as of the time of a random event of the batch (so their
+            # as-of features look like the positives')
+            neg = torch.randint(p.num_items, (self.num_negatives,)).numpy()
+            when = p.ts[rows][torch.randint(len(rows), (self.num_negatives,)).numpy()]
+            batch["neg_item"] = p.items(neg, when)
+            batch["neg_idx"] = torch.from_numpy(neg)
         if self.eval_positions:
             batch["eval_pos"] = torch.from_numpy(positions)
         return batch
@@ -71,16 +80,17 @@ class RecDataModule(pl.LightningDataModule):
         batch_size: training batch size; evaluation uses ``eval_batch_size``.
         num_workers: DataLoader worker processes (each receives a copy of the pipeline).
         pin_memory: pin host memory for faster GPU copies; None = when CUDA is available.
+        num_negatives: uniform catalogue negatives added to each training batch (``neg_item``).
     """
 
     def __init__(self, data_cfg: Mapping[str, Any], features_cfg: Mapping[str, Any], data_dir: str,
                  batch_size: int = 1024, eval_batch_size: int = 2048, num_workers: int = 0,
-                 pin_memory: bool | None = None, drop_last: bool = True):
+                 pin_memory: bool | None = None, drop_last: bool = True, num_negatives: int = 0):
         super().__init__()
         self.data_cfg, self.features_cfg, self.data_dir = data_cfg, features_cfg, data_dir
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
-        self.drop_last = drop_last
+        self.drop_last, self.num_negatives = drop_last, num_negatives
         self.data: SplitData | None = None
 
     def setup(self, stage: str | None = None) -> None:
@@ -115,7 +125,7 @@ class RecDataModule(pl.LightningDataModule):
                           pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
-        ds = EventBatches(self.pipeline, self.train_rows, with_items=True)
+        ds = EventBatches(self.pipeline, self.train_rows, with_items=True, num_negatives=self.num_negatives)
         drop = self.drop_last and len(self.train_rows) >= self.batch_size
         return self._loader(ds, self.batch_size, shuffle=True, drop_last=drop)
 

@@ -56,13 +56,14 @@ class EvalSet:
     def __len__(self) -> int:
         return len(self.users)
 
-    def exclusion_mask(self, lo: int, hi: int, num_items: int, device=None) -> torch.Tensor:
-        """(hi-lo, num_items) bool mask of excluded items for users lo..hi-1 of this set."""
-        mask = torch.zeros(hi - lo, num_items, dtype=torch.bool, device=device)
-        counts = np.diff(self.exclude_ptr[lo:hi + 1])
-        r = torch.as_tensor(np.repeat(np.arange(hi - lo), counts), device=device)
-        c = torch.as_tensor(self.exclude_items[self.exclude_ptr[lo]:self.exclude_ptr[hi]], device=device)
-        mask[r, c] = True
+    def exclusion_mask(self, positions: np.ndarray, num_items: int, device=None) -> torch.Tensor:
+        """(len(positions), num_items) bool mask of the items excluded for those users of this set."""
+        positions = np.asarray(positions)
+        lo, hi = self.exclude_ptr[positions], self.exclude_ptr[positions + 1]
+        rows = np.repeat(np.arange(len(positions)), hi - lo)
+        cols = self.exclude_items[np.concatenate([np.arange(a, b) for a, b in zip(lo, hi)])] if len(rows) else rows
+        mask = torch.zeros(len(positions), num_items, dtype=torch.bool, device=device)
+        mask[torch.as_tensor(rows, device=device), torch.as_tensor(cols, device=device)] = True
         return mask
 
 
@@ -77,10 +78,10 @@ def evaluate(scorer: Scorer, evalset: EvalSet, num_items: int, chunk_size: int =
     sums: dict[str, float] = {}
     starts = range(0, len(evalset), chunk_size)
     for lo in tqdm(starts, desc=f"eval {evalset.name}", disable=not progress, leave=False):
-        hi = min(lo + chunk_size, len(evalset))
-        scores = scorer(np.arange(lo, hi))
-        exclude = evalset.exclusion_mask(lo, hi, num_items, device=scores.device)
-        targets = torch.as_tensor(evalset.targets[lo:hi], device=scores.device)
+        positions = np.arange(lo, min(lo + chunk_size, len(evalset)))
+        scores = scorer(positions)
+        exclude = evalset.exclusion_mask(positions, num_items, device=scores.device)
+        targets = torch.as_tensor(evalset.targets[positions], device=scores.device)
         for k, v in ranking_metrics(scores.float(), targets, exclude).items():
             sums[k] = sums.get(k, 0.0) + float(v.sum())
     return {k: v / max(len(evalset), 1) for k, v in sums.items()}

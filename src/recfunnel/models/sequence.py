@@ -1,0 +1,76 @@
+"""History encoders: (B, L, D) embeddings of the user's last L items (+ mask) → (B, out_dim).
+
+Sequences come from ``FeatureEmbedding.sequence``: oldest → newest, padded at the start, so the
+newest item sits at position L−1. The pooled mean of the same bag is always part of the user
+tower's features; an encoder adds an order-aware summary on top of it.
+
+- ``recency``: a weighted mean whose weights decay with distance from the newest item at a
+  learned rate.
+- ``attention``: a small pre-norm transformer over the sequence with learned positions (and
+  optional per-item side embeddings such as the item's age), read out at the newest position as
+  in SASRec.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+import torch.nn.functional as F
+
+ENCODERS = ("none", "recency", "attention")
+
+
+class RecencyPooling(nn.Module):
+    """Weights w_i ∝ exp(−rate · (L−1−i)) over real entries; rate = softplus(θ) is learned."""
+
+    def __init__(self, dim: int, out_dim: int, init_rate: float = 0.1):
+        super().__init__()
+        self.raw_rate = nn.Parameter(torch.tensor(float(torch.log(torch.expm1(torch.tensor(init_rate))))))
+        self.proj = nn.Linear(dim, out_dim)
+
+    def forward(self, seq: Tensor, mask: Tensor, side: Tensor | None = None) -> Tensor:
+        L = seq.shape[1]
+        distance = torch.arange(L - 1, -1, -1, device=seq.device, dtype=seq.dtype)  # newest: 0
+        logits = (-F.softplus(self.raw_rate) * distance).expand_as(mask).masked_fill(~mask, float("-inf"))
+        weights = torch.softmax(logits, dim=1).nan_to_num(0.0)  # rows with no history → zeros
+        x = seq if side is None else seq + side
+        return self.proj(torch.einsum("bl,bld->bd", weights, x))
+
+
+class AttentionEncoder(nn.Module):
+    """Transformer encoder over the history; output at the newest position. (B, L, D) → (B, out_dim)."""
+
+    def __init__(self, dim: int, out_dim: int, max_len: int, layers: int = 2, heads: int = 2,
+                 dropout: float = 0.2, width: int | None = None):
+        super().__init__()
+        width = width or dim
+        self.inp = nn.Linear(dim, width) if width != dim else nn.Identity()
+        self.pos = nn.Parameter(torch.zeros(max_len, width))
+        nn.init.normal_(self.pos, std=0.02)
+        layer = nn.TransformerEncoderLayer(width, heads, dim_feedforward=2 * width, dropout=dropout,
+                                           batch_first=True, norm_first=True, activation="gelu")
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(width)
+        self.out = nn.Linear(width, out_dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, seq: Tensor, mask: Tensor, side: Tensor | None = None) -> Tensor:
+        L = seq.shape[1]
+        x = self.inp(seq if side is None else seq + side) + self.pos[-L:]
+        # rows with no history keep one unmasked (zero) slot so attention is defined
+        pad = ~mask
+        pad[:, -1] = False
+        h = self.encoder(self.drop(x), src_key_padding_mask=pad)
+        return self.out(self.norm(h[:, -1]))
+
+
+def build_encoder(kind: str, dim: int, out_dim: int, max_len: int, **kw) -> nn.Module | None:
+    if kind == "none":
+        return None
+    if kind == "recency":
+        return RecencyPooling(dim, out_dim)
+    if kind == "attention":
+        return AttentionEncoder(dim, out_dim, max_len, **kw)
+    from recfunnel.utils.errors import RecfunnelError
+
+    raise RecfunnelError(f"history_encoder={kind!r} is not valid; choose one of: {', '.join(ENCODERS)}")

@@ -1,0 +1,92 @@
+"""Two-tower retrieval model: a query tower (user + context features + history encoder) and an
+item tower, each the shared feature-embedding layer followed by an MLP, meeting in a dot product.
+
+    user tower:  concat(FeatureEmbedding[user], FeatureEmbedding[context], encoder(history)) → MLP → u (B, d)
+    item tower:  FeatureEmbedding[item] → MLP → v (I, d)
+    score(u, v) = u · v   (the loss divides by its temperature; ranking is unchanged by it)
+
+With ``normalize=True`` both vectors are L2-normalised, so the score is a cosine; a FAISS index
+over ``item_vectors`` must then use inner product on the same normalised vectors
+(``recfunnel.eval.index``). The model never parses data: it takes ``TowerInput``s.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from recfunnel.features.batch import TowerInput
+from recfunnel.features.embedding import build_feature_embedding
+from recfunnel.features.schema import FeatureSchema
+from recfunnel.models.mlp import MLP
+from recfunnel.models.sequence import build_encoder
+from recfunnel.utils.errors import RecfunnelError
+
+
+class TwoTower(nn.Module):
+    """Args:
+        schema, num_embeddings: the features and their table sizes (from the data pipeline).
+        dim: output dimension d of both towers.
+        user_hidden, item_hidden: hidden widths of the towers' MLPs.
+        normalize: L2-normalise both outputs.
+        history_encoder: "none" | "recency" | "attention" (see ``models/sequence.py``).
+        history_feature: the sequence feature the encoder reads (its table gives the token embedding).
+        history_side: sequence features aligned with it (e.g. ``hist_age``) added to each token.
+        encoder: extra keyword arguments of the encoder (layers, heads, dropout, width).
+        dense_stats: {tower: (mean, std)} of dense features over the train split.
+        backend: embedding backend, "auto" | "torchrec" | "torch".
+    """
+
+    def __init__(self, schema: FeatureSchema, num_embeddings: Mapping[str, int], dim: int = 64,
+                 user_hidden: Sequence[int] = (256,), item_hidden: Sequence[int] = (256,), dropout: float = 0.1,
+                 normalize: bool = True, history_encoder: str = "none", history_feature: str = "hist_items",
+                 history_side: Sequence[str] = (), encoder: Mapping | None = None,
+                 dense_stats: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None, backend: str = "auto"):
+        super().__init__()
+        self.embedding = build_feature_embedding(schema, num_embeddings, backend)
+        for tower, (mean, std) in (dense_stats or {}).items():
+            self.embedding.set_dense_stats(tower, mean, std)
+        self.normalize = normalize
+        self.history_feature, self.history_side = history_feature, list(history_side)
+        query_dim = self.embedding.tower_dim("user") + self.embedding.tower_dim("context")
+        self.encoder = None
+        if history_encoder != "none":
+            names = schema.names
+            for name in [history_feature, *self.history_side]:
+                if name not in names or schema[name].tower != "user":
+                    raise RecfunnelError(f"model.net.history: '{name}' is not a user-tower feature of schema "
+                                         f"'{schema.name}'; choose from {[f.name for f in schema.tower('user', 'sparse')]}")
+            spec = schema[history_feature]
+            token_dim = schema[spec.table_name].dim
+            self.max_len = spec.max_len
+            self.side_proj = nn.ModuleList(nn.Linear(schema[schema[n].table_name].dim, token_dim, bias=False)
+                                           for n in self.history_side)
+            self.encoder = build_encoder(history_encoder, token_dim, dim, spec.max_len, **dict(encoder or {}))
+            query_dim += dim
+        self.user_mlp = MLP(query_dim, user_hidden, dim, dropout)
+        self.item_mlp = MLP(self.embedding.tower_dim("item"), item_hidden, dim, dropout)
+
+    def _out(self, x: Tensor) -> Tensor:
+        return F.normalize(x, dim=-1) if self.normalize else x
+
+    def user_vectors(self, batch: Mapping[str, TowerInput]) -> Tensor:
+        """Query vectors (B, d) from ``batch["user"]`` and ``batch["context"]``."""
+        emb = self.embedding({"user": batch["user"], "context": batch["context"]})
+        parts = [emb["user"], emb["context"]]
+        if self.encoder is not None:
+            kjt = batch["user"].sparse
+            seq, mask = self.embedding.sequence(self.history_feature, kjt, self.max_len)
+            side = None
+            for name, proj in zip(self.history_side, self.side_proj):
+                s, _ = self.embedding.sequence(name, kjt, self.max_len)
+                side = proj(s) if side is None else side + proj(s)
+            parts.append(self.encoder(seq, mask, side))
+        return self._out(self.user_mlp(torch.cat(parts, dim=1)))
+
+    def item_vectors(self, items: TowerInput) -> Tensor:
+        """Item vectors (I, d) from item-tower inputs."""
+        return self._out(self.item_mlp(self.embedding({"item": items})["item"]))

@@ -1,0 +1,146 @@
+"""RetrievalTask: trains a two-tower model with the sampled-softmax loss family and evaluates it on
+the full catalogue by ``../shared/EVALUATION.md``.
+
+Training batch (``RecDataModule``): query towers, the positive item's tower input, and optionally
+``neg_item`` — ``num_uniform_negatives`` items drawn uniformly from the catalogue (mixed negative
+sampling). logQ correction uses exact train counts (``logq: exact``) or a streaming estimate
+(``logq: streaming``), and is off with ``logq: none``.
+
+Evaluation: at the start of a validation/test epoch every item is embedded once (as of the end of
+the train split); each batch of users is scored against all of them in one matrix product, the
+user's earlier items are excluded, and the metric core accumulates per-user expectations. Logged as
+``valid/ndcg@10``, ``test/recall@100``, ...
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+
+from recfunnel.eval.metrics import ranking_metrics
+from recfunnel.features.schema import FeatureSchema
+from recfunnel.models.two_tower import TwoTower
+from recfunnel.tasks.losses import SampledSoftmaxLoss, StreamingFrequencyEstimator, exact_log_q
+from recfunnel.utils.errors import RecfunnelError
+
+log = logging.getLogger(__name__)
+LOGQ_MODES = ("none", "exact", "streaming")
+
+
+class NonFiniteLossError(RecfunnelError):
+    """The loss became NaN/inf; the message names the step and the learning rate."""
+
+
+class RetrievalTask(pl.LightningModule):
+    """Args:
+        net: a ``TwoTower`` factory (Hydra ``_partial_``) called with schema, num_embeddings, dense_stats.
+        loss: the ``SampledSoftmaxLoss``.
+        schema, num_embeddings, dense_stats, item_counts: from the DataModule (train split only).
+        logq: "none" | "exact" | "streaming".
+        lr, weight_decay: AdamW settings; ``warmup_steps`` of linear warm-up.
+    """
+
+    def __init__(self, net: Callable[..., TwoTower], loss: SampledSoftmaxLoss, schema: FeatureSchema,
+                 num_embeddings: Mapping[str, int], item_counts: np.ndarray,
+                 dense_stats: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+                 logq: str = "exact", lr: float = 1e-3, weight_decay: float = 0.0, warmup_steps: int = 0):
+        super().__init__()
+        if logq not in LOGQ_MODES:
+            raise RecfunnelError(f"model.logq={logq!r} is not valid; choose one of: {', '.join(LOGQ_MODES)}")
+        self.net = net(schema=schema, num_embeddings=num_embeddings, dense_stats=dense_stats)
+        self.loss = loss
+        self.logq, self.lr, self.weight_decay, self.warmup_steps = logq, lr, weight_decay, warmup_steps
+        self.num_items = len(item_counts)
+        self.register_buffer("item_counts", torch.as_tensor(np.asarray(item_counts), dtype=torch.float32))
+        self.estimator = StreamingFrequencyEstimator(self.num_items) if logq == "streaming" else None
+        self._catalogue: Tensor | None = None
+        self._sums: dict[str, float] = {}
+        self._count = 0
+
+    # -- training ------------------------------------------------------------------------------
+    def _log_q(self, ids: Tensor, batch_size: int) -> Tensor | None:
+        if self.logq == "none":
+            return None
+        if self.logq == "exact":
+            table = exact_log_q(self.item_counts, batch_size, self.loss.num_uniform_negatives)
+            return table.to(ids.device)[ids]
+        return self.estimator.log_q(ids, self.loss.num_uniform_negatives)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        user = self.net.user_vectors(batch)
+        item = self.net.item_vectors(batch["item"])
+        ids = batch["item_idx"]
+        if self.estimator is not None:
+            self.estimator.update(ids, self.global_step)
+        extra = {}
+        if "neg_item" in batch:
+            neg_ids = batch["neg_idx"]
+            extra = dict(extra_item=self.net.item_vectors(batch["neg_item"]), extra_item_ids=neg_ids,
+                         extra_log_q=self._log_q(neg_ids, len(ids)))
+        loss = self.loss(user, item, ids, log_q=self._log_q(ids, len(ids)), **extra)
+        if not torch.isfinite(loss):
+            lr = self.trainer.optimizers[0].param_groups[0]["lr"] if self.trainer.optimizers else self.lr
+            raise NonFiniteLossError(
+                f"loss became {loss.item()} at step {self.global_step} (epoch {self.current_epoch}, "
+                f"learning rate {lr:.3g}); the last checkpoint saved before it is kept. "
+                "Lower model.lr, raise model.loss.temperature, or check the dense features.")
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(ids))
+        self.log("train/temperature", self.loss.temperature, batch_size=len(ids))
+        return loss
+
+    def configure_optimizers(self):
+        opt = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        if not self.warmup_steps:
+            return opt
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / self.warmup_steps))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # -- full-corpus evaluation -------------------------------------------------------------------
+    @torch.no_grad()
+    def catalogue_vectors(self) -> Tensor:
+        """(I, d) vectors of every item, as of the end of the train split."""
+        items = self.trainer.datamodule.catalogue().to(self.device)
+        return self.net.item_vectors(items)
+
+    def _eval_start(self) -> None:
+        self._catalogue = self.catalogue_vectors()
+        self._sums, self._count = {}, 0
+
+    def _eval_step(self, batch: dict[str, Any], split: str) -> None:
+        evalset = self.trainer.datamodule.evalsets[split]
+        pos = batch["eval_pos"].cpu().numpy()
+        scores = self.net.user_vectors(batch).float() @ self._catalogue.float().T
+        exclude = evalset.exclusion_mask(pos, self.num_items, device=scores.device)
+        targets = torch.as_tensor(evalset.targets[pos], device=self.device)
+        for k, v in ranking_metrics(scores, targets, exclude).items():
+            self._sums[k] = self._sums.get(k, 0.0) + float(v.sum())
+        self._count += len(pos)
+
+    def _eval_end(self, split: str) -> None:
+        for k, v in self._sums.items():
+            self.log(f"{split}/{k}", v / max(self._count, 1), prog_bar=k == "ndcg@10", sync_dist=True)
+        self._catalogue = None
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval_start()
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "valid")
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_end("valid")
+
+    def on_test_epoch_start(self) -> None:
+        self._eval_start()
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_end("test")

@@ -1,0 +1,101 @@
+"""Train a model from config, restore the checkpoint best on validation, score valid and test.
+
+    python -m recfunnel.train experiment=ml100k_two_tower hydra.run.dir=DIR
+    python -m recfunnel.train -m hparams_search=two_tower_optuna      # a sweep
+
+Writes into the run directory: ``metrics.json`` (``valid/...`` and ``test/...``), ``config.yaml``
+(resolved), ``run_info.json`` (git commit, versions, seed), ``checkpoints/{best,last}.ckpt`` and a
+CSV log. Running the same command again in the same directory resumes from ``last.ckpt``.
+Returns the validation metric named by ``monitor`` (what sweeps optimise).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import hydra
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import CSVLogger
+
+from recfunnel.data.datamodule import RecDataModule
+from recfunnel.eval.report import print_metrics, write_metrics
+from recfunnel.utils.cli import friendly_errors
+from recfunnel.utils.io import write_json
+from recfunnel.utils.run_info import redact, run_metadata
+
+log = logging.getLogger(__name__)
+
+
+def build_datamodule(cfg: DictConfig) -> RecDataModule:
+    dm = RecDataModule(cfg.data, cfg.features, cfg.paths.data_dir, batch_size=cfg.data.batch_size,
+                       num_workers=cfg.data.num_workers,
+                       num_negatives=OmegaConf.select(cfg, "model.loss.num_uniform_negatives", default=0))
+    dm.setup()
+    return dm
+
+
+def build_task(cfg: DictConfig, dm: RecDataModule) -> pl.LightningModule:
+    # Data-derived arguments are passed to the built factory, not to instantiate (which would turn
+    # the schema dataclass and numpy arrays into config nodes).
+    factory = hydra.utils.instantiate(cfg.model, _partial_=True)
+    return factory(schema=dm.schema, num_embeddings=dm.num_embeddings, item_counts=dm.data.item_counts(),
+                   dense_stats=dm.dense_stats())
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """The whole job; returns the flat metrics dict also written to ``metrics.json``."""
+    out = Path(cfg.paths.output_dir)
+    pl.seed_everything(cfg.seed, workers=True)
+    resolved = redact(OmegaConf.to_container(cfg, resolve=True))
+    (out / "config.yaml").parent.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
+    write_json(out / "run_info.json", run_metadata(seed=cfg.seed))
+
+    dm = build_datamodule(cfg)
+    task = build_task(cfg, dm)
+    callbacks = [hydra.utils.instantiate(c) for c in (cfg.callbacks or {}).values()]
+    loggers = [CSVLogger(out, name="csv", version="")]
+    loggers += [hydra.utils.instantiate(lg) for lg in (cfg.logger or {}).values()]
+    for lg in loggers:
+        lg.log_hyperparams(resolved)
+    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+
+    last = out / "checkpoints" / "last.ckpt"
+    resume = str(last) if cfg.resume and last.exists() else None
+    if resume:
+        log.info("resuming from %s", resume)
+    start = time.perf_counter()
+    trainer.fit(task, datamodule=dm, ckpt_path=resume)
+    fit_s = time.perf_counter() - start
+
+    best = next((c.best_model_path for c in callbacks
+                 if isinstance(c, pl.callbacks.ModelCheckpoint) and c.monitor and c.best_model_path), None)
+    ckpt = best or None  # no best checkpoint (callbacks=none): evaluate the final weights
+    metrics: dict[str, float] = {}
+    for split, run in (("valid", trainer.validate), ("test", trainer.test)):
+        for k, v in run(task, datamodule=dm, ckpt_path=ckpt, verbose=False)[0].items():
+            if k.startswith(f"{split}/"):
+                metrics[k] = float(v)
+    metrics["train/fit_seconds"] = fit_s
+    metrics["train/epochs"] = trainer.current_epoch
+    write_metrics(out, metrics)
+    for lg in loggers:
+        lg.log_metrics({f"final/{k}": v for k, v in metrics.items()})
+        lg.finalize("success")
+    print_metrics(f"{cfg.run_name} ({cfg.data.name})", metrics)
+    print(f"run directory: {out.resolve()}")
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="../../configs", config_name="train")
+@friendly_errors
+def main(cfg: DictConfig) -> float:
+    metrics = train(cfg)
+    return metrics.get(cfg.monitor, float("nan"))
+
+
+if __name__ == "__main__":
+    main()
