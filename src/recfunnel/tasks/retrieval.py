@@ -3,8 +3,8 @@ the full catalogue by ``../shared/EVALUATION.md``.
 
 Training batch (``RecDataModule``): query towers, the positive item's tower input, and optionally
 ``neg_item`` — ``num_uniform_negatives`` items drawn uniformly from the catalogue (mixed negative
-sampling). logQ correction uses exact train counts (``logq: exact``) or a streaming estimate
-(``logq: streaming``), and is off with ``logq: none``.
+sampling). logQ correction (switched by ``loss.logq_correction``) takes log q from exact train counts
+(``logq_source: exact``) or from a streaming estimate (``logq_source: streaming``, Yi et al. 2019).
 
 Evaluation: at the start of a validation/test epoch every item is embedded once (as of the end of
 the train split); each batch of users is scored against all of them in one matrix product, the
@@ -30,7 +30,7 @@ from recfunnel.tasks.losses import SampledSoftmaxLoss, StreamingFrequencyEstimat
 from recfunnel.utils.errors import RecfunnelError
 
 log = logging.getLogger(__name__)
-LOGQ_MODES = ("none", "exact", "streaming")
+LOGQ_SOURCES = ("exact", "streaming")
 
 
 class NonFiniteLossError(RecfunnelError):
@@ -42,17 +42,18 @@ class RetrievalTask(pl.LightningModule):
         net: a ``TwoTower`` factory (Hydra ``_partial_``) called with schema, num_embeddings, dense_stats.
         loss: the ``SampledSoftmaxLoss``.
         schema, num_embeddings, dense_stats, item_counts: from the DataModule (train split only).
-        logq: "none" | "exact" | "streaming".
+        logq_source: where log q comes from when ``loss.logq_correction``: "exact" | "streaming".
         lr, weight_decay: AdamW settings; ``warmup_steps`` of linear warm-up.
     """
 
     def __init__(self, net: Callable[..., TwoTower], loss: SampledSoftmaxLoss, schema: FeatureSchema,
                  num_embeddings: Mapping[str, int], item_counts: np.ndarray,
                  dense_stats: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
-                 logq: str = "exact", lr: float = 1e-3, weight_decay: float = 0.0, warmup_steps: int = 0):
+                 logq_source: str = "exact", lr: float = 1e-3, weight_decay: float = 0.0, warmup_steps: int = 0):
         super().__init__()
-        if logq not in LOGQ_MODES:
-            raise RecfunnelError(f"model.logq={logq!r} is not valid; choose one of: {', '.join(LOGQ_MODES)}")
+        if logq_source not in LOGQ_SOURCES:
+            raise RecfunnelError(f"model.logq_source={logq_source!r} is not valid; choose one of: {', '.join(LOGQ_SOURCES)}")
+        logq = logq_source if loss.logq_correction else "none"
         self.net = net(schema=schema, num_embeddings=num_embeddings, dense_stats=dense_stats)
         self.loss = loss
         self.logq, self.lr, self.weight_decay, self.warmup_steps = logq, lr, weight_decay, warmup_steps
@@ -91,11 +92,16 @@ class RetrievalTask(pl.LightningModule):
                 f"learning rate {lr:.3g}); the last checkpoint saved before it is kept. "
                 "Lower model.lr, raise model.loss.temperature, or check the dense features.")
         self.log("train/loss", loss, prog_bar=True, batch_size=len(ids))
-        self.log("train/temperature", self.loss.temperature, batch_size=len(ids))
         return loss
 
+    def on_train_epoch_end(self) -> None:
+        self.log("train/temperature", self.loss.temperature)
+
     def configure_optimizers(self):
-        opt = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        # weight decay on the towers only: it would drag a learned temperature towards 1
+        groups = [{"params": list(self.net.parameters()), "weight_decay": self.weight_decay},
+                  {"params": list(self.loss.parameters()), "weight_decay": 0.0}]
+        opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=self.lr)
         if not self.warmup_steps:
             return opt
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / self.warmup_steps))
