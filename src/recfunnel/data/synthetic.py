@@ -380,16 +380,24 @@ def _edges(rng: np.random.Generator, cluster: np.ndarray, friends_per_user: int,
     cluster_size = np.bincount(cluster)
     cluster_start = np.cumsum(cluster_size) - cluster_size
     src = np.repeat(np.arange(num_users), rng.poisson(friends_per_user / 2, num_users))
-    u = rng.random((2, len(src)))
+    same = rng.random(len(src)) < same_share
+    pick = rng.random(len(src))
     size, start = cluster_size[cluster[src]], cluster_start[cluster[src]]
-    same = (u[0] < same_share) | (size == num_users)
+    same |= size == num_users
     pool = np.where(same, size, num_users - size)  # candidates: own cluster, or all the others
-    r = np.minimum((u[1] * pool).astype(np.int64), pool - 1)
-    pos = np.where(same, start + r, np.where(r < start, r, r + size))  # "others" skip the own segment
+    pos = np.minimum((pick * pool).astype(np.int64), pool - 1)
+    del pick, pool  # the graph of a million users is large: drop temporaries as soon as possible
+    pos += np.where(same, start, np.where(pos < start, 0, size))  # into the own segment, or skip it
     dst = by_cluster[pos]
+    del pos, size, start, same
     keep = src != dst
-    lo, hi = np.minimum(src, dst)[keep], np.maximum(src, dst)[keep]
-    pair = np.unique(lo * num_users + hi)
-    lo, hi = pair // num_users, pair % num_users
-    both = np.sort(np.concatenate([lo * num_users + hi, hi * num_users + lo]))
-    return pd.DataFrame({"src": both // num_users, "dst": both % num_users})
+    pair = np.minimum(src, dst)[keep] * num_users + np.maximum(src, dst)[keep]
+    del src, dst, keep
+    pair.sort()
+    pair = pair[np.diff(pair, prepend=-1) != 0]  # unique by sorting: numpy's hash unique is slower here
+    lo, hi = np.divmod(pair, num_users)
+    both = np.concatenate([pair, hi * num_users + lo])
+    del pair, lo, hi
+    both.sort()
+    src, dst = np.divmod(both, num_users)
+    return pd.DataFrame({"src": src, "dst": dst}, copy=False)

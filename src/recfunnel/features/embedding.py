@@ -1,0 +1,291 @@
+"""Feature-embedding layer: turns each tower's ``TowerInput`` into one flat feature vector.
+
+``FeatureEmbedding`` owns every embedding table of a ``FeatureSchema`` in **one** embedding-bag
+collection (attribute ``ebc``): one table per feature that owns one, serving that feature and every
+feature that shares it (``table: item_id`` lets ``hist_items`` / ``session_items`` pool rows of the
+item-id table). A feature that shares a table gets the table's ``dim``; its own ``dim`` is ignored.
+For each tower the output is
+
+    concat(pooled embedding of each sparse feature, in schema order;  (x_dense - mean) / std)
+
+with shape (B, ``tower_dim(tower)``). ``mean`` / ``std`` are per-tower buffers that the caller fills
+from the train split with ``set_dense_stats`` (defaults 0 / 1, so raw values pass through).
+
+Two interchangeable backends, with identical parameters, state-dict keys
+(``ebc.embedding_bags.<table>.weight``, shape (num_embeddings, dim)), initialisation
+(uniform ±sqrt(1 / num_embeddings)) and pooling semantics (sum or mean; an empty bag pools to
+the zero vector under both, as ``nn.EmbeddingBag`` and torchrec's kernels do):
+
+* ``"torchrec"``: ``torchrec.EmbeddingBagCollection``, the module TorchRec's model-parallel
+  planner can shard into fbgemm table-batched kernels.
+* ``"torch"``: ``TorchEmbeddingBagCollection``, plain ``nn.EmbeddingBag`` modules and torch ops, for
+  devices where fbgemm's operators are not available (e.g. the CPU-only fbgemm build on a GPU).
+
+Checkpoints move between the backends with ``load_state_dict(strict=True)``.
+``build_feature_embedding(..., backend="auto")`` picks one.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from recfunnel.features.batch import TowerInput
+from recfunnel.features.schema import TOWERS, FeatureSchema
+from recfunnel.utils.errors import RecfunnelError
+
+BACKENDS = ("torchrec", "torch")
+DENSE_STD_EPS = 1e-6  # floor of a dense feature's std, so constant features do not divide by zero
+_POOLING = {"sum": PoolingType.SUM, "mean": PoolingType.MEAN}
+_POOLING_MODE = {PoolingType.SUM: "sum", PoolingType.MEAN: "mean"}
+
+
+class TorchEmbeddingBagCollection(nn.Module):
+    """Pure-PyTorch twin of torchrec's unsharded ``EmbeddingBagCollection``.
+
+    Same ``embedding_bags`` ModuleDict of ``nn.EmbeddingBag`` (one per table, initialised by the
+    config's ``init_fn``), so state dicts are interchangeable. ``forward`` takes a fixed-stride KJT
+    holding every configured feature key (a missing key raises ``KeyError``, as in torchrec) and
+    returns {feature: (B, dim) pooled embedding}; it uses only torch ops (no fbgemm), and looks up
+    all features of one table in a single ``embedding_bag`` call.
+    """
+
+    def __init__(self, tables: Sequence[EmbeddingBagConfig]):
+        super().__init__()
+        self.embedding_bags = nn.ModuleDict()
+        self._feature_names: dict[str, list[str]] = {}
+        for cfg in tables:
+            bag = nn.EmbeddingBag(cfg.num_embeddings, cfg.embedding_dim, mode=_POOLING_MODE[cfg.pooling],
+                                  include_last_offset=True)
+            cfg.init_fn(bag.weight)
+            self.embedding_bags[cfg.name] = bag
+            self._feature_names[cfg.name] = list(cfg.feature_names)
+
+    def forward(self, features: KeyedJaggedTensor) -> dict[str, Tensor]:
+        batch_size = features.stride()
+        index = {key: i for i, key in enumerate(features.keys())}
+        values = features.values().split(features.length_per_key())
+        lengths = features.lengths().view(len(index), batch_size)
+        out: dict[str, Tensor] = {}
+        for table, names in self._feature_names.items():
+            rows = [index[name] for name in names]
+            bag_lengths = torch.cat([lengths[i] for i in rows]).long()
+            offsets = torch.cat([bag_lengths.new_zeros(1), bag_lengths.cumsum(0)])
+            pooled = self.embedding_bags[table](torch.cat([values[i] for i in rows]).long(), offsets)
+            out.update(zip(names, pooled.split(batch_size)))
+        return out
+
+
+class FeatureEmbedding(nn.Module):
+    """Embeds the sparse features and normalises the dense features of every tower.
+
+    Args:
+        schema: the features; sparse ones get tables, dense ones normalisation buffers.
+        num_embeddings: rows per table, keyed by table name (= the owning feature's name); extra
+            keys are ignored.
+        backend: ``"torchrec"`` or ``"torch"`` (see the module docstring).
+
+    Attributes:
+        ebc: the embedding-bag collection holding every table of every tower.
+        dense_mean_<tower>, dense_std_<tower>: (F_tower,) buffers, one pair per tower in ``TOWERS``.
+    """
+
+    def __init__(self, schema: FeatureSchema, num_embeddings: Mapping[str, int], backend: str = "torchrec"):
+        super().__init__()
+        if backend not in BACKENDS:
+            raise RecfunnelError(f"embedding backend {backend!r} is not valid; choose one of: {', '.join(BACKENDS)}")
+        self.schema = schema
+        self.backend = backend
+        tables = _table_configs(schema, num_embeddings)
+        self.ebc = EmbeddingBagCollection(tables) if backend == "torchrec" else TorchEmbeddingBagCollection(tables)
+        # every sparse feature key of the collection, in its (table-major) order
+        self._keys = [name for cfg in tables for name in cfg.feature_names]
+        self._sparse = {t: [f.name for f in schema.tower(t, "sparse")] for t in TOWERS}
+        self._dims = {f.name: schema[f.table_name].dim for f in schema.features if f.is_sparse}
+        for tower in TOWERS:
+            n_dense = len(schema.tower(tower, "dense"))
+            self.register_buffer(f"dense_mean_{tower}", torch.zeros(n_dense))
+            self.register_buffer(f"dense_std_{tower}", torch.ones(n_dense))
+
+    def tower_dim(self, tower: str) -> int:
+        """Width of ``forward``'s output for ``tower``: pooled sparse dims + number of dense features."""
+        self._check_tower(tower)
+        return sum(self._dims[name] for name in self._sparse[tower]) + len(self.schema.tower(tower, "dense"))
+
+    def set_dense_stats(self, tower: str, mean: Tensor | np.ndarray | Sequence[float],
+                        std: Tensor | np.ndarray | Sequence[float]) -> None:
+        """Set the (F_tower,) normalisation of ``tower``'s dense features (train-split statistics).
+
+        ``std`` is floored at ``DENSE_STD_EPS``. The values live in buffers, so they are saved in
+        the state dict and follow ``.to(device)``.
+        """
+        self._check_tower(tower)
+        for kind, value in (("mean", mean), ("std", std)):
+            buf: Tensor = getattr(self, f"dense_{kind}_{tower}")
+            value = torch.as_tensor(value, dtype=buf.dtype, device=buf.device)
+            if value.shape != buf.shape:
+                raise RecfunnelError(f"dense {kind} of tower '{tower}' has shape {tuple(value.shape)}; the schema "
+                                     f"has {buf.numel()} dense feature(s) in that tower, so expected ({buf.numel()},)")
+            buf.copy_(value.clamp(min=DENSE_STD_EPS) if kind == "std" else value)
+
+    def forward(self, inputs: Mapping[str, TowerInput]) -> dict[str, Tensor]:
+        """{tower: TowerInput of B_t rows} -> {tower: (B_t, tower_dim(tower)) float32}.
+
+        Towers with the same batch size share one collection call; every call gets a KJT holding all
+        of the collection's keys, those of absent towers with zero lengths (pooled to zeros, unused).
+        """
+        by_batch: dict[int, list[str]] = {}
+        for tower, inp in inputs.items():
+            self._check_input(tower, inp)
+            by_batch.setdefault(inp.batch_size, []).append(tower)
+        pooled: dict[str, Tensor] = {}
+        for batch_size, towers in by_batch.items():
+            kjt = self._merge([inputs[t] for t in towers], batch_size)
+            out = self.ebc(kjt)
+            out = out if isinstance(out, dict) else out.to_dict()
+            pooled.update((name, out[name]) for t in towers for name in self._sparse[t])
+        result = {}
+        for tower, inp in inputs.items():
+            mean, std = getattr(self, f"dense_mean_{tower}"), getattr(self, f"dense_std_{tower}")
+            parts = [pooled[name] for name in self._sparse[tower]] + [(inp.dense - mean) / std]
+            result[tower] = torch.cat(parts, dim=1)
+        return result
+
+    def sequence(self, name: str, kjt: KeyedJaggedTensor, max_len: int | None = None) -> tuple[Tensor, Tensor]:
+        """Unpooled embeddings of sparse feature ``name`` for a sequence encoder.
+
+        Args:
+            name: a sparse feature (usually kind ``sequence``) that is a key of ``kjt``.
+            kjt: fixed-stride KJT of B rows, each bag ordered oldest -> newest.
+            max_len: L; bags longer than L keep their newest L ids. ``None``: the longest bag.
+
+        Returns:
+            (B, L, D) embeddings from the feature's (possibly shared) table, and a (B, L) bool mask
+            of real entries. Each row keeps its order and is padded at the *start*: the newest id
+            is always at position L - 1, and padding (zero vectors, mask False) comes first. A row
+            with an empty bag is all padding.
+        """
+        try:
+            spec = self.schema[name]
+        except KeyError:
+            spec = None
+        if spec is None or not spec.is_sparse:
+            raise RecfunnelError(f"sequence(): '{name}' is not a sparse feature of the schema; "
+                                 f"choose one of: {', '.join(self._keys)}")
+        if name not in kjt.keys():
+            raise RecfunnelError(f"sequence(): the KJT has no key '{name}' (it has {kjt.keys()})")
+        weight = self.ebc.embedding_bags[spec.table_name].weight
+        i, batch_size = kjt.keys().index(name), kjt.stride()
+        lengths = kjt.lengths().view(len(kjt.keys()), batch_size)[i].long()
+        values = kjt.values().split(kjt.length_per_key())[i].long()
+        seq_len = max_len if max_len is not None else int(lengths.max())
+        device = values.device
+        row = torch.repeat_interleave(torch.arange(batch_size, device=device), lengths, output_size=values.numel())
+        from_end = lengths.cumsum(0)[row] - 1 - torch.arange(values.numel(), device=device)  # newest id: 0
+        keep = from_end < seq_len
+        slot = row[keep] * seq_len + (seq_len - 1 - from_end[keep])
+        emb = weight.new_zeros(batch_size * seq_len, weight.shape[1]).index_copy(
+            0, slot, F.embedding(values[keep], weight))
+        first_real = seq_len - lengths.clamp(max=seq_len)
+        mask = torch.arange(seq_len, device=device)[None, :] >= first_real[:, None]
+        return emb.view(batch_size, seq_len, -1), mask
+
+    def _check_tower(self, tower: str) -> None:
+        if tower not in TOWERS:
+            raise RecfunnelError(f"unknown tower '{tower}'; choose one of: {', '.join(TOWERS)}")
+
+    def _check_input(self, tower: str, inp: TowerInput) -> None:
+        self._check_tower(tower)
+        missing = [name for name in self._sparse[tower] if name not in inp.sparse.keys()]
+        if missing:
+            raise RecfunnelError(f"tower '{tower}' input lacks sparse feature(s) {missing}; its KJT has keys "
+                                 f"{inp.sparse.keys()}")
+        n_dense = len(self.schema.tower(tower, "dense"))
+        if inp.dense.dim() != 2 or inp.dense.shape[1] != n_dense:
+            raise RecfunnelError(f"tower '{tower}' dense input has shape {tuple(inp.dense.shape)}; "
+                                 f"expected (B, {n_dense})")
+        if self._sparse[tower] and inp.sparse.stride() != inp.batch_size:
+            raise RecfunnelError(f"tower '{tower}': KJT stride {inp.sparse.stride()} != dense batch size "
+                                 f"{inp.batch_size}")
+
+    def _merge(self, inputs: list[TowerInput], batch_size: int) -> KeyedJaggedTensor:
+        """One KJT (stride ``batch_size``) with every collection key, in collection order."""
+        device = inputs[0].dense.device
+        found: dict[str, tuple[Tensor, Tensor, int]] = {}
+        for inp in inputs:
+            kjt = inp.sparse
+            if not kjt.keys():
+                continue
+            per_key = kjt.length_per_key()
+            values = kjt.values().split(per_key)
+            lengths = kjt.lengths().view(len(kjt.keys()), batch_size)
+            for i, key in enumerate(kjt.keys()):
+                found[key] = (values[i], lengths[i], per_key[i])
+        no_values = torch.empty(0, dtype=torch.int64, device=device)
+        no_lengths = torch.zeros(batch_size, dtype=torch.int32, device=device)
+        parts = [found.get(key, (no_values, no_lengths, 0)) for key in self._keys]
+        return KeyedJaggedTensor(
+            keys=self._keys,
+            values=torch.cat([v.long() for v, _, _ in parts]),
+            lengths=torch.cat([n.int() for _, n, _ in parts]),
+            stride=batch_size,
+            length_per_key=[c for _, _, c in parts],
+        )
+
+
+def _table_configs(schema: FeatureSchema, num_embeddings: Mapping[str, int]) -> list[EmbeddingBagConfig]:
+    """One config per table owner, in schema order; feature_names = owner, then its sharers."""
+    configs = []
+    for owner in schema.features:
+        if not owner.is_sparse or owner.table is not None:
+            continue
+        users = [owner.name] + [f.name for f in schema.features if f.table == owner.name]
+        rows = num_embeddings.get(owner.name)
+        if rows is None:
+            raise RecfunnelError(f"num_embeddings has no entry for table '{owner.name}' (used by {', '.join(users)}); "
+                                 f"give the number of rows of every table: {', '.join(_table_names(schema))}")
+        if not isinstance(rows, (int, np.integer)) or rows <= 0:
+            raise RecfunnelError(f"num_embeddings['{owner.name}'] must be a positive integer, got {rows!r}")
+        configs.append(EmbeddingBagConfig(num_embeddings=int(rows), embedding_dim=owner.dim, name=owner.name,
+                                          feature_names=users, pooling=_POOLING[owner.pooling]))
+    return configs
+
+
+def _table_names(schema: FeatureSchema) -> list[str]:
+    return [f.name for f in schema.features if f.is_sparse and f.table is None]
+
+
+def fbgemm_ops_available() -> bool:
+    """True when ``fbgemm_gpu`` imports and, on a machine with CUDA, has CUDA kernels.
+
+    The CPU-only fbgemm build imports fine on a GPU machine but registers CPU kernels only; the
+    check looks for a CUDA kernel of one of its core sparse ops without needing a GPU to run it.
+    """
+    try:
+        import fbgemm_gpu  # noqa: F401  (registers torch.ops.fbgemm)
+    except (ImportError, OSError, RuntimeError):
+        return False
+    return not torch.cuda.is_available() or torch._C._dispatch_has_kernel_for_dispatch_key(
+        "fbgemm::asynchronous_complete_cumsum", "CUDA")
+
+
+def build_feature_embedding(schema: FeatureSchema, num_embeddings: Mapping[str, int],
+                            backend: str = "auto") -> FeatureEmbedding:
+    """``FeatureEmbedding`` with ``backend`` "torchrec", "torch" or "auto".
+
+    "auto" picks "torchrec" when ``fbgemm_ops_available()`` (the target device is taken to be CUDA
+    whenever CUDA is available, else CPU) and "torch" otherwise. Both backends hold the same state
+    dict, so the choice does not affect checkpoints.
+    """
+    if backend == "auto":
+        backend = "torchrec" if fbgemm_ops_available() else "torch"
+    elif backend not in BACKENDS:
+        raise RecfunnelError(f"embedding backend {backend!r} is not valid; choose one of: auto, {', '.join(BACKENDS)}")
+    return FeatureEmbedding(schema, num_embeddings, backend)
