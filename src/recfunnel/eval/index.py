@@ -41,8 +41,8 @@ FORMAT = "recfunnel.item_index"
 FORMAT_VERSION = 1
 INDEX_FILE, IDS_FILE, META_FILE = "index.faiss", "item_ids.npy", "meta.json"
 # Search defaults used when ``search`` is not given ``nprobe`` / ``ef_search`` (see bench_index.py).
-DEFAULT_NPROBE_FRACTION = 1 / 32  # of nlist
-DEFAULT_EF_SEARCH = 128
+DEFAULT_NPROBE_FRACTION, DEFAULT_MIN_NPROBE = 1 / 32, 16  # nprobe = max(nlist / 32, min(nlist, 16))
+DEFAULT_EF_SEARCH = 128  # raised to 2·k for larger k
 MIN_TRAIN_PER_LIST = 39  # faiss warns below this many training vectors per k-means centroid
 
 
@@ -160,7 +160,7 @@ class ItemIndex:
                 index.cp.seed = seed
                 index.cp.max_points_per_centroid = train_per_list
                 index.train(vectors)
-                index.nprobe = max(1, round(nlist * DEFAULT_NPROBE_FRACTION))
+                index.nprobe = max(round(nlist * DEFAULT_NPROBE_FRACTION), min(nlist, DEFAULT_MIN_NPROBE))
                 params.update(nlist=nlist, train_per_list=train_per_list)
             else:
                 index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
@@ -178,8 +178,9 @@ class ItemIndex:
         Args:
             queries: (Q, D) user-tower outputs (cast to float32).
             k: results per query; more than I is clamped to I with a warning.
-            nprobe: IVF only: lists to scan (clamped to nlist); default nlist / 32, rounded, ≥ 1.
-            ef_search: HNSW only: search beam width (recall falls off below k); default 128.
+            nprobe: IVF only: lists to scan (clamped to nlist); default max(nlist / 32, min(nlist, 16)).
+            ef_search: HNSW only: search beam width (recall falls off as it nears k);
+                default max(128, 2·k).
             threads: faiss OpenMP threads for this call; ``None`` keeps the current setting.
         Returns:
             scores: (Q, k) float32 inner products, best first.
@@ -205,10 +206,11 @@ class ItemIndex:
             if nprobe < 1:
                 raise RecfunnelError(f"nprobe must be ≥ 1, got {nprobe}")
             params = faiss.SearchParametersIVF(nprobe=min(nprobe, self.index.nlist))
-        if ef_search is not None:
-            if ef_search < 1:
-                raise RecfunnelError(f"ef_search must be ≥ 1, got {ef_search}")
-            params = faiss.SearchParametersHNSW(efSearch=ef_search)
+        if ef_search is not None and ef_search < 1:
+            raise RecfunnelError(f"ef_search must be ≥ 1, got {ef_search}")
+        if self.kind == "hnsw":
+            ef = max(self.index.hnsw.efSearch, 2 * k) if ef_search is None else ef_search
+            params = faiss.SearchParametersHNSW(efSearch=ef)
         with faiss_threads(threads):
             scores, indices = self.index.search(q, k, params=params)
         scores[indices < 0] = -np.inf

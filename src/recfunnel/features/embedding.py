@@ -192,7 +192,7 @@ class FeatureEmbedding(nn.Module):
         keep = from_end < seq_len
         slot = row[keep] * seq_len + (seq_len - 1 - from_end[keep])
         emb = weight.new_zeros(batch_size * seq_len, weight.shape[1]).index_copy(
-            0, slot, F.embedding(values[keep], weight))
+            0, slot, weight.index_select(0, values[keep]))  # index_add backward: no sort, unlike F.embedding
         first_real = seq_len - lengths.clamp(max=seq_len)
         mask = torch.arange(seq_len, device=device)[None, :] >= first_real[:, None]
         return emb.view(batch_size, seq_len, -1), mask
