@@ -30,9 +30,12 @@ log = logging.getLogger(__name__)
 
 
 def build_datamodule(cfg: DictConfig) -> RecDataModule:
+    history = OmegaConf.select(cfg, "model.net.history_feature", default=None)
     dm = RecDataModule(cfg.data, cfg.features, cfg.paths.data_dir, batch_size=cfg.data.batch_size,
                        num_workers=cfg.data.num_workers,
-                       num_negatives=OmegaConf.select(cfg, "model.loss.num_uniform_negatives", default=0))
+                       num_negatives=OmegaConf.select(cfg, "model.loss.num_uniform_negatives", default=0),
+                       train_windows=cfg.data.get("train_windows", 0), seed=cfg.seed,
+                       window_tokens=cfg.features.features[history].max_len if history in cfg.features.features else 50)
     dm.setup()
     return dm
 

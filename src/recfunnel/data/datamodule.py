@@ -15,19 +15,20 @@ inputs for every item as of the end of the train split.
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
 
 from recfunnel.data.dataset import TRAIN, SplitData
 from recfunnel.data.sources import load_split
 from recfunnel.eval.protocol import EvalSet
 from recfunnel.features.batch import TowerInput
-from recfunnel.features.pipeline import FeaturePipeline
+from recfunnel.features.pipeline import FeaturePipeline, _ranges
 from recfunnel.features.schema import FeatureSchema
+from recfunnel.utils.errors import RecfunnelError
 
 log = logging.getLogger(__name__)
 QUERY_TOWERS = ("user", "context")
@@ -44,9 +45,14 @@ class EventBatches(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, positions: list[int]) -> dict[str, Any]:
-        positions = np.asarray(positions, dtype=np.int64)
-        rows = self.rows[positions]
+    def __getitem__(self, key) -> dict[str, Any]:
+        positions, rng = _unpack(key)
+        batch = self.batch_for_rows(self.rows[positions], rng)
+        if self.eval_positions:
+            batch["eval_pos"] = torch.from_numpy(positions)
+        return batch
+
+    def batch_for_rows(self, rows: np.ndarray, rng: np.random.Generator | None = None) -> dict[str, Any]:
         p = self.pipeline
         batch: dict[str, Any] = {t: p.query(rows, t) for t in QUERY_TOWERS}
         batch["user_idx"] = torch.from_numpy(p.user_idx[rows])
@@ -57,17 +63,113 @@ class EventBatches(Dataset):
         if self.num_negatives:
             # uniform negatives, each as of the time of a random event of the batch (so their
             # as-of features look like the positives')
-            neg = torch.randint(p.num_items, (self.num_negatives,)).numpy()
-            when = p.ts[rows][torch.randint(len(rows), (self.num_negatives,)).numpy()]
+            rng = rng or np.random.default_rng()
+            neg = rng.integers(p.num_items, size=self.num_negatives)
+            when = p.ts[rows][rng.integers(len(rows), size=self.num_negatives)]
             batch["neg_item"] = p.items(neg, when)
             batch["neg_idx"] = torch.from_numpy(neg)
-        if self.eval_positions:
-            batch["eval_pos"] = torch.from_numpy(positions)
         return batch
+
+
+class WindowBatches(EventBatches):
+    """Training batches of whole windows: ``window_length`` consecutive train events of a user.
+
+    Besides the per-event towers, a batch carries ``window = {"tokens": (W+1, L), "query_index": (B,)}``:
+    for each window the L items before its last event (−1 padding at the start), plus one row of only
+    padding; and for each event the flat position of the token just before it (or the last position
+    of the padding row when the event has no earlier item). A causal encoder then reads every
+    event's history from one pass per window. Needs L ≥ window_length.
+    """
+
+    def __init__(self, pipeline: FeaturePipeline, train_rows_mask: np.ndarray, window_length: int, tokens: int,
+                 num_negatives: int = 0):
+        if tokens < window_length:
+            raise RecfunnelError(f"data.train_windows={window_length} exceeds the history length {tokens}; "
+                                 "use windows no longer than the history feature's max_len")
+        p = pipeline
+        is_train = train_rows_mask[p.order]  # per position of `order`
+        counts = np.add.reduceat(is_train.astype(np.int64), p.timeline_ptr[:-1]) if len(is_train) else np.zeros(0, int)
+        counts = np.where(np.diff(p.timeline_ptr) > 0, counts, 0)
+        per_user = -(-counts // window_length)  # windows per user, rounded up
+        user = np.repeat(np.arange(len(counts)), per_user)
+        k = np.arange(len(user)) - np.repeat(np.cumsum(per_user) - per_user, per_user)
+        self.win_start = p.timeline_ptr[user] + k * window_length
+        self.win_end = np.minimum(self.win_start + window_length, p.timeline_ptr[user] + counts[user])
+        self.user_start = p.timeline_ptr[user]
+        self.tokens = tokens
+        super().__init__(pipeline, np.arange(len(user)), with_items=True, num_negatives=num_negatives)
+
+    def __getitem__(self, key) -> dict[str, Any]:
+        w, rng = _unpack(key)
+        ws, we, us, L = self.win_start[w], self.win_end[w], self.user_start[w], self.tokens
+        p = self.pipeline
+        event_pos = _ranges(ws, we)  # positions in `order`
+        batch = self.batch_for_rows(p.order[event_pos], rng)
+        first = we - 1 - L  # position in `order` of token slot 0 (may be before the user's start)
+        tok_lo = np.maximum(us, first)
+        tok_pos = _ranges(tok_lo, we - 1)
+        win_of_tok = np.repeat(np.arange(len(w)), we - 1 - tok_lo)
+        tokens = np.full((len(w) + 1, L), -1, dtype=np.int64)
+        tokens[win_of_tok, tok_pos - first[win_of_tok]] = p.item_idx[p.order[tok_pos]]
+        win_of_event = np.repeat(np.arange(len(w)), we - ws)
+        has_history = event_pos > us[win_of_event]
+        query = np.where(has_history, win_of_event * L + event_pos - 1 - first[win_of_event], len(w) * L + L - 1)
+        batch["window"] = {"tokens": torch.from_numpy(tokens), "query_index": torch.from_numpy(query)}
+        return batch
+
+
+def _unpack(key) -> tuple[np.ndarray, np.random.Generator | None]:
+    """A sampler key is a list of positions, or (seed, epoch, batch index, positions) for training
+    batches, whose random draws (negatives) then depend on nothing but that key."""
+    if isinstance(key, tuple):
+        seed, epoch, index, positions = key
+        return np.asarray(positions, dtype=np.int64), np.random.default_rng((seed, epoch, index))
+    return np.asarray(key, dtype=np.int64), None
 
 
 def _whole_batch(batch: Any) -> Any:
     return batch
+
+
+class EpochBatchSampler:
+    """Shuffled batches whose order depends only on (seed, epoch): epoch e of a resumed run sees
+    exactly the batches it would have seen uninterrupted."""
+
+    def __init__(self, size: int, batch_size: int, seed: int, drop_last: bool):
+        self.size, self.batch_size, self.seed, self.drop_last = size, batch_size, seed, drop_last
+        self.epoch, self.skip = 0, 0
+
+    def __len__(self) -> int:
+        return self.size // self.batch_size if self.drop_last else -(-self.size // self.batch_size)
+
+    def __iter__(self):
+        perm = np.random.default_rng((self.seed, self.epoch)).permutation(self.size)
+        for index in range(self.skip, len(self)):
+            yield (self.seed, self.epoch, index, perm[index * self.batch_size:(index + 1) * self.batch_size].tolist())
+
+
+class ResumableLoader(DataLoader):
+    """Training DataLoader whose epochs resume mid-way.
+
+    Each ``iter()`` asks ``progress()`` for (epoch, batches already trained in that epoch) — the
+    trainer's own counters, restored from the checkpoint on resume — and yields the rest of that
+    epoch of its ``EpochBatchSampler``. So a run killed mid-epoch continues on the very next batch,
+    with the same batches and negatives as an uninterrupted run. Without ``progress`` epochs simply
+    count up from 0.
+    """
+
+    def __init__(self, dataset: Dataset, sampler: EpochBatchSampler,
+                 progress: Callable[[], tuple[int, int]] | None = None, **kw):
+        # its own generator: creating an iterator must not draw from torch's global one (dropout's)
+        super().__init__(dataset, sampler=sampler, batch_size=None, collate_fn=_whole_batch,
+                         generator=torch.Generator().manual_seed(sampler.seed), **kw)
+        self.epoch_sampler, self.progress, self._epochs = sampler, progress, 0
+
+    def __iter__(self):
+        epoch, done = self.progress() if self.progress else (self._epochs, 0)
+        self.epoch_sampler.epoch, self.epoch_sampler.skip = epoch, done
+        self._epochs += 1
+        return super().__iter__()
 
 
 class RecDataModule(pl.LightningDataModule):
@@ -81,16 +183,21 @@ class RecDataModule(pl.LightningDataModule):
         num_workers: DataLoader worker processes (each receives a copy of the pipeline).
         pin_memory: pin host memory for faster GPU copies; None = when CUDA is available.
         num_negatives: uniform catalogue negatives added to each training batch (``neg_item``).
+        train_windows: 0 for batches of shuffled events; T > 0 for batches of windows of T consecutive
+            train events per user (``WindowBatches``), about ``batch_size`` events each, for causal
+            history encoders; ``window_tokens`` is then the history length L they read.
     """
 
     def __init__(self, data_cfg: Mapping[str, Any], features_cfg: Mapping[str, Any], data_dir: str,
                  batch_size: int = 1024, eval_batch_size: int = 2048, num_workers: int = 0,
-                 pin_memory: bool | None = None, drop_last: bool = True, num_negatives: int = 0):
+                 pin_memory: bool | None = None, drop_last: bool = True, num_negatives: int = 0,
+                 train_windows: int = 0, window_tokens: int = 50, seed: int = 0):
         super().__init__()
         self.data_cfg, self.features_cfg, self.data_dir = data_cfg, features_cfg, data_dir
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.drop_last, self.num_negatives = drop_last, num_negatives
+        self.train_windows, self.window_tokens, self.seed = train_windows, window_tokens, seed
         self.data: SplitData | None = None
 
     def setup(self, stage: str | None = None) -> None:
@@ -118,20 +225,32 @@ class RecDataModule(pl.LightningDataModule):
         return self.pipeline.items(np.arange(self.data.num_items), self.pipeline.catalogue_time())
 
     # -- loaders ---------------------------------------------------------------------------------
-    def _loader(self, dataset: EventBatches, batch_size: int, shuffle: bool, drop_last: bool) -> DataLoader:
-        sampler = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
-        return DataLoader(dataset, sampler=BatchSampler(sampler, batch_size, drop_last=drop_last),
+    def eval_dataloader(self, split: str) -> DataLoader:
+        ds = EventBatches(self.pipeline, self.evalsets[split].rows, with_items=False, eval_positions=True)
+        return DataLoader(ds, sampler=BatchSampler(SequentialSampler(ds), self.eval_batch_size, drop_last=False),
                           batch_size=None, collate_fn=_whole_batch, num_workers=self.num_workers,
                           pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
-        ds = EventBatches(self.pipeline, self.train_rows, with_items=True, num_negatives=self.num_negatives)
-        drop = self.drop_last and len(self.train_rows) >= self.batch_size
-        return self._loader(ds, self.batch_size, shuffle=True, drop_last=drop)
+        if self.train_windows:
+            ds = WindowBatches(self.pipeline, self.data.split == TRAIN, self.train_windows, self.window_tokens,
+                               num_negatives=self.num_negatives)
+            batch_size, drop = max(1, self.batch_size // self.train_windows), False
+        else:
+            ds = EventBatches(self.pipeline, self.train_rows, with_items=True, num_negatives=self.num_negatives)
+            batch_size, drop = self.batch_size, self.drop_last and len(self.train_rows) >= self.batch_size
+        return ResumableLoader(ds, EpochBatchSampler(len(ds), batch_size, self.seed, drop), self._progress,
+                               num_workers=self.num_workers, pin_memory=self.pin_memory,
+                               persistent_workers=self.num_workers > 0)
 
-    def eval_dataloader(self, split: str) -> DataLoader:
-        ds = EventBatches(self.pipeline, self.evalsets[split].rows, with_items=False, eval_positions=True)
-        return self._loader(ds, self.eval_batch_size, shuffle=False, drop_last=False)
+    def _progress(self) -> tuple[int, int]:
+        """(epoch, batches done in it) from the attached trainer; (0, 0) without one."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 0
+        # "processed", not "completed": a checkpoint saved in on_train_batch_end has trained its batch
+        # but not yet counted it as completed, and Lightning asks for the iterator before fixing that
+        return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
     def val_dataloader(self) -> DataLoader:
         return self.eval_dataloader("valid")

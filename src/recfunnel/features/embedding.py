@@ -197,6 +197,15 @@ class FeatureEmbedding(nn.Module):
         mask = torch.arange(seq_len, device=device)[None, :] >= first_real[:, None]
         return emb.view(batch_size, seq_len, -1), mask
 
+    def lookup(self, name: str, ids: Tensor) -> Tensor:
+        """Unpooled rows of feature ``name``'s (possibly shared) table: ids (...) → (..., D).
+
+        Negative ids are padding and give zero vectors.
+        """
+        weight = self.ebc.embedding_bags[self.schema[name].table_name].weight
+        rows = weight.index_select(0, ids.clamp(min=0).reshape(-1)).view(*ids.shape, -1)
+        return rows * (ids >= 0).unsqueeze(-1).to(rows.dtype)
+
     def _check_tower(self, tower: str) -> None:
         if tower not in TOWERS:
             raise RecfunnelError(f"unknown tower '{tower}'; choose one of: {', '.join(TOWERS)}")

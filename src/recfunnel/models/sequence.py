@@ -23,6 +23,8 @@ ENCODERS = ("none", "recency", "attention")
 class RecencyPooling(nn.Module):
     """Weights w_i ∝ exp(−rate · (L−1−i)) over real entries; rate = softplus(θ) is learned."""
 
+    supports_windows = False
+
     def __init__(self, dim: int, out_dim: int, init_rate: float = 0.1):
         super().__init__()
         self.raw_rate = nn.Parameter(torch.tensor(float(torch.log(torch.expm1(torch.tensor(init_rate))))))
@@ -38,12 +40,21 @@ class RecencyPooling(nn.Module):
 
 
 class AttentionEncoder(nn.Module):
-    """Transformer encoder over the history; output at the newest position. (B, L, D) → (B, out_dim)."""
+    """Causal transformer over the history (SASRec-style), learned absolute positions.
+
+    (B, L, D) tokens, oldest → newest, padded at the start → (B, out_dim) read at the newest
+    position, or (B, L, out_dim) at every position with ``all_positions=True``: position i summarises
+    tokens 0..i only, which lets one pass over a window of a user's timeline serve every event in
+    it (``TwoTower`` with ``window`` batches), as SASRec trains.
+    """
+
+    supports_windows = True
 
     def __init__(self, dim: int, out_dim: int, max_len: int, layers: int = 2, heads: int = 2,
                  dropout: float = 0.2, width: int | None = None):
         super().__init__()
         width = width or dim
+        self.heads = heads
         self.inp = nn.Linear(dim, width) if width != dim else nn.Identity()
         self.pos = nn.Parameter(torch.zeros(max_len, width))
         nn.init.normal_(self.pos, std=0.02)
@@ -54,14 +65,16 @@ class AttentionEncoder(nn.Module):
         self.out = nn.Linear(width, out_dim)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, seq: Tensor, mask: Tensor, side: Tensor | None = None) -> Tensor:
-        L = seq.shape[1]
+    def forward(self, seq: Tensor, mask: Tensor, side: Tensor | None = None, all_positions: bool = False) -> Tensor:
+        B, L, _ = seq.shape
         x = self.inp(seq if side is None else seq + side) + self.pos[-L:]
-        # rows with no history keep one unmasked (zero) slot so attention is defined
-        pad = ~mask
-        pad[:, -1] = False
-        h = self.encoder(self.drop(x), src_key_padding_mask=pad)
-        return self.out(self.norm(h[:, -1]))
+        # attend to real tokens at or before one's own position; every position may attend to
+        # itself, so padded positions stay finite (their outputs are never read)
+        eye = torch.eye(L, dtype=torch.bool, device=seq.device)
+        allowed = (torch.ones(L, L, dtype=torch.bool, device=seq.device).tril() & mask[:, None, :]) | eye
+        attn_mask = ~allowed.repeat_interleave(self.heads, dim=0)  # (B·heads, L, L), True = blocked
+        h = self.out(self.norm(self.encoder(self.drop(x), mask=attn_mask)))
+        return h if all_positions else h[:, -1]
 
 
 def build_encoder(kind: str, dim: int, out_dim: int, max_len: int, **kw) -> nn.Module | None:

@@ -78,14 +78,35 @@ class TwoTower(nn.Module):
         emb = self.embedding({"user": batch["user"], "context": batch["context"]})
         parts = [emb["user"], emb["context"]]
         if self.encoder is not None:
-            kjt = batch["user"].sparse
-            seq, mask = self.embedding.sequence(self.history_feature, kjt, self.max_len)
-            side = None
-            for name, proj in zip(self.history_side, self.side_proj):
-                s, _ = self.embedding.sequence(name, kjt, self.max_len)
-                side = proj(s) if side is None else side + proj(s)
-            parts.append(self.encoder(seq, mask, side))
+            if "window" in batch and self.encoder.supports_windows:
+                parts.append(self._encode_windows(batch["window"]))
+            else:
+                kjt = batch["user"].sparse
+                seq, mask = self.embedding.sequence(self.history_feature, kjt, self.max_len)
+                side = None
+                for name, proj in zip(self.history_side, self.side_proj):
+                    s, _ = self.embedding.sequence(name, kjt, self.max_len)
+                    side = proj(s) if side is None else side + proj(s)
+                parts.append(self.encoder(seq, mask, side))
         return self._out(self.user_mlp(torch.cat(parts, dim=1)))
+
+    def _encode_windows(self, window: Mapping[str, Tensor]) -> Tensor:
+        """History encodings of every event of a window batch, one causal pass per window.
+
+        window["tokens"]: (W, L) item ids before each window's last event, −1 = padding (a row of
+        only padding serves events with no earlier item); window["query_index"]: (B,) flat position
+        in (W·L) of the token just before each event. Returns (B, d).
+
+        As in SASRec's training, an event early in its window reads a shorter prefix, with its newest
+        item at an earlier position; the window's last event reads exactly what the per-event pass
+        (used for evaluation) reads: its last L items, newest at position L−1.
+        """
+        if self.history_side:
+            raise RecfunnelError("model.net.history_side features are relative to each event's time and cannot "
+                                 "be used with window batches (data.train_windows > 0); set one of them off")
+        tokens = window["tokens"]
+        out = self.encoder(self.embedding.lookup(self.history_feature, tokens), tokens >= 0, all_positions=True)
+        return out.reshape(-1, out.shape[-1])[window["query_index"]]
 
     def item_vectors(self, items: TowerInput) -> Tensor:
         """Item vectors (I, d) from item-tower inputs."""

@@ -107,6 +107,16 @@ class RetrievalTask(pl.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / self.warmup_steps))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    # -- exact resume ---------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # dropout draws from torch's global generator: restoring it makes a resumed run continue
+        # exactly as the uninterrupted one (batches and negatives are seeded by the loader)
+        checkpoint["torch_rng_state"] = torch.get_rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "torch_rng_state" in checkpoint and self._trainer is not None and self.trainer.state.fn == "fit":
+            torch.set_rng_state(checkpoint["torch_rng_state"])
+
     # -- full-corpus evaluation -------------------------------------------------------------------
     @torch.no_grad()
     def catalogue_vectors(self) -> Tensor:
