@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
 
 from recfunnel.tasks.retrieval import NonFiniteLossError
-from recfunnel.train import build_datamodule, build_task
+from recfunnel.eval.index import ItemIndex
+from recfunnel.train import build_datamodule, build_task, save_index
 
 from conftest import DATA_DIR, ROOT
 from test_entry_points import run
@@ -38,6 +40,27 @@ def test_train_writes_metrics_config_and_checkpoints(tmp_path):
     assert "history_encoder: attention" in cfg_text and "num_uniform_negatives: 64" in cfg_text
     info = json.loads((out / "run_info.json").read_text())
     assert info["seed"] == 0 and info["versions"]["torch"]
+    index = ItemIndex.load(out / "index")
+    assert index.num_items == 1682 and index.item_ids_of(np.array([0]))[0] == 1
+
+
+def test_exact_index_top_k_equals_score_matrix_top_k(tmp_path, ml100k_data):
+    cfg = compose_cfg(tmp_path)
+    dm = build_datamodule(cfg)
+    task = build_task(cfg, dm)
+    trainer = pl.Trainer(max_epochs=1, limit_train_batches=3, limit_val_batches=0, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False)
+    trainer.fit(task, datamodule=dm)
+    task.eval()
+    save_index(task, dm, tmp_path, fingerprint="t")
+    index = ItemIndex.load(tmp_path / "index", expect_fingerprint="t")
+    batch = next(iter(dm.val_dataloader()))
+    with torch.no_grad():
+        users = task.net.user_vectors(batch)
+        scores = users @ task.catalogue_vectors().T
+    _, got = index.search(users.numpy(), 20)
+    want = torch.topk(scores, 20).indices.numpy()
+    assert (np.sort(got, 1) == np.sort(want, 1)).mean() > 0.999  # ties at float precision aside
 
 
 def test_nan_loss_names_step_and_lr_and_keeps_last_checkpoint(tmp_path, ml100k_data):

@@ -4,8 +4,9 @@
     python -m recfunnel.train -m hparams_search=two_tower_optuna      # a sweep
 
 Writes into the run directory: ``metrics.json`` (``valid/...`` and ``test/...``), ``config.yaml``
-(resolved), ``run_info.json`` (git commit, versions, seed), ``checkpoints/{best,last}.ckpt`` and a
-CSV log. Running the same command again in the same directory resumes from ``last.ckpt``.
+(resolved), ``run_info.json`` (git commit, versions, seed), ``checkpoints/{best,last}.ckpt``, a CSV
+log and, for retrieval models, ``index/`` (exact inner-product FAISS index of the selected model's
+item vectors, with the item-id map; logged to W&B as an artifact too). Running the same command again in the same directory resumes from ``last.ckpt``.
 Returns the validation metric named by ``monitor`` (what sweeps optimise).
 """
 
@@ -18,9 +19,11 @@ from pathlib import Path
 import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.loggers import CSVLogger
+import wandb
+from pytorch_lightning.loggers import CSVLogger, WandbLogger
 
 from recfunnel.data.datamodule import RecDataModule
+from recfunnel.eval.index import ItemIndex
 from recfunnel.eval.report import print_metrics, write_metrics
 from recfunnel.utils.cli import friendly_errors
 from recfunnel.utils.io import write_json
@@ -46,6 +49,17 @@ def build_task(cfg: DictConfig, dm: RecDataModule) -> pl.LightningModule:
     factory = hydra.utils.instantiate(cfg.model, _partial_=True)
     return factory(schema=dm.schema, num_embeddings=dm.num_embeddings, item_counts=dm.data.item_counts(),
                    dense_stats=dm.dense_stats())
+
+
+def save_index(task: pl.LightningModule, dm: RecDataModule, out: Path, fingerprint: str) -> Path | None:
+    """Exact inner-product FAISS index over the selected model's item vectors, saved in ``out/index``
+    with the item-id map (retrieval models only)."""
+    if not hasattr(task, "catalogue_vectors"):
+        return None
+    vectors = task.catalogue_vectors().float().cpu().numpy()
+    index = ItemIndex.build(vectors, dm.data.tables.items["item_id"].to_numpy(), kind="flat", fingerprint=fingerprint)
+    index.save(out / "index")
+    return out / "index"
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -85,8 +99,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metrics["train/fit_seconds"] = fit_s
     metrics["train/epochs"] = trainer.current_epoch
     write_metrics(out, metrics)
+    index_dir = save_index(task, dm, out, fingerprint=f"{out.resolve()}:{Path(ckpt or 'final').name}")
     for lg in loggers:
         lg.log_metrics({f"final/{k}": v for k, v in metrics.items()})
+        if index_dir is not None and isinstance(lg, WandbLogger):
+            artifact = wandb.Artifact(f"index-{lg.experiment.id}", type="faiss-index")
+            artifact.add_dir(str(index_dir))
+            lg.experiment.log_artifact(artifact)
         lg.finalize("success")
     print_metrics(f"{cfg.run_name} ({cfg.data.name})", metrics)
     print(f"run directory: {out.resolve()}")

@@ -1,0 +1,320 @@
+"""Compare finished runs: the config keys that differ, their metrics, plots.
+
+    python -m recfunnel.compare logs/train/multiruns/2026-11-29_10-00-00      # a sweep
+    python -m recfunnel.compare RUN_A RUN_B --metric test/ndcg@10 --out cmp/  # run directories
+    python -m recfunnel.compare --wandb-project recfunnel --wandb-group ml100k_two_tower
+
+A PATH is a run directory (holding ``metrics.json``, written by ``python -m recfunnel.train``) or
+a directory above run directories, such as a sweep directory. Prints one row per run (named by
+its path relative to the directory all the runs share), with the config keys whose values differ
+across runs (output paths and run names left out) and the main valid/test metrics, sorted by
+``--metric``. Writes into ``--out`` (default ``<first PATH>/compare`` when that PATH is a sweep
+directory, else ``compare/``): ``comparison.csv``, ``metric_vs_<key>.png`` per differing key and
+``learning_curves.png`` (the validation metric per epoch and ``train/loss``, from each run's
+``csv/metrics.csv``). With ``--wandb-project``/``--wandb-group`` the runs come from W&B instead
+(summary and config; needs W&B online).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import yaml
+
+from recfunnel.utils.errors import RecfunnelError
+
+METRICS = ("valid/ndcg@10", "valid/recall@10", "test/ndcg@10", "test/recall@10", "test/recall@100", "test/mrr")
+SKIP_PREFIXES = ("paths.", "hydra.")
+SKIP_KEYS = ("run_name",)
+PATH_SUFFIXES = ("dir", "path", "file")  # last key component naming a file or directory
+
+
+@dataclass
+class Run:
+    name: str
+    config: dict[str, Any]  # flat, dotted keys
+    metrics: dict[str, float]
+    curves: Any = field(default=None, repr=False)  # pandas DataFrame of logged steps, or None
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts → ``{"a.b.c": leaf}``; lists stay whole leaves."""
+    if not isinstance(tree, dict):
+        return {prefix: tree} if prefix else {}
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        out.update(flatten(v, key) if isinstance(v, dict) and v else {key: v})
+    return out
+
+
+def find_run_dirs(paths: Sequence[str | Path]) -> list[Path]:
+    """Each PATH itself if it holds ``metrics.json``, else every run directory below it."""
+    runs: list[Path] = []
+    for p in map(Path, paths):
+        if not p.is_dir():
+            raise RecfunnelError(f"{p} does not exist or is not a directory; pass a run directory "
+                                 "(holding metrics.json) or a sweep directory")
+        if (p / "metrics.json").is_file():
+            runs.append(p)
+            continue
+        found = sorted(m.parent for m in p.rglob("metrics.json"))
+        if not found:
+            raise RecfunnelError(f"{p} is neither a run directory nor a sweep directory (no metrics.json in "
+                                 "it or below it); pass a directory written by `python -m recfunnel.train`")
+        runs.extend(found)
+    return list(dict.fromkeys(r.resolve() for r in runs))
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise RecfunnelError(f"cannot read {path} ({e}); rerun that job or leave its directory out") from None
+
+
+def load_curves(run_dir: Path) -> Any:
+    """``csv/metrics.csv`` (Lightning's CSVLogger) as a DataFrame, or None when absent."""
+    import pandas as pd
+
+    path = run_dir / "csv" / "metrics.csv"
+    return pd.read_csv(path) if path.is_file() else None
+
+
+def load_local_runs(paths: Sequence[str | Path]) -> list[Run]:
+    dirs = find_run_dirs(paths)
+    base = Path(os.path.commonpath(dirs)) if len(dirs) > 1 else dirs[0].parent
+    runs = []
+    for d in dirs:
+        cfg_path = d / "config.yaml"
+        config = flatten(yaml.safe_load(cfg_path.read_text()) or {}) if cfg_path.is_file() else {}
+        runs.append(Run(d.relative_to(base).as_posix(), config, _read_json(d / "metrics.json"), load_curves(d)))
+    return runs
+
+
+def load_wandb_runs(project: str, group: str | None) -> list[Run]:
+    """Finished runs of a W&B project (and group): final metrics from the summary, config, history."""
+    from recfunnel.utils.wandb_mode import decide_wandb_mode
+
+    mode, reason = decide_wandb_mode("auto")
+    if mode != "online":
+        raise RecfunnelError(f"W&B is not reachable ({reason.split(';')[0]}); compare run directories "
+                             "instead: python -m recfunnel.compare logs/train/multiruns/<time>")
+    import wandb
+
+    filters = {"group": group} if group else None
+    runs = []
+    for r in wandb.Api().runs(project, filters=filters):
+        summary = {k: v for k, v in r.summary.items() if isinstance(v, (int, float))}
+        # train.py logs the scores of the restored best checkpoint as final/<key>
+        metrics = {k: v for k, v in summary.items() if k.startswith(("valid/", "test/", "train/"))}
+        metrics.update({k.removeprefix("final/"): v for k, v in summary.items() if k.startswith("final/")})
+        runs.append(Run(r.name, flatten(dict(r.config)), metrics, r.history(pandas=True)))
+    if not runs:
+        raise RecfunnelError(f"no W&B runs in project {project!r}" + (f" group {group!r}" if group else "")
+                             + "; check --wandb-project/--wandb-group (`wandb.Api().runs(project)` lists them)")
+    return runs
+
+
+def _is_path_like(key: str, values: Iterable[Any]) -> bool:
+    last = key.rsplit(".", 1)[-1].lower()
+    return last.endswith(PATH_SUFFIXES) or any(isinstance(v, str) and v.startswith(("/", "./", "../"))
+                                               for v in values)
+
+
+def differing_keys(runs: Sequence[Run]) -> list[str]:
+    """Config keys whose values differ across runs, leaving out paths and per-run names."""
+    keys = dict.fromkeys(k for r in runs for k in r.config)
+    out = []
+    for k in keys:
+        if k.startswith(SKIP_PREFIXES) or k in SKIP_KEYS:
+            continue
+        values = [r.config.get(k) for r in runs]
+        if len({json.dumps(v, sort_keys=True, default=str) for v in values}) < 2 or _is_path_like(k, values):
+            continue
+        if all(v is not None and v == r.config.get("run_name") for v, r in zip(values, runs)):
+            continue  # e.g. logger.wandb.name: ${run_name}
+        out.append(k)
+    return out
+
+
+def _value(v: Any) -> float:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
+
+
+def sort_runs(runs: Sequence[Run], metric: str) -> list[Run]:
+    known = sorted({k for r in runs for k in r.metrics})
+    if metric not in known:
+        raise RecfunnelError(f"--metric {metric!r} is in no run's metrics; use one of: {', '.join(known)}")
+    # best first; runs without the metric (or NaN) last
+    return sorted(runs, key=lambda r: (math.isnan(v := _value(r.metrics.get(metric))), -v if v == v else 0))
+
+
+def build_table(runs: Sequence[Run], params: Sequence[str], metrics: Sequence[str]) -> Any:
+    """The comparison as a DataFrame: run, the differing params, the metrics."""
+    import pandas as pd
+
+    rows = [{"run": r.name, **{p: r.config.get(p) for p in params}, **{m: r.metrics.get(m) for m in metrics}}
+            for r in runs]
+    return pd.DataFrame(rows, columns=["run", *params, *metrics])
+
+
+def _fmt(v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}" if abs(v) < 1e-3 or abs(v) >= 1e4 else f"{v:.4f}".rstrip("0").rstrip(".")
+    return str(v)
+
+
+def print_table(df: Any, metrics: Sequence[str], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    cells = [[_fmt(v) if c in metrics or not isinstance(v, list) else str(v) for c, v in row.items()]
+             for row in df.to_dict("records")]
+    for i, col in enumerate(df.columns):
+        table.add_column(col, justify="right" if col in metrics else "left", no_wrap=True)
+    for row in cells:
+        table.add_row(*row)
+    width = sum(max([len(str(c)), *(len(r[i]) for r in cells)]) + 3 for i, c in enumerate(df.columns)) + 1
+    Console(width=max(Console().width, width)).print(table)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def plot_metric_vs_params(runs: Sequence[Run], params: Sequence[str], metric: str, out: Path) -> list[Path]:
+    """One scatter per param: ``metric`` against the param (numeric axis, or one slot per category)."""
+    import matplotlib.pyplot as plt
+
+    written = []
+    for p in params:
+        xs = [r.config.get(p) for r in runs]
+        ys = [_value(r.metrics.get(metric)) for r in runs]
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        if all(_is_number(x) for x in xs):
+            ax.scatter(xs, ys)
+            if min(xs) > 0 and max(xs) / min(xs) >= 100:
+                ax.set_xscale("log")
+        else:
+            labels = list(dict.fromkeys(str(x) for x in xs))
+            ax.scatter([labels.index(str(x)) for x in xs], ys)
+            ax.set_xticks(range(len(labels)), labels, rotation=30 if len(labels) > 4 else 0)
+            ax.set_xlim(-0.5, len(labels) - 0.5)
+        ax.set_xlabel(p)
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        path = out / f"metric_vs_{p.replace('/', '_')}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def plot_learning_curves(runs: Sequence[Run], metric: str, out: Path) -> Path:
+    """``metric`` per epoch (validation during fit only) and ``train/loss`` per step, one line per run."""
+    import matplotlib.pyplot as plt
+
+    has_loss = any(r.curves is not None and "train/loss" in r.curves for r in runs)
+    fig, axes = plt.subplots(1, 2 if has_loss else 1, figsize=(11 if has_loss else 6, 4), squeeze=False)
+    ax_m = axes[0][0]
+    for r in runs:
+        df = r.curves
+        if df is None:
+            continue
+        if metric in df and "epoch" in df:
+            vals = df[["epoch", metric]].dropna()
+            if "train/epochs" in r.metrics:  # drop the post-fit validate/test, logged one epoch later
+                vals = vals[vals["epoch"] < r.metrics["train/epochs"]]
+            vals = vals.groupby("epoch", as_index=False).first()
+            ax_m.plot(vals["epoch"], vals[metric], marker="o", label=r.name)
+        if has_loss and "train/loss" in df:
+            step = "step" if "step" in df else "trainer/global_step"
+            loss = df[[step, "train/loss"]].dropna()
+            axes[0][1].plot(loss[step], loss["train/loss"], label=r.name)
+    ax_m.set(xlabel="epoch", ylabel=metric, title=f"{metric} per epoch")
+    if has_loss:
+        axes[0][1].set(xlabel="step", ylabel="train/loss", title="training loss")
+    for ax in axes[0]:
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small")
+    fig.tight_layout()
+    path = out / "learning_curves.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def compare(runs: Sequence[Run], metric: str, out: Path, title: str) -> None:
+    runs = sort_runs(runs, metric)
+    params = differing_keys(runs)
+    metrics = [m for m in dict.fromkeys([*METRICS, metric]) if any(m in r.metrics for r in runs)]
+    df = build_table(runs, params, metrics)
+    print_table(df, metrics, title)
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out / "comparison.csv", index=False)
+    curve_metric = metric if metric.startswith("valid/") else "valid/ndcg@10"
+    plot_metric_vs_params(runs, params, metric, out)
+    plot_learning_curves(runs, curve_metric, out)
+    print(f"{len(runs)} runs; {len(params)} differing config keys; written to {out}/ "
+          f"(comparison.csv, learning_curves.png{', metric_vs_<key>.png' if params else ''})")
+
+
+def default_out(paths: Sequence[str]) -> Path:
+    first = Path(paths[0]) if paths else None
+    if first is not None and first.is_dir() and not (first / "metrics.json").is_file():
+        return first / "compare"
+    return Path("compare")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m recfunnel.compare", description=__doc__.split("\n\n")[0])
+    parser.add_argument("paths", nargs="*", metavar="PATH", help="run directories or sweep directories")
+    parser.add_argument("--out", type=Path, help="where to write comparison.csv and the plots")
+    parser.add_argument("--metric", default="valid/ndcg@10", help="sort by this metric, descending; plotted")
+    parser.add_argument("--wandb-project", help="compare the runs of this W&B project (needs W&B online)")
+    parser.add_argument("--wandb-group", help="only the runs of this W&B group")
+    args = parser.parse_args(argv)
+    if not args.paths and not args.wandb_project:
+        parser.error("give run/sweep directories (PATH ...) or --wandb-project")
+    if args.paths and args.wandb_project:
+        parser.error("give either PATHs or --wandb-project, not both")
+    if args.wandb_group and not args.wandb_project:
+        parser.error("--wandb-group needs --wandb-project")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        if args.wandb_project:
+            runs = load_wandb_runs(args.wandb_project, args.wandb_group)
+            title = f"W&B {args.wandb_project}" + (f" / {args.wandb_group}" if args.wandb_group else "")
+        else:
+            runs = load_local_runs(args.paths)
+            title = ", ".join(args.paths)
+        compare(runs, args.metric, args.out or default_out(args.paths), title)
+    except RecfunnelError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
