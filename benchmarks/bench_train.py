@@ -30,13 +30,17 @@ from recfunnel.eval.metrics import ranking_metrics  # noqa: E402
 from recfunnel.train import build_datamodule, build_task  # noqa: E402
 
 
+def _identity(batch):
+    return batch
+
+
 class ReplayBatches(pl.LightningDataModule):
     def __init__(self, batches):
         super().__init__()
         self.batches = batches
 
     def train_dataloader(self):
-        return self.batches
+        return torch.utils.data.DataLoader(self.batches, batch_size=None, collate_fn=_identity)
 
 
 def plain_loop(task, batches) -> float:

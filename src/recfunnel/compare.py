@@ -24,15 +24,17 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import yaml
 
 from recfunnel.utils.errors import RecfunnelError
+from recfunnel.utils.sweep_summary import natural_key
 
 METRICS = ("valid/ndcg@10", "valid/recall@10", "test/ndcg@10", "test/recall@10", "test/recall@100", "test/mrr")
 SKIP_PREFIXES = ("paths.", "hydra.")
 SKIP_KEYS = ("run_name",)
+AGGREGATE_METRICS = ("test/recall@10", "test/recall@100", "test/ndcg@10", "test/ndcg@20", "valid/ndcg@10")
 PATH_SUFFIXES = ("dir", "path", "file")  # last key component naming a file or directory
 
 
@@ -65,7 +67,7 @@ def find_run_dirs(paths: Sequence[str | Path]) -> list[Path]:
         if (p / "metrics.json").is_file():
             runs.append(p)
             continue
-        found = sorted(m.parent for m in p.rglob("metrics.json"))
+        found = sorted((m.parent for m in p.rglob("metrics.json")), key=natural_key)
         if not found:
             raise RecfunnelError(f"{p} is neither a run directory nor a sweep directory (no metrics.json in "
                                  "it or below it); pass a directory written by `python -m recfunnel.train`")
@@ -73,10 +75,10 @@ def find_run_dirs(paths: Sequence[str | Path]) -> list[Path]:
     return list(dict.fromkeys(r.resolve() for r in runs))
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def _read(path: Path, parse: Callable[[str], Any]) -> Any:
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as e:
+        return parse(path.read_text())
+    except (OSError, ValueError, yaml.YAMLError) as e:
         raise RecfunnelError(f"cannot read {path} ({e}); rerun that job or leave its directory out") from None
 
 
@@ -93,9 +95,10 @@ def load_local_runs(paths: Sequence[str | Path]) -> list[Run]:
     base = Path(os.path.commonpath(dirs)) if len(dirs) > 1 else dirs[0].parent
     runs = []
     for d in dirs:
-        cfg_path = d / "config.yaml"
-        config = flatten(yaml.safe_load(cfg_path.read_text()) or {}) if cfg_path.is_file() else {}
-        runs.append(Run(d.relative_to(base).as_posix(), config, _read_json(d / "metrics.json"), load_curves(d)))
+        # the resolved config train.py writes, else Hydra's unresolved copy (entry points without one)
+        cfg_path = next((c for c in (d / "config.yaml", d / ".hydra" / "config.yaml") if c.is_file()), None)
+        config = flatten(_read(cfg_path, yaml.safe_load) or {}) if cfg_path else {}
+        runs.append(Run(d.relative_to(base).as_posix(), config, _read(d / "metrics.json", json.loads), load_curves(d)))
     return runs
 
 
@@ -105,8 +108,8 @@ def load_wandb_runs(project: str, group: str | None) -> list[Run]:
 
     mode, reason = decide_wandb_mode("auto")
     if mode != "online":
-        raise RecfunnelError(f"W&B is not reachable ({reason.split(';')[0]}); compare run directories "
-                             "instead: python -m recfunnel.compare logs/train/multiruns/<time>")
+        raise RecfunnelError(f"--wandb-project needs W&B online, but it is {mode} ({reason.split(';')[0]}); "
+                             "compare run directories instead: python -m recfunnel.compare logs/train/multiruns/<time>")
     import wandb
 
     filters = {"group": group} if group else None
@@ -116,7 +119,8 @@ def load_wandb_runs(project: str, group: str | None) -> list[Run]:
         # train.py logs the scores of the restored best checkpoint as final/<key>
         metrics = {k: v for k, v in summary.items() if k.startswith(("valid/", "test/", "train/"))}
         metrics.update({k.removeprefix("final/"): v for k, v in summary.items() if k.startswith("final/")})
-        runs.append(Run(r.name, flatten(dict(r.config)), metrics, r.history(pandas=True)))
+        config = flatten({k: v for k, v in r.config.items() if not k.startswith("_")})
+        runs.append(Run(r.name, config, metrics, r.history(pandas=True)))
     if not runs:
         raise RecfunnelError(f"no W&B runs in project {project!r}" + (f" group {group!r}" if group else "")
                              + "; check --wandb-project/--wandb-group (`wandb.Api().runs(project)` lists them)")
@@ -130,7 +134,11 @@ def _is_path_like(key: str, values: Iterable[Any]) -> bool:
 
 
 def differing_keys(runs: Sequence[Run]) -> list[str]:
-    """Config keys whose values differ across runs, leaving out paths and per-run names."""
+    """Config keys whose values differ across runs, leaving out paths and per-run names.
+
+    Runs without a config are left out of the comparison (their values show as "-").
+    """
+    runs = [r for r in runs if r.config]
     keys = dict.fromkeys(k for r in runs for k in r.config)
     out = []
     for k in keys:
@@ -145,16 +153,24 @@ def differing_keys(runs: Sequence[Run]) -> list[str]:
     return out
 
 
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def _value(v: Any) -> float:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
+    return float(v) if _is_number(v) else math.nan
 
 
 def sort_runs(runs: Sequence[Run], metric: str) -> list[Run]:
     known = sorted({k for r in runs for k in r.metrics})
     if metric not in known:
         raise RecfunnelError(f"--metric {metric!r} is in no run's metrics; use one of: {', '.join(known)}")
-    # best first; runs without the metric (or NaN) last
-    return sorted(runs, key=lambda r: (math.isnan(v := _value(r.metrics.get(metric))), -v if v == v else 0))
+
+    def best_first(run: Run) -> tuple[bool, float]:  # runs without the metric (or NaN) last
+        v = _value(run.metrics.get(metric))
+        return (math.isnan(v), 0.0 if math.isnan(v) else -v)
+
+    return sorted(runs, key=best_first)
 
 
 def build_table(runs: Sequence[Run], params: Sequence[str], metrics: Sequence[str]) -> Any:
@@ -166,11 +182,11 @@ def build_table(runs: Sequence[Run], params: Sequence[str], metrics: Sequence[st
     return pd.DataFrame(rows, columns=["run", *params, *metrics])
 
 
-def _fmt(v: Any) -> str:
+def _fmt(v: Any, metric: bool) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
     if isinstance(v, float):
-        return f"{v:.4g}" if abs(v) < 1e-3 or abs(v) >= 1e4 else f"{v:.4f}".rstrip("0").rstrip(".")
+        return f"{v:.4f}" if metric else f"{v:g}"
     return str(v)
 
 
@@ -179,9 +195,8 @@ def print_table(df: Any, metrics: Sequence[str], title: str) -> None:
     from rich.table import Table
 
     table = Table(title=title)
-    cells = [[_fmt(v) if c in metrics or not isinstance(v, list) else str(v) for c, v in row.items()]
-             for row in df.to_dict("records")]
-    for i, col in enumerate(df.columns):
+    cells = [[_fmt(v, c in metrics) for c, v in zip(df.columns, row)] for row in df.itertuples(index=False)]
+    for col in df.columns:
         table.add_column(col, justify="right" if col in metrics else "left", no_wrap=True)
     for row in cells:
         table.add_row(*row)
@@ -189,18 +204,17 @@ def print_table(df: Any, metrics: Sequence[str], title: str) -> None:
     Console(width=max(Console().width, width)).print(table)
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def plot_metric_vs_params(runs: Sequence[Run], params: Sequence[str], metric: str, out: Path) -> list[Path]:
-    """One scatter per param: ``metric`` against the param (numeric axis, or one slot per category)."""
+def plot_metric_vs_params(runs: Sequence[Run], params: Sequence[str], metric: str, out: Path) -> None:
+    """One scatter per param set in two runs or more: ``metric`` against the param (numeric axis,
+    or one slot per category)."""
     import matplotlib.pyplot as plt
 
-    written = []
     for p in params:
-        xs = [r.config.get(p) for r in runs]
-        ys = [_value(r.metrics.get(metric)) for r in runs]
+        have = [r for r in runs if r.config.get(p) is not None]
+        if len(have) < 2:
+            continue
+        xs = [r.config[p] for r in have]
+        ys = [_value(r.metrics.get(metric)) for r in have]
         fig, ax = plt.subplots(figsize=(5, 3.5))
         if all(_is_number(x) for x in xs):
             ax.scatter(xs, ys)
@@ -215,16 +229,14 @@ def plot_metric_vs_params(runs: Sequence[Run], params: Sequence[str], metric: st
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        path = out / f"metric_vs_{p.replace('/', '_')}.png"
-        fig.savefig(path, dpi=100)
+        fig.savefig(out / f"metric_vs_{p.replace('/', '_')}.png", dpi=100)
         plt.close(fig)
-        written.append(path)
-    return written
 
 
-def plot_learning_curves(runs: Sequence[Run], metric: str, out: Path) -> Path:
+def plot_learning_curves(runs: Sequence[Run], metric: str, out: Path) -> None:
     """``metric`` per epoch (validation during fit only) and ``train/loss`` per step, one line per run."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     has_loss = any(r.curves is not None and "train/loss" in r.curves for r in runs)
     fig, axes = plt.subplots(1, 2 if has_loss else 1, figsize=(11 if has_loss else 6, 4), squeeze=False)
@@ -244,6 +256,7 @@ def plot_learning_curves(runs: Sequence[Run], metric: str, out: Path) -> Path:
             loss = df[[step, "train/loss"]].dropna()
             axes[0][1].plot(loss[step], loss["train/loss"], label=r.name)
     ax_m.set(xlabel="epoch", ylabel=metric, title=f"{metric} per epoch")
+    ax_m.xaxis.set_major_locator(MaxNLocator(integer=True))
     if has_loss:
         axes[0][1].set(xlabel="step", ylabel="train/loss", title="training loss")
     for ax in axes[0]:
@@ -251,10 +264,8 @@ def plot_learning_curves(runs: Sequence[Run], metric: str, out: Path) -> Path:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize="small")
     fig.tight_layout()
-    path = out / "learning_curves.png"
-    fig.savefig(path, dpi=100)
+    fig.savefig(out / "learning_curves.png", dpi=100)
     plt.close(fig)
-    return path
 
 
 def compare(runs: Sequence[Run], metric: str, out: Path, title: str) -> None:
@@ -276,6 +287,31 @@ def compare(runs: Sequence[Run], metric: str, out: Path, title: str) -> None:
           f"(comparison.csv, learning_curves.png{', metric_vs_<key>.png' if params else ''})")
 
 
+def aggregate(runs: Sequence[Run], out: Path, metrics: Sequence[str] = AGGREGATE_METRICS) -> Any:
+    """Mean ± std of each metric over runs that share a parent directory (e.g. ``row/seed0``,
+    ``row/seed1``); printed, and written as ``aggregate.csv`` and a Markdown table ``aggregate.md``."""
+    import numpy as np
+    import pandas as pd
+
+    groups: dict[str, list[Run]] = {}
+    for r in runs:
+        groups.setdefault(str(Path(r.name).parent), []).append(r)
+    rows, md = [], ["| row | seeds | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
+    for name in sorted(groups):
+        vals = {m: np.array([_value(r.metrics.get(m)) for r in groups[name]]) for m in metrics}
+        std = {m: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for m, v in vals.items()}
+        rows.append({"row": name, "seeds": len(groups[name]),
+                     **{m: float(v.mean()) for m, v in vals.items()}, **{f"{m} std": std[m] for m in metrics}})
+        md.append(f"| {name} | {len(groups[name])} | "
+                  + " | ".join(f"{vals[m].mean():.4f} ± {std[m]:.4f}" for m in metrics) + " |")
+    df = pd.DataFrame(rows)
+    out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out / "aggregate.csv", index=False)
+    (out / "aggregate.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+    return df
+
+
 def default_out(paths: Sequence[str]) -> Path:
     first = Path(paths[0]) if paths else None
     if first is not None and first.is_dir() and not (first / "metrics.json").is_file():
@@ -290,6 +326,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--metric", default="valid/ndcg@10", help="sort by this metric, descending; plotted")
     parser.add_argument("--wandb-project", help="compare the runs of this W&B project (needs W&B online)")
     parser.add_argument("--wandb-group", help="only the runs of this W&B group")
+    parser.add_argument("--aggregate", action="store_true",
+                        help="also print mean ± std per parent directory (runs of one setting over seeds)")
     args = parser.parse_args(argv)
     if not args.paths and not args.wandb_project:
         parser.error("give run/sweep directories (PATH ...) or --wandb-project")
@@ -309,7 +347,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             runs = load_local_runs(args.paths)
             title = ", ".join(args.paths)
-        compare(runs, args.metric, args.out or default_out(args.paths), title)
+        out = args.out or default_out(args.paths)
+        compare(runs, args.metric, out, title)
+        if args.aggregate:
+            aggregate(runs, out)
     except RecfunnelError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from recfunnel.data.sources import load_split
 from recfunnel.eval.protocol import EvalSet, evaluate
@@ -30,6 +30,7 @@ def main(cfg: DictConfig) -> dict[str, float]:
         results[split] = evaluate(model.scorer(evalset), evalset, data.num_items, chunk_size=cfg.eval_chunk_size)
     metrics = flatten(results)
     path = write_metrics(cfg.paths.output_dir, metrics)
+    (Path(cfg.paths.output_dir) / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     print_metrics(f"{cfg.model._target_.rsplit('.', 1)[-1]} on {cfg.data.name}", metrics)
     log.info("wrote %s", path)
     print(f"metrics: {Path(path).resolve()}")

@@ -19,13 +19,13 @@ from pathlib import Path
 import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
-import wandb
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
 
 from recfunnel.data.datamodule import RecDataModule
 from recfunnel.eval.index import ItemIndex
 from recfunnel.eval.report import print_metrics, write_metrics
 from recfunnel.utils.cli import friendly_errors
+from recfunnel.utils.errors import RecfunnelError
 from recfunnel.utils.io import write_json
 from recfunnel.utils.run_info import redact, run_metadata
 
@@ -92,7 +92,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
                  if isinstance(c, pl.callbacks.ModelCheckpoint) and c.monitor and c.best_model_path), None)
     ckpt = best or None  # no best checkpoint (callbacks=none): evaluate the final weights
     metrics: dict[str, float] = {}
-    for split, run in (("valid", trainer.validate), ("test", trainer.test)):
+    # final scoring with a quiet trainer, so it does not add an epoch to the logged curves
+    scorer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[], enable_progress_bar=False)
+    for split, run in (("valid", scorer.validate), ("test", scorer.test)):
         for k, v in run(task, datamodule=dm, ckpt_path=ckpt, verbose=False)[0].items():
             if k.startswith(f"{split}/"):
                 metrics[k] = float(v)
@@ -103,6 +105,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     for lg in loggers:
         lg.log_metrics({f"final/{k}": v for k, v in metrics.items()})
         if index_dir is not None and isinstance(lg, WandbLogger):
+            import wandb  # only here: importing it costs every run a second or two
+
             artifact = wandb.Artifact(f"index-{lg.experiment.id}", type="faiss-index")
             artifact.add_dir(str(index_dir))
             lg.experiment.log_artifact(artifact)
@@ -116,7 +120,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
 @friendly_errors
 def main(cfg: DictConfig) -> float:
     metrics = train(cfg)
-    return metrics.get(cfg.monitor, float("nan"))
+    if cfg.monitor not in metrics:
+        raise RecfunnelError(f"monitor={cfg.monitor!r} is not among the run's metrics ({', '.join(sorted(metrics))}); "
+                             "set monitor to one of them, e.g. monitor=valid/ndcg@10")
+    return metrics[cfg.monitor]
 
 
 if __name__ == "__main__":

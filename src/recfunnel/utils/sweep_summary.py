@@ -26,9 +26,9 @@ from recfunnel.utils.io import atomic_path, write_json
 log = logging.getLogger(__name__)
 
 
-def _trial_key(name: str) -> tuple[int, Any]:
-    """Numeric subdirectories (Hydra's job numbers) in numeric order, any others after them."""
-    return (0, int(name)) if name.isdigit() else (1, name)
+def natural_key(path: str | Path) -> tuple[tuple[int, Any], ...]:
+    """Sort key putting numeric path parts (Hydra's job numbers) in numeric order: 2 before 10."""
+    return tuple((0, int(part)) if part.isdigit() else (1, part) for part in Path(path).parts)
 
 
 def read_overrides(run_dir: Path) -> list[str]:
@@ -47,7 +47,7 @@ def summarize_sweep(sweep_dir: str | Path) -> list[dict[str, Any]]:
     """Write ``summary.csv`` and ``summary.json`` into ``sweep_dir``; returns the rows (may be [])."""
     sweep_dir = Path(sweep_dir)
     runs = sorted((p.parent for p in sweep_dir.rglob("metrics.json")),
-                  key=lambda d: _trial_key(d.relative_to(sweep_dir).as_posix()))
+                  key=natural_key)
     rows = []
     for run in runs:
         overrides = read_overrides(run)
