@@ -89,3 +89,14 @@ def test_unknown_history_encoder_is_one_clear_error(tmp_path):
     assert proc.returncode == 2
     assert "history_encoder='lstm' is not valid; choose one of: none, recency, attention" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_checkpoint_from_another_config_is_one_clear_error(tmp_path):
+    out = tmp_path / "run"
+    proc = run("recfunnel.train", *FAST, f"hydra.run.dir={out}", "model.net.dim=16")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    # the same run directory with another model size: resuming from its last.ckpt must fail clearly
+    proc = run("recfunnel.train", *FAST, f"hydra.run.dir={out}", "model.net.dim=32")
+    assert proc.returncode == 2
+    assert "the checkpoint was written by another model or config" in proc.stderr
+    assert "checkpoint (16, " in proc.stderr and "Traceback" not in proc.stderr

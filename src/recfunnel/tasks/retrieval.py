@@ -114,6 +114,7 @@ class RetrievalTask(pl.LightningModule):
         checkpoint["torch_rng_state"] = torch.get_rng_state()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        check_compatible(self, checkpoint)
         if "torch_rng_state" in checkpoint and self._trainer is not None and self.trainer.state.fn == "fit":
             torch.set_rng_state(checkpoint["torch_rng_state"])
 
@@ -160,3 +161,24 @@ class RetrievalTask(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._eval_end("test")
+
+
+def check_compatible(module: torch.nn.Module, checkpoint: dict[str, Any]) -> None:
+    """Raise one clear error when a checkpoint's weights do not fit ``module`` (another model,
+    feature schema or size), naming the first mismatches; instead of torch's wall of text."""
+    state = checkpoint.get("state_dict")
+    if state is None:
+        raise RecfunnelError("the checkpoint holds no model weights (no 'state_dict'); is it a Lightning checkpoint "
+                             "written by recfunnel.train?")
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    reshaped = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or reshaped:
+        parts = [f"{len(reshaped)} with other shapes ({'; '.join(reshaped[:3])})" if reshaped else "",
+                 f"{len(missing)} missing (e.g. {', '.join(missing[:3])})" if missing else "",
+                 f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})" if unexpected else ""]
+        raise RecfunnelError("the checkpoint was written by another model or config: its weights differ from this "
+                             f"model's: {', '.join(p for p in parts if p)}. Use the same model/features config as the "
+                             "run that wrote it (its config.yaml), or a fresh run directory.")
