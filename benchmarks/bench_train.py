@@ -44,13 +44,14 @@ class ReplayBatches(pl.LightningDataModule):
 
 
 def plain_loop(task, batches) -> float:
-    """The same forward/loss/backward/step as RetrievalTask.training_step, with no framework."""
+    """The same forward and loss as RetrievalTask.training_step (``compute_loss``), backward and
+    optimiser step, with no framework around them."""
     opt = task.configure_optimizers()
     opt = opt["optimizer"] if isinstance(opt, dict) else opt
     task.train()
     start = time.perf_counter()
     for b in batches:
-        loss = task.training_step(b, 0)
+        loss = task.compute_loss(b)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -97,9 +98,11 @@ def bench_eval(users: int, items: int, dim: int, chunk: int, seen_per_user: int 
     for lo in range(0, users, chunk):
         u = user_vecs[lo:lo + chunk]
         scores = u @ item_vecs.T
-        exclude = torch.zeros_like(scores, dtype=torch.bool)
-        exclude.scatter_(1, torch.randint(items, (len(u), seen_per_user), generator=g), True)
-        ranking_metrics(scores, targets[lo:lo + chunk], exclude)
+        seen = torch.randint(items, (len(u), seen_per_user), generator=g).sort(1).values
+        unique = torch.ones_like(seen, dtype=torch.bool)
+        unique[:, 1:] = seen[:, 1:] != seen[:, :-1]
+        rows = torch.arange(len(u))[:, None].expand_as(seen)[unique]
+        ranking_metrics(scores, targets[lo:lo + chunk], (rows, seen[unique]))
     return {"users x items": f"{users:,} x {items:,}", "dim": dim, "seconds": time.perf_counter() - start}
 
 

@@ -40,6 +40,17 @@ def test_vectorised_metrics_match_loop_with_many_ties():
             assert got[k][u].item() == pytest.approx(v, abs=1e-12), (u, k)
 
 
+def test_exclusion_pairs_equal_mask():
+    rng = np.random.default_rng(1)
+    scores = torch.from_numpy(rng.integers(0, 4, size=(20, 30)).astype(np.float32))
+    targets = torch.from_numpy(rng.integers(0, 30, size=20))
+    mask = torch.from_numpy(rng.random((20, 30)) < 0.4)
+    pairs = mask.nonzero(as_tuple=True)
+    a, b = ranking_metrics(scores, targets, mask), ranking_metrics(scores, targets, pairs)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["mrr"], ranking_metrics(scores, targets)["mrr"])  # exclusions matter here
+
+
 def test_continuous_scores_give_usual_rank():
     scores = torch.tensor([[0.9, 0.5, 0.7, 0.1]])
     m = ranking_metrics(scores, torch.tensor([1]))  # target is 3rd

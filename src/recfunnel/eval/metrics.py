@@ -8,7 +8,7 @@ with it, every rank in ``g+1 … g+t+1`` is equally likely; each metric is its e
 - MRR     = mean over those ranks of 1 / r
 
 Everything is vectorised over a (users × items) score matrix in torch; excluded items (the user's
-earlier items) are set to −inf before counting, the target never is.
+earlier items) are taken out of the counts, the target never is.
 """
 
 from __future__ import annotations
@@ -20,24 +20,32 @@ NDCG_KS = (10, 20)
 
 
 def target_rank_counts(scores: torch.Tensor, targets: torch.Tensor,
-                       exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                       exclude: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None,
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """Count competitors of each target.
 
     Args:
         scores: (B, I) float scores over the whole catalogue.
         targets: (B,) item index of each row's target.
-        exclude: optional (B, I) bool, True where an item is removed from the candidates.
-            The target is never removed, whatever ``exclude`` says.
+        exclude: items removed from the candidates, either a (B, I) bool mask or unique
+            (row, item) index pairs (two (E,) long tensors), which is far cheaper on large
+            catalogues. The target is never removed, whatever ``exclude`` says.
     Returns:
         greater: (B,) number of candidates scoring strictly above the target.
         ties: (B,) number of other candidates scoring exactly the same as the target.
     """
-    rows = torch.arange(scores.shape[0], device=scores.device)
-    target_score = scores[rows, targets].unsqueeze(1)
-    candidates = torch.ones_like(scores, dtype=torch.bool) if exclude is None else ~exclude
-    candidates[rows, targets] = True
-    greater = ((scores > target_score) & candidates).sum(1)
-    ties = ((scores == target_score) & candidates).sum(1) - 1
+    B = scores.shape[0]
+    target_score = scores[torch.arange(B, device=scores.device), targets]
+    greater = (scores > target_score[:, None]).sum(1)
+    ties = (scores == target_score[:, None]).sum(1) - 1
+    if exclude is None:
+        return greater, ties
+    rows, cols = exclude.nonzero(as_tuple=True) if isinstance(exclude, torch.Tensor) else exclude
+    keep = cols != targets[rows]
+    rows, cols = rows[keep], cols[keep]
+    excluded_score, their_target = scores[rows, cols], target_score[rows]
+    greater = greater - torch.bincount(rows[excluded_score > their_target], minlength=B)
+    ties = ties - torch.bincount(rows[excluded_score == their_target], minlength=B)
     return greater, ties
 
 
@@ -65,7 +73,8 @@ def metrics_from_counts(greater: torch.Tensor, ties: torch.Tensor, num_items: in
     return out
 
 
-def ranking_metrics(scores: torch.Tensor, targets: torch.Tensor, exclude: torch.Tensor | None = None,
+def ranking_metrics(scores: torch.Tensor, targets: torch.Tensor,
+                    exclude: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None,
                     recall_ks=RECALL_KS, ndcg_ks=NDCG_KS) -> dict[str, torch.Tensor]:
     """Per-user metrics for one chunk of users: (B, I) scores → {name: (B,) tensor}."""
     greater, ties = target_rank_counts(scores, targets, exclude)

@@ -56,15 +56,13 @@ class EvalSet:
     def __len__(self) -> int:
         return len(self.users)
 
-    def exclusion_mask(self, positions: np.ndarray, num_items: int, device=None) -> torch.Tensor:
-        """(len(positions), num_items) bool mask of the items excluded for those users of this set."""
+    def exclusion_pairs(self, positions: np.ndarray, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rows, items): the excluded items of those users of this set, rows counted within ``positions``."""
         positions = np.asarray(positions)
         lo, hi = self.exclude_ptr[positions], self.exclude_ptr[positions + 1]
         rows = np.repeat(np.arange(len(positions)), hi - lo)
         cols = self.exclude_items[np.concatenate([np.arange(a, b) for a, b in zip(lo, hi)])] if len(rows) else rows
-        mask = torch.zeros(len(positions), num_items, dtype=torch.bool, device=device)
-        mask[torch.as_tensor(rows, device=device), torch.as_tensor(cols, device=device)] = True
-        return mask
+        return torch.as_tensor(rows, device=device), torch.as_tensor(cols, device=device)
 
 
 Scorer = Callable[[np.ndarray], torch.Tensor]
@@ -80,7 +78,7 @@ def evaluate(scorer: Scorer, evalset: EvalSet, num_items: int, chunk_size: int =
     for lo in tqdm(starts, desc=f"eval {evalset.name}", disable=not progress, leave=False):
         positions = np.arange(lo, min(lo + chunk_size, len(evalset)))
         scores = scorer(positions)
-        exclude = evalset.exclusion_mask(positions, num_items, device=scores.device)
+        exclude = evalset.exclusion_pairs(positions, device=scores.device)
         targets = torch.as_tensor(evalset.targets[positions], device=scores.device)
         for k, v in ranking_metrics(scores.float(), targets, exclude).items():
             sums[k] = sums.get(k, 0.0) + float(v.sum())

@@ -61,6 +61,7 @@ class RetrievalTask(pl.LightningModule):
         self.register_buffer("item_counts", torch.as_tensor(np.asarray(item_counts), dtype=torch.float32))
         self.estimator = StreamingFrequencyEstimator(self.num_items) if logq == "streaming" else None
         self._catalogue: Tensor | None = None
+        self._logq_tables: dict[int, Tensor] = {}
         self._sums: dict[str, float] = {}
         self._count = 0
 
@@ -68,12 +69,14 @@ class RetrievalTask(pl.LightningModule):
     def _log_q(self, ids: Tensor, batch_size: int) -> Tensor | None:
         if self.logq == "none":
             return None
-        if self.logq == "exact":
-            table = exact_log_q(self.item_counts, batch_size, self.loss.num_uniform_negatives)
-            return table.to(ids.device)[ids]
+        if self.logq == "exact":  # the table depends on the batch size only: built once per size
+            if batch_size not in self._logq_tables:
+                self._logq_tables[batch_size] = exact_log_q(self.item_counts, batch_size, self.loss.num_uniform_negatives)
+            return self._logq_tables[batch_size].to(ids.device)[ids]
         return self.estimator.log_q(ids, self.loss.num_uniform_negatives)
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+    def compute_loss(self, batch: dict[str, Any]) -> Tensor:
+        """The sampled-softmax loss of one training batch (towers, negatives, log q)."""
         user = self.net.user_vectors(batch)
         item = self.net.item_vectors(batch["item"])
         ids = batch["item_idx"]
@@ -84,14 +87,17 @@ class RetrievalTask(pl.LightningModule):
             neg_ids = batch["neg_idx"]
             extra = dict(extra_item=self.net.item_vectors(batch["neg_item"]), extra_item_ids=neg_ids,
                          extra_log_q=self._log_q(neg_ids, len(ids)))
-        loss = self.loss(user, item, ids, log_q=self._log_q(ids, len(ids)), **extra)
+        return self.loss(user, item, ids, log_q=self._log_q(ids, len(ids)), **extra)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        loss = self.compute_loss(batch)
         if not torch.isfinite(loss):
             lr = self.trainer.optimizers[0].param_groups[0]["lr"] if self.trainer.optimizers else self.lr
             raise NonFiniteLossError(
                 f"loss became {loss.item()} at step {self.global_step} (epoch {self.current_epoch}, "
                 f"learning rate {lr:.3g}); the last checkpoint saved before it is kept. "
                 "Lower model.lr, raise model.loss.temperature, or check the dense features.")
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(ids))
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["item_idx"]))
         return loss
 
     def on_train_epoch_end(self) -> None:
@@ -133,7 +139,7 @@ class RetrievalTask(pl.LightningModule):
         evalset = self.trainer.datamodule.evalsets[split]
         pos = batch["eval_pos"].cpu().numpy()
         scores = self.net.user_vectors(batch).float() @ self._catalogue.float().T
-        exclude = evalset.exclusion_mask(pos, self.num_items, device=scores.device)
+        exclude = evalset.exclusion_pairs(pos, device=scores.device)
         targets = torch.as_tensor(evalset.targets[pos], device=self.device)
         for k, v in ranking_metrics(scores, targets, exclude).items():
             self._sums[k] = self._sums.get(k, 0.0) + float(v.sum())
