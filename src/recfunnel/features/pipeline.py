@@ -297,7 +297,7 @@ class FeaturePipeline:
         if s == "social.friend_items":
             return self._friend_items(spec, rows)
         if item_idx is None:  # item features of the event's own item
-            item_idx, ts = self.item_idx[rows], self.ts[rows]
+            item_idx = self.item_idx[rows]
         if s == "item_id":
             return item_idx, np.ones(len(item_idx), np.int64)
         if s == "item.year":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from recfunnel.data.dataset import SplitData
@@ -23,6 +22,3 @@ class Popularity:
         """Same (num_items,) score row for every user of ``evalset``."""
         assert self.counts is not None, "call fit() first"
         return lambda idx: self.counts.expand(len(idx), -1)
-
-    def top_k(self, k: int) -> np.ndarray:
-        return torch.topk(self.counts, min(k, len(self.counts))).indices.numpy()

@@ -15,7 +15,6 @@ user's earlier items are excluded, and the metric core accumulates per-user expe
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any, Callable, Mapping
 
 import numpy as np
