@@ -32,3 +32,16 @@ def test_missing_local_folder_is_one_clear_error(tmp_path):
     assert proc.returncode == 2
     assert "error: data.local_dir=" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "ml100k").exists()  # nothing half-written
+
+
+def test_unknown_override_is_one_clear_error(tmp_path):
+    proc = run("recfunnel.train", "model.net.colour=red", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode != 0
+    assert "Could not override 'model.net.colour'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_sweep_range_on_missing_key_is_one_clear_error(tmp_path):
+    proc = run("recfunnel.train", "-m", "hparams_search=two_tower_optuna", "hydra.sweeper.n_trials=1",
+               "model.net.colour=interval(0,1)", f"hydra.sweep.dir={tmp_path}")
+    assert proc.returncode != 0
+    assert "model.net.colour" in proc.stderr and "Traceback" not in proc.stderr
