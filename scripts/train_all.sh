@@ -12,5 +12,5 @@ echo "== 2/3 most-popular baseline (valid + test, ../shared/EVALUATION.md protoc
 echo "== 3/3 two-tower retrieval (experiment=ml100k_two_tower)"
 "$PY" -m recfunnel.train experiment=ml100k_two_tower hydra.run.dir="$RUN/two_tower" trainer.enable_progress_bar=false "$@"
 echo "== report"
-"$PY" -m recfunnel.compare "$RUN/popularity" "$RUN/two_tower" --out "$RUN" || true
+"$PY" -m recfunnel.eval.report "$RUN/popularity" "$RUN/two_tower"
 echo "runs: $RUN"

@@ -34,6 +34,7 @@ from recfunnel.utils.sweep_summary import natural_key
 METRICS = ("valid/ndcg@10", "valid/recall@10", "test/ndcg@10", "test/recall@10", "test/recall@100", "test/mrr")
 SKIP_PREFIXES = ("paths.", "hydra.")
 SKIP_KEYS = ("run_name",)
+MAX_PARAM_PLOTS = 12
 AGGREGATE_METRICS = ("test/recall@10", "test/recall@100", "test/ndcg@10", "test/ndcg@20", "valid/ndcg@10")
 PATH_SUFFIXES = ("dir", "path", "file")  # last key component naming a file or directory
 
@@ -281,7 +282,7 @@ def compare(runs: Sequence[Run], metric: str, out: Path, title: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / "comparison.csv", index=False)
     curve_metric = metric if metric.startswith("valid/") else "valid/ndcg@10"
-    plot_metric_vs_params(runs, params, metric, out)
+    plot_metric_vs_params(runs, params[:MAX_PARAM_PLOTS], metric, out)  # runs of unlike configs differ everywhere
     plot_learning_curves(runs, curve_metric, out)
     print(f"{len(runs)} runs; {len(params)} differing config keys; written to {out}/ "
           f"(comparison.csv, learning_curves.png{', metric_vs_<key>.png' if params else ''})")

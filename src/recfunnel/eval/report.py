@@ -43,3 +43,22 @@ def print_metrics(title: str, metrics: Mapping[str, float], splits=("valid", "te
         if any(f"{s}/{m}" in metrics for m in names):
             table.add_row(s, *[f"{metrics[f'{s}/{m}']:.4f}" if f"{s}/{m}" in metrics else "-" for m in names])
     Console(width=max(Console().width, 120)).print(table)
+
+
+def print_runs(run_dirs: list[str], split: str = "test") -> None:
+    """One row per run directory: its ``split`` metrics from ``metrics.json``."""
+    table = Table(title=f"{split} metrics (../shared/EVALUATION.md protocol)")
+    table.add_column("run")
+    for m in METRIC_ORDER:
+        table.add_column(m, justify="right")
+    for run_dir in run_dirs:
+        metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
+        table.add_row(str(run_dir), *[f"{metrics[f'{split}/{m}']:.4f}" if f"{split}/{m}" in metrics else "-"
+                                      for m in METRIC_ORDER])
+    Console(width=max(Console().width, 160)).print(table)
+
+
+if __name__ == "__main__":  # python -m recfunnel.eval.report RUN_DIR [RUN_DIR ...]
+    import sys
+
+    print_runs(sys.argv[1:])
