@@ -1,0 +1,41 @@
+"""Window batches: one causal pass per window gives each window's last event exactly the history
+encoding the per-event pass (used for evaluation) computes."""
+
+import numpy as np
+import torch
+
+from recfunnel.data.datamodule import WindowBatches
+from test_train import compose_cfg
+from recfunnel.train import build_datamodule, build_task
+
+
+def test_window_pass_matches_per_event_pass_at_window_ends(tmp_path, ml100k_data):
+    cfg = compose_cfg(tmp_path, "data.train_windows=8", "data.batch_size=64", "model.net.history_encoder=attention")
+    dm = build_datamodule(cfg)
+    task = build_task(cfg, dm).eval()
+    ds = WindowBatches(dm.pipeline, dm.data.split == 0, 8, 50)
+    starts = np.flatnonzero(ds.win_start == ds.user_start)[:4]  # includes events with no history at all
+    batch = ds[list(range(12)) + list(starts)]
+    per_event = {k: v for k, v in batch.items() if k != "window"}
+    with torch.no_grad():
+        windowed, direct = task.net.user_vectors(batch), task.net.user_vectors(per_event)
+    q = batch["window"]["query_index"]
+    last = torch.zeros(len(q), dtype=torch.bool)
+    last[np.r_[np.cumsum(ds.win_end[list(range(12)) + list(starts)] - ds.win_start[list(range(12)) + list(starts)]) - 1]] = True
+    assert last.sum() == 16
+    torch.testing.assert_close(windowed[last], direct[last], atol=1e-6, rtol=0)
+    no_history = q == q.max()  # the padding row's last position
+    assert no_history.any()
+    torch.testing.assert_close(windowed[no_history], direct[no_history], atol=1e-6, rtol=0)
+    assert not torch.allclose(windowed[~last & ~no_history], direct[~last & ~no_history])  # shorter prefixes
+
+
+def test_windows_longer_than_history_are_refused(tmp_path, ml100k_data):
+    import pytest
+
+    from recfunnel.utils.errors import RecfunnelError
+
+    cfg = compose_cfg(tmp_path)
+    dm = build_datamodule(cfg)
+    with pytest.raises(RecfunnelError, match="data.train_windows=64 exceeds the history length 50"):
+        WindowBatches(dm.pipeline, dm.data.split == 0, 64, 50)
