@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from recfunnel.train import build_datamodule, build_task  # noqa: E402
+from recfunnel.utils.cli import friendly_errors  # noqa: E402
 from recfunnel.utils.errors import RecfunnelError  # noqa: E402
 
 
@@ -39,18 +40,15 @@ def export(run_dir: Path, split: str, out: Path) -> tuple[Path, Path]:
     return out / "items.npy", out / f"users_{split}.npy"
 
 
+@friendly_errors
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_dir", type=Path)
     ap.add_argument("--split", default="test", choices=["valid", "test"])
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
-    try:
-        for path in export(args.run_dir, args.split, args.out or args.run_dir / "vectors"):
-            print(path)
-    except RecfunnelError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    for path in export(args.run_dir, args.split, args.out or args.run_dir / "vectors"):
+        print(path)
     return 0
 
 

@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import yaml
 
+from recfunnel.utils.cli import friendly_errors
 from recfunnel.utils.errors import RecfunnelError
 from recfunnel.utils.sweep_summary import natural_key
 
@@ -339,22 +340,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+@friendly_errors
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        if args.wandb_project:
-            runs = load_wandb_runs(args.wandb_project, args.wandb_group)
-            title = f"W&B {args.wandb_project}" + (f" / {args.wandb_group}" if args.wandb_group else "")
-        else:
-            runs = load_local_runs(args.paths)
-            title = ", ".join(args.paths)
-        out = args.out or default_out(args.paths)
-        compare(runs, args.metric, out, title)
-        if args.aggregate:
-            aggregate(runs, out)
-    except RecfunnelError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if args.wandb_project:
+        runs = load_wandb_runs(args.wandb_project, args.wandb_group)
+        title = f"W&B {args.wandb_project}" + (f" / {args.wandb_group}" if args.wandb_group else "")
+    else:
+        runs = load_local_runs(args.paths)
+        title = ", ".join(args.paths)
+    out = args.out or default_out(args.paths)
+    compare(runs, args.metric, out, title)
+    if args.aggregate:
+        aggregate(runs, out)
     return 0
 
 

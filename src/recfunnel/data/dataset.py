@@ -59,10 +59,6 @@ class SplitData:
     def num_items(self) -> int:
         return len(self.tables.items)
 
-    @property
-    def train_mask(self) -> np.ndarray:
-        return self.split == TRAIN
-
     def rows(self, code: int) -> np.ndarray:
         """Row indices of one split, in protocol order."""
         return self.order[self.split[self.order] == code]

@@ -66,11 +66,3 @@ class Tables:
             elif name != "edges":
                 raise RecfunnelError(f"{path} is missing; delete {folder} and prepare the data again")
         return cls(**parts)
-
-    @property
-    def num_users(self) -> int:
-        return len(self.users)
-
-    @property
-    def num_items(self) -> int:
-        return len(self.items)

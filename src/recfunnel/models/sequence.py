@@ -17,6 +17,8 @@ import torch
 from torch import Tensor, nn
 import torch.nn.functional as F
 
+from recfunnel.utils.errors import RecfunnelError
+
 ENCODERS = ("none", "recency", "attention")
 
 
@@ -84,6 +86,4 @@ def build_encoder(kind: str, dim: int, out_dim: int, max_len: int, **kw) -> nn.M
         return RecencyPooling(dim, out_dim)
     if kind == "attention":
         return AttentionEncoder(dim, out_dim, max_len, **kw)
-    from recfunnel.utils.errors import RecfunnelError
-
     raise RecfunnelError(f"history_encoder={kind!r} is not valid; choose one of: {', '.join(ENCODERS)}")

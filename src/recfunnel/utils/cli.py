@@ -1,6 +1,7 @@
 """Entry-point decorator: user-fixable errors print one clear line and exit 2, no traceback soup.
 
-Put it *under* ``@hydra.main`` so it runs inside Hydra's error handling::
+Wraps any entry point (argparse ones too); with Hydra, put it *under* ``@hydra.main`` so it runs
+inside Hydra's error handling::
 
     @hydra.main(version_base="1.3", config_path=..., config_name="train")
     @friendly_errors
@@ -10,7 +11,6 @@ Put it *under* ``@hydra.main`` so it runs inside Hydra's error handling::
 from __future__ import annotations
 
 import functools
-import logging
 import sys
 from typing import Any, Callable
 
@@ -42,7 +42,6 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             message = user_message(e)
             if message is None:
                 raise
-        logging.getLogger("recfunnel").error(message)
         print(message, file=sys.stderr)
         sys.exit(2)
 
