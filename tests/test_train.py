@@ -100,3 +100,14 @@ def test_checkpoint_from_another_config_is_one_clear_error(tmp_path):
     assert proc.returncode == 2
     assert "the checkpoint was written by another model or config" in proc.stderr
     assert "checkpoint (16, " in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("encoder, cls", [("recency", "RecencyPooling"), ("attention", "AttentionEncoder"),
+                                          ("none", None)])
+def test_history_encoder_option_builds_that_encoder(tmp_path, ml100k_data, encoder, cls):
+    cfg = compose_cfg(tmp_path, f"model.net.history_encoder={encoder}")
+    dm = build_datamodule(cfg)
+    task = build_task(cfg, dm)
+    assert type(task.net.encoder).__name__ == cls if cls else task.net.encoder is None
+    batch = next(iter(dm.train_dataloader()))
+    assert torch.isfinite(task.compute_loss(batch))
