@@ -13,6 +13,7 @@ declare -A ROWS=(
   [1_ids_only]="features=ml100k_ids $LINEAR"
   [2_side_features]="features=ml100k_side"
   [3_history_mean]="features=ml100k_seq $LINEAR"
+  [4_history_recency]="features=ml100k_seq $LINEAR model.net.history_encoder=recency"
   [5_history_attention]="features=ml100k_seq $LINEAR $ATT"
   [6_all_features_attention]="features=ml100k $LINEAR $ATT"
   [7_attention_no_logq]="features=ml100k_seq $LINEAR $ATT model.loss.logq_correction=false"

@@ -12,8 +12,10 @@ Returns the validation metric named by ``monitor`` (what sweeps optimise).
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+import uuid
 from pathlib import Path
 
 import hydra
@@ -62,6 +64,19 @@ def save_index(task: pl.LightningModule, dm: RecDataModule, out: Path, fingerpri
     return out / "index"
 
 
+def read_run_id(run_dir: Path) -> str | None:
+    """The id a run directory's ``run_info.json`` records (None for a new directory)."""
+    try:
+        return json.loads((Path(run_dir) / "run_info.json").read_text()).get("run_id")
+    except (OSError, ValueError):
+        return None
+
+
+def index_fingerprint(run_id: str, ckpt: str | None) -> str:
+    """What a run's saved index is checked against: the run and the checkpoint its vectors came from."""
+    return f"{run_id}:{Path(ckpt or 'final').name}"
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """The whole job; returns the flat metrics dict also written to ``metrics.json``."""
     out = Path(cfg.paths.output_dir)
@@ -69,7 +84,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     resolved = redact(OmegaConf.to_container(cfg, resolve=True))
     (out / "config.yaml").parent.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
-    write_json(out / "run_info.json", run_metadata(seed=cfg.seed))
+    run_id = read_run_id(out) or uuid.uuid4().hex  # kept across resumes: the index fingerprint names it
+    write_json(out / "run_info.json", {**run_metadata(seed=cfg.seed), "run_id": run_id})
 
     dm = build_datamodule(cfg)
     task = build_task(cfg, dm)
@@ -101,7 +117,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metrics["train/fit_seconds"] = fit_s
     metrics["train/epochs"] = trainer.current_epoch
     write_metrics(out, metrics)
-    index_dir = save_index(task, dm, out, fingerprint=f"{out.resolve()}:{Path(ckpt or 'final').name}")
+    index_dir = save_index(task, dm, out, fingerprint=index_fingerprint(run_id, ckpt))
     for lg in loggers:
         lg.log_metrics({f"final/{k}": v for k, v in metrics.items()})
         if index_dir is not None and isinstance(lg, WandbLogger):

@@ -79,3 +79,25 @@ def ranking_metrics(scores: torch.Tensor, targets: torch.Tensor,
     """Per-user metrics for one chunk of users: (B, I) scores → {name: (B,) tensor}."""
     greater, ties = target_rank_counts(scores, targets, exclude)
     return metrics_from_counts(greater, ties, scores.shape[1], recall_ks, ndcg_ks)
+
+
+def list_metrics(lists: torch.Tensor, targets: torch.Tensor, recall_ks=RECALL_KS,
+                 ndcg_ks=NDCG_KS) -> dict[str, torch.Tensor]:
+    """Per-user metrics of *returned lists* (a funnel's output), not of full-catalogue scores.
+
+    Args:
+        lists: (B, N) item indices, best first (−1 = empty slot).
+        targets: (B,) the target item of each row.
+    Returns:
+        {name: (B,) float64}: the target's rank is its position in the list; a target missing from
+        the list scores 0 on every metric (MRR included). Recall@K is reported for K ≤ N only.
+    """
+    hit = lists == targets[:, None]
+    found = hit.any(1)
+    rank = (hit.to(torch.int64).argmax(1) + 1).to(torch.float64)
+    zero = torch.zeros_like(rank)
+    out = {f"recall@{k}": (found & (rank <= k)).to(torch.float64) for k in recall_ks if k <= lists.shape[1]}
+    for k in ndcg_ks:
+        out[f"ndcg@{k}"] = torch.where(found & (rank <= k), 1.0 / torch.log2(rank + 1), zero)
+    out["mrr"] = torch.where(found, 1.0 / rank, zero)
+    return out

@@ -135,7 +135,22 @@ class FeatureEmbedding(nn.Module):
             buf.copy_(value.clamp(min=DENSE_STD_EPS) if kind == "std" else value)
 
     def forward(self, inputs: Mapping[str, TowerInput]) -> dict[str, Tensor]:
-        """{tower: TowerInput of B_t rows} -> {tower: (B_t, tower_dim(tower)) float32}.
+        """{tower: TowerInput of B_t rows} -> {tower: (B_t, tower_dim(tower)) float32}."""
+        pooled = self.pooled(inputs)
+        return {tower: torch.cat([pooled[name] for name in self._sparse[tower]] + [self.dense(tower, inp)], dim=1)
+                for tower, inp in inputs.items()}
+
+    def dense(self, tower: str, inp: TowerInput) -> Tensor:
+        """(B, F_tower) normalised dense features of one tower."""
+        return (inp.dense - getattr(self, f"dense_mean_{tower}")) / getattr(self, f"dense_std_{tower}")
+
+    def sparse_names(self, tower: str) -> list[str]:
+        """The tower's sparse features, in schema order (the order of ``forward``'s columns)."""
+        self._check_tower(tower)
+        return list(self._sparse[tower])
+
+    def pooled(self, inputs: Mapping[str, TowerInput]) -> dict[str, Tensor]:
+        """{tower: TowerInput of B_t rows} -> {sparse feature name: (B_t, dim) pooled embedding}.
 
         Towers with the same batch size share one collection call; every call gets a KJT holding all
         of the collection's keys, those of absent towers with zero lengths (pooled to zeros, unused).
@@ -150,12 +165,7 @@ class FeatureEmbedding(nn.Module):
             out = self.ebc(kjt)
             out = out if isinstance(out, dict) else out.to_dict()
             pooled.update((name, out[name]) for t in towers for name in self._sparse[t])
-        result = {}
-        for tower, inp in inputs.items():
-            mean, std = getattr(self, f"dense_mean_{tower}"), getattr(self, f"dense_std_{tower}")
-            parts = [pooled[name] for name in self._sparse[tower]] + [(inp.dense - mean) / std]
-            result[tower] = torch.cat(parts, dim=1)
-        return result
+        return pooled
 
     def sequence(self, name: str, kjt: KeyedJaggedTensor, max_len: int | None = None) -> tuple[Tensor, Tensor]:
         """Unpooled embeddings of sparse feature ``name`` for a sequence encoder.

@@ -15,6 +15,7 @@ What "as of" means here (see ``../shared/EVALUATION.md``):
 
 from __future__ import annotations
 
+import copy
 import zlib
 
 import numpy as np
@@ -39,6 +40,12 @@ def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     offsets = np.repeat(starts - np.r_[0, np.cumsum(lengths)[:-1]], lengths)
     return offsets + np.arange(total, dtype=np.int64)
+
+
+def _session_starts(users: np.ndarray, ts: np.ndarray, gap_s: int) -> np.ndarray:
+    """For events sorted by (user, time): the position where each event's session starts."""
+    new_session = np.r_[True, (users[1:] != users[:-1]) | (np.diff(ts) > gap_s)] if len(ts) else np.zeros(0, bool)
+    return np.maximum.accumulate(np.where(new_session, np.arange(len(ts)), 0)) if len(ts) else np.zeros(0, np.int64)
 
 
 def _segments(keys: np.ndarray, size: int) -> np.ndarray:
@@ -109,11 +116,8 @@ class FeaturePipeline:
         pos_sorted = np.arange(n) - self.timeline_ptr[tl_user]
         self.timeline_pos = np.empty(n, dtype=np.int64)  # position of each row in its user's timeline
         self.timeline_pos[self.order] = pos_sorted
-        ts_sorted = self.ts[self.order]
-        new_session = np.r_[True, (tl_user[1:] != tl_user[:-1]) | (np.diff(ts_sorted) > schema.session_gap_s)]
-        session_start_sorted = np.maximum.accumulate(np.where(new_session, np.arange(n), 0))
         self.session_start = np.empty(n, dtype=np.int64)  # index into `order` where the row's session starts
-        self.session_start[self.order] = session_start_sorted
+        self.session_start[self.order] = _session_starts(tl_user, self.ts[self.order], schema.session_gap_s)
 
         # --- train-split events per item and per user, sorted by time ----------------------------
         train = np.flatnonzero(self.split == 0)
@@ -210,6 +214,39 @@ class FeaturePipeline:
         ts = np.broadcast_to(np.asarray(ts, dtype=np.int64), item_idx.shape)
         return self._tower("item", None, item_idx, ts)
 
+    def history_events(self, rows: np.ndarray, max_len: int, session_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """The user's last ``max_len`` events strictly before each row (oldest first), as event rows
+        (sum L,) and per-row lengths (B,); ``session_only`` keeps those of the row's session."""
+        start_of_user = self.timeline_ptr[self.user_idx[rows]]
+        end = start_of_user + self.timeline_pos[rows]  # exclusive, index into `order`
+        first = self.session_start[rows] if session_only else start_of_user
+        start = np.maximum(first, end - max_len)
+        return self.order[_ranges(start, end)], end - start
+
+    def for_request(self, user_idx: int, extra_items: np.ndarray, extra_ts: np.ndarray, now: int) -> tuple["FeaturePipeline", int]:
+        """A view of this pipeline in which user ``user_idx`` has, after all their known events, the
+        events ``extra_items`` at ``extra_ts`` and then a query event at ``now``; returns the view and
+        that query event's row, to pass to ``query``/``history_events`` of the view.
+
+        Only the user's own timeline is rebuilt (O(their events)); everything learned from the train
+        split (popularity, friends' items, vocabularies) is shared with this pipeline, so serving a
+        request reads features exactly as training read them.
+        """
+        view = copy.copy(self)
+        lo, hi = self.timeline_ptr[user_idx], self.timeline_ptr[user_idx + 1]
+        known = self.order[lo:hi]
+        items = np.r_[self.item_idx[known], np.asarray(extra_items, np.int64), 0]
+        ts = np.r_[self.ts[known], np.asarray(extra_ts, np.int64), now]
+        n = len(items)
+        view.item_idx, view.ts = items, ts
+        view.user_idx = np.full(n, user_idx, dtype=np.int64)
+        view.order = np.arange(n)
+        view.timeline_pos = np.arange(n)
+        view.timeline_ptr = np.zeros(self.num_users + 1, dtype=np.int64)
+        view.timeline_ptr[user_idx + 1:] = n
+        view.session_start = _session_starts(view.user_idx, ts, self.schema.session_gap_s)
+        return view, n - 1
+
     def catalogue_time(self) -> int:
         """The time the whole catalogue is scored at: just after the last train event."""
         return int(self.ts[self.split == 0].max()) + 1
@@ -285,15 +322,10 @@ class FeaturePipeline:
         if s == "session.position":
             return enc.encode(self._dense_raw(spec, rows, None, None)), np.ones(len(rows), np.int64)
         if s in ("history.item_id", "history.age", "session.item_id"):
-            start_of_user = self.timeline_ptr[self.user_idx[rows]]
-            end = start_of_user + self.timeline_pos[rows]  # exclusive, index into `order`
-            first = self.session_start[rows] if s == "session.item_id" else start_of_user
-            start = np.maximum(first, end - spec.max_len)
-            events = self.order[_ranges(start, end)]
+            events, lengths = self.history_events(rows, spec.max_len, session_only=s == "session.item_id")
             if s == "history.age":
-                now = np.repeat(self.ts[rows], end - start)
-                return enc.encode(now - self.ts[events]), end - start
-            return self.item_idx[events], end - start
+                return enc.encode(np.repeat(self.ts[rows], lengths) - self.ts[events]), lengths
+            return self.item_idx[events], lengths
         if s == "social.friend_items":
             return self._friend_items(spec, rows)
         if item_idx is None:  # item features of the event's own item

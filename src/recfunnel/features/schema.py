@@ -111,6 +111,10 @@ class FeatureSchema:
     def names(self) -> list[str]:
         return [f.name for f in self.features]
 
+    def with_dim(self, dim: int) -> "FeatureSchema":
+        """The same schema with every embedding table of width ``dim`` (DLRM's interaction needs one D)."""
+        return dataclasses.replace(self, features=tuple(dataclasses.replace(f, dim=dim) for f in self.features))
+
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], where: str = "features") -> "FeatureSchema":
         """Validate a schema mapping (a Hydra node or parsed YAML); ``where`` names it in errors."""

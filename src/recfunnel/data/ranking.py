@@ -1,0 +1,262 @@
+"""Ranker data: (query, candidate) pairs built from a trained retriever, as of each event's time.
+
+Training pairs, for each train event (``pairs`` config):
+
+* the positive: the event's item;
+* ``hard_negatives`` drawn from the retriever's top-``hard_pool`` for that event (the user's
+  earlier items already removed, and the positive never drawn);
+* ``uniform_negatives`` drawn from the whole catalogue (a draw equal to the positive is masked).
+
+Evaluation batches hold, for each valid/test user, the retriever's top-``candidates`` list (earlier
+items removed, as the protocol excludes them) and the target; the ranker re-orders the list.
+
+A batch (``build_batch``) is a dict::
+
+    {"user", "context": TowerInput (B rows), "cand": TowerInput (B·C rows, query-major),
+     "cand_idx": (B, C) long (−1 = empty slot), "pair_dense": (B, C, P) float,
+     "label": (B, C) float, "mask": (B, C) bool}           # label/mask: training pairs only
+    + eval batches: "target": (B,) long, "retrieval_score": (B, C) float
+
+Pair dense features (``PAIR_FEATURES``), which only the ranker sees: the retriever's score, the
+log of the item's rank in the retriever's list (K+1 when not in it), and the cosine between the
+item's genres and the genre profile of the user's last ``profile_len`` items.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
+from tqdm.auto import tqdm
+
+from recfunnel.data.datamodule import QUERY_TOWERS, EpochBatchSampler, ResumableLoader, _unpack, _whole_batch
+from recfunnel.data.dataset import TRAIN
+from recfunnel.features.pipeline import FeaturePipeline
+from recfunnel.features.schema import FeatureSchema
+from recfunnel.retriever import Retriever
+from recfunnel.utils.errors import RecfunnelError
+
+log = logging.getLogger(__name__)
+PAIR_FEATURES = ("retrieval_score", "retrieval_log_rank", "genre_overlap")
+
+
+def genre_matrix(items_table) -> np.ndarray:
+    """(I, G) float32 multi-hot of the items' genres (catalogue order), G = distinct genres."""
+    genres = items_table["genres"].tolist()
+    vocab = sorted({g for gs in genres for g in gs})
+    col = {g: j for j, g in enumerate(vocab)}
+    out = np.zeros((len(genres), max(len(vocab), 1)), np.float32)
+    for i, gs in enumerate(genres):
+        out[i, [col[g] for g in gs]] = 1.0
+    return out
+
+
+class PairFeatures:
+    """Computes the (B, C, P) pair dense features.
+
+    Args:
+        item_vectors: (I, d) the retriever's item vectors (the index's).
+        genres: (I, G) item genre multi-hot.
+        profile_len: how many of the user's latest items make the genre profile.
+    """
+
+    def __init__(self, item_vectors: np.ndarray, genres: np.ndarray, profile_len: int = 50):
+        self.item_vectors = np.asarray(item_vectors, np.float32)
+        norm = np.linalg.norm(genres, axis=1, keepdims=True)
+        self.genres = np.where(norm > 0, genres / np.maximum(norm, 1e-12), 0).astype(np.float32)
+        self.profile_len = profile_len
+
+    def __call__(self, pipeline: FeaturePipeline, rows: np.ndarray, queries: np.ndarray, cands: np.ndarray,
+                 lists: np.ndarray) -> np.ndarray:
+        """rows (B,) of ``pipeline``; queries (B, d) their retriever vectors; cands (B, C) items (−1 =
+        empty); lists (B, K) the retriever's top-K for the rank feature → (B, C, P) float32."""
+        safe = np.maximum(cands, 0)
+        score = np.einsum("bd,bcd->bc", queries, self.item_vectors[safe])
+        match = (lists[:, None, :] == cands[:, :, None]) & (cands[:, :, None] >= 0)
+        rank = np.where(match.any(2), match.argmax(2) + 1, lists.shape[1] + 1)
+        events, lengths = pipeline.history_events(rows, self.profile_len)
+        profile = np.zeros((len(rows), self.genres.shape[1]), np.float32)
+        np.add.at(profile, np.repeat(np.arange(len(rows)), lengths), self.genres[pipeline.item_idx[events]])
+        profile /= np.maximum(np.linalg.norm(profile, axis=1, keepdims=True), 1e-12)
+        overlap = np.einsum("bg,bcg->bc", profile, self.genres[safe])
+        out = np.stack([score, np.log(rank), overlap], axis=2).astype(np.float32)
+        out[cands < 0] = 0.0
+        return out
+
+
+def build_batch(pipeline: FeaturePipeline, pairs: PairFeatures, rows: np.ndarray, queries: np.ndarray,
+                cands: np.ndarray, lists: np.ndarray) -> dict[str, Any]:
+    """The ranker's inputs for C candidates of each of B event rows (see the module docstring)."""
+    B, C = cands.shape
+    batch: dict[str, Any] = {t: pipeline.query(rows, t) for t in QUERY_TOWERS}
+    when = np.repeat(pipeline.ts[rows], C)
+    batch["cand"] = pipeline.items(np.maximum(cands, 0).reshape(-1), when)
+    batch["cand_idx"] = torch.from_numpy(cands.astype(np.int64))
+    batch["pair_dense"] = torch.from_numpy(pairs(pipeline, rows, queries, cands, lists))
+    return batch
+
+
+class TrainPairs(Dataset):
+    """Training batches of pairs; indexed by (seed, epoch, batch index, positions) keys."""
+
+    def __init__(self, dm: "RankingDataModule"):
+        self.dm = dm
+
+    def __len__(self) -> int:
+        return len(self.dm.train_rows)
+
+    def __getitem__(self, key) -> dict[str, Any]:
+        positions, rng = _unpack(key)
+        rng = rng or np.random.default_rng()
+        dm, p = self.dm, self.dm.pipeline
+        rows, lists = dm.train_rows[positions], dm.train_lists[positions]
+        pool = lists[:, :dm.hard_pool]
+        B = len(rows)
+        pos = p.item_idx[rows]
+        # hard negatives: random picks from the pool, never the positive, never an empty slot
+        usable = (pool >= 0) & (pool != pos[:, None])
+        keys = np.where(usable, rng.random(pool.shape), np.inf)
+        pick = np.argsort(keys, axis=1)[:, :dm.hard_negatives]
+        hard = np.take_along_axis(pool, pick, 1)
+        hard_ok = np.take_along_axis(usable, pick, 1)
+        uniform = rng.integers(p.num_items, size=(B, dm.uniform_negatives))
+        cands = np.concatenate([pos[:, None], np.where(hard_ok, hard, -1), uniform], axis=1)
+        mask = np.concatenate([np.ones((B, 1), bool), hard_ok, uniform != pos[:, None]], axis=1)
+        batch = build_batch(p, dm.pairs, rows, dm.train_queries[positions], cands, lists[:, :dm.candidates])
+        label = np.zeros(cands.shape, np.float32)
+        label[:, 0] = 1.0
+        batch["label"], batch["mask"] = torch.from_numpy(label), torch.from_numpy(mask)
+        return batch
+
+
+class CandidateLists(Dataset):
+    """Evaluation batches: each user's retrieved list and target (indexed by a list of positions)."""
+
+    def __init__(self, dm: "RankingDataModule", split: str):
+        self.dm, self.split = dm, split
+
+    def __len__(self) -> int:
+        return len(self.dm.eval_rows[self.split])
+
+    def __getitem__(self, positions) -> dict[str, Any]:
+        dm, positions = self.dm, np.asarray(positions, dtype=np.int64)
+        rows = dm.eval_rows[self.split][positions]
+        lists = dm.eval_lists[self.split][positions]
+        batch = build_batch(dm.pipeline, dm.pairs, rows, dm.eval_queries[self.split][positions], lists, lists)
+        batch["target"] = torch.from_numpy(dm.pipeline.item_idx[rows])
+        batch["retrieval_score"] = torch.from_numpy(dm.eval_scores[self.split][positions])
+        return batch
+
+
+class RankingDataModule(pl.LightningDataModule):
+    """Pairs for the ranker from a trained ``Retriever``, over the retriever's own data and split.
+
+    Args:
+        retriever: the loaded retrieval run.
+        features_cfg: the ranker's feature schema (its own; it may differ from the retriever's).
+        candidates: K, the retriever's list length at evaluation (and for the rank feature).
+        hard_pool: top-N of the retriever that hard negatives are drawn from (≥ 1).
+        hard_negatives, uniform_negatives: negatives per training event.
+        max_events_per_user: train only on each user's latest events (None = all train events).
+        profile_len: history length of the genre profile feature.
+        batch_size: training events per batch (each with 1 + negatives pairs).
+        eval_batch_size: users per evaluation batch.
+    """
+
+    def __init__(self, retriever: Retriever, features_cfg: Mapping[str, Any], candidates: int = 100,
+                 hard_pool: int = 50, hard_negatives: int = 8, uniform_negatives: int = 8,
+                 max_events_per_user: int | None = None, profile_len: int = 50, batch_size: int = 256,
+                 eval_batch_size: int = 256, num_workers: int = 0, seed: int = 0):
+        super().__init__()
+        if hard_negatives + uniform_negatives < 1:
+            raise RecfunnelError("pairs: hard_negatives + uniform_negatives must be ≥ 1 (a ranker needs negatives)")
+        if hard_negatives > hard_pool:
+            raise RecfunnelError(f"pairs.hard_negatives={hard_negatives} exceeds pairs.hard_pool={hard_pool}")
+        self.retriever, self.features_cfg = retriever, features_cfg
+        self.candidates, self.hard_pool = candidates, hard_pool
+        self.hard_negatives, self.uniform_negatives = hard_negatives, uniform_negatives
+        self.max_events_per_user, self.profile_len = max_events_per_user, profile_len
+        self.batch_size, self.eval_batch_size, self.num_workers, self.seed = batch_size, eval_batch_size, num_workers, seed
+        self.pipeline: FeaturePipeline | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.pipeline is not None:
+            return
+        r = self.retriever
+        self.data = r.dm.data
+        self.schema = FeatureSchema.from_config(self.features_cfg, where=f"features ({self.features_cfg.get('name')})")
+        self.pipeline = FeaturePipeline(self.schema, self.data, where=f"features ({self.schema.name})")
+        self.genres = genre_matrix(self.data.tables.items)
+        self.pairs = PairFeatures(r.item_vectors, self.genres, self.profile_len)
+        rows = np.flatnonzero(self.data.split == TRAIN)
+        if self.max_events_per_user:
+            p = self.pipeline
+            from_end = np.diff(p.timeline_ptr)[p.user_idx[rows]] - p.timeline_pos[rows]  # 1 = the user's last event
+            rows = rows[from_end <= self.max_events_per_user + 2]  # + valid and test events after them
+        self.train_rows = rows
+        pool = max(self.hard_pool, self.candidates)
+        self.train_queries, self.train_lists, _ = self._retrieve(rows, pool, "train events")
+        self.eval_rows, self.eval_queries, self.eval_lists, self.eval_scores = {}, {}, {}, {}
+        for split in ("valid", "test"):
+            rows = r.dm.evalsets[split].rows
+            self.eval_rows[split] = rows
+            self.eval_queries[split], self.eval_lists[split], self.eval_scores[split] = \
+                self._retrieve(rows, self.candidates, f"{split} users")
+        log.info("ranker pairs: %d train events × (1 + %d hard + %d uniform); K=%d candidates for %d/%d valid/test users",
+                 len(self.train_rows), self.hard_negatives, self.uniform_negatives, self.candidates,
+                 len(self.eval_rows["valid"]), len(self.eval_rows["test"]))
+
+    def _retrieve(self, rows: np.ndarray, k: int, what: str, chunk: int = 4096):
+        """Retriever vectors, top-k lists (earlier items removed) and scores for event rows."""
+        r, queries, lists, scores = self.retriever, [], [], []
+        for lo in tqdm(range(0, len(rows), chunk), desc=f"retrieving for {what}", leave=False,
+                       disable=len(rows) <= chunk):
+            part = rows[lo:lo + chunk]
+            q = r.query_vectors(r.pipeline, part)
+            items, s = r.search(q, k, seen=r.seen_before(r.pipeline, part))
+            queries.append(q), lists.append(items), scores.append(s)
+        return np.concatenate(queries), np.concatenate(lists), np.concatenate(scores)
+
+    # -- what the model needs ----------------------------------------------------------------------
+    @property
+    def num_embeddings(self) -> dict[str, int]:
+        return self.pipeline.num_embeddings
+
+    def dense_stats(self, sample: int = 20000) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """(mean, std) per tower over train events, and of the pair features over training pairs."""
+        stats = {t: self.pipeline.dense_stats(t, self.train_rows) for t in (*QUERY_TOWERS, "item")}
+        n = min(len(self.train_rows), max(1, sample // (1 + self.hard_negatives + self.uniform_negatives)))
+        batch = TrainPairs(self)[(self.seed, 2**31, 0, np.random.default_rng(self.seed).choice(len(self.train_rows), n, replace=False))]
+        pair = batch["pair_dense"][batch["mask"]].numpy()
+        stats["pair"] = (pair.mean(0), pair.std(0))
+        return stats
+
+    @property
+    def num_pair_dense(self) -> int:
+        return len(PAIR_FEATURES)
+
+    # -- loaders ----------------------------------------------------------------------------------
+    def train_dataloader(self) -> DataLoader:
+        sampler = EpochBatchSampler(len(self.train_rows), self.batch_size, self.seed, drop_last=False)
+        return ResumableLoader(TrainPairs(self), sampler, self._progress, num_workers=self.num_workers)
+
+    def _progress(self) -> tuple[int, int]:
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 0
+        return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
+
+    def eval_dataloader(self, split: str) -> DataLoader:
+        ds = CandidateLists(self, split)
+        return DataLoader(ds, sampler=BatchSampler(SequentialSampler(ds), self.eval_batch_size, drop_last=False),
+                          batch_size=None, collate_fn=_whole_batch, num_workers=self.num_workers)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.eval_dataloader("valid")
+
+    def test_dataloader(self) -> DataLoader:
+        return self.eval_dataloader("test")

@@ -1,0 +1,194 @@
+"""The whole funnel from one command: retriever → index → ranker → re-ranking → evaluation.
+
+    python -m recfunnel.funnel experiment=ml100k_funnel hydra.run.dir=DIR
+    python -m recfunnel.funnel retriever.run_dir=RUN model=dcnv2        # reuse a trained retriever
+
+Steps: (1) the retriever: ``retriever.run_dir`` if given, else a ``recfunnel.train`` run with
+``retriever.overrides`` trained into ``DIR/retriever`` (skipped when it already finished there);
+(2) ranker pairs from the retriever (``pairs``: hard negatives from its top-K, uniform negatives);
+(3) the DLRM ranker (``model``) trained with early stopping on the validation NDCG@10 of the ranked
+lists; (4) re-ranking (``rerank``); (5) the funnel evaluated on valid and test per
+``../shared/EVALUATION.md``.
+
+Writes into DIR: ``metrics.json`` — the end of the funnel under the usual keys (``test/ndcg@10``,
+...), each stage under ``test/retrieval/...``, ``test/ranked/...``, the ranker's pair metrics
+(``test/ranker/auc``, ``logloss``), coverage, intra-list diversity, time per user, and what
+removing each re-ranking stage changes (``test/rerank_without_<stage>/...``); ``funnel.md`` and
+``funnel.png`` (the stage comparison); ``config.yaml``; ``run_info.json``; ``checkpoints/``.
+Running the same command again in DIR resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from pathlib import Path
+
+import hydra
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import CSVLogger
+
+from recfunnel.data.ranking import RankingDataModule
+from recfunnel.eval.funnel import STAGES, Funnel, evaluate_funnel, item_catalogue, stage_metrics
+from recfunnel.eval.report import write_metrics
+from recfunnel.eval.rerank import Reranker, Seen, build_reranker
+from recfunnel.retriever import Retriever
+from recfunnel.utils.cli import friendly_errors
+from recfunnel.utils.errors import RecfunnelError
+from recfunnel.utils.io import write_json
+from recfunnel.utils.run_info import redact, run_metadata
+
+log = logging.getLogger(__name__)
+SHOWN = ("recall@10", "ndcg@10", "mrr", "recall@100")
+
+
+def train_retriever(cfg: DictConfig, out: Path) -> Path:
+    """Train the retriever with ``retriever.overrides`` into ``out`` (unless it finished there)."""
+    from hydra import compose
+
+    from recfunnel.train import train
+
+    if (out / "metrics.json").exists() and (out / "index").exists():
+        log.info("retriever already trained in %s", out)
+        return out
+    choices = HydraConfig.get().runtime.choices
+    inherited = [f"{group}={choices[group]}" for group in ("trainer", "logger", "debug")
+                 if choices.get(group) not in (None, "null")]
+    overrides = inherited + list(cfg.retriever.overrides) + [
+        f"paths.output_dir={out.resolve()}", f"paths.data_dir={cfg.paths.data_dir}", f"seed={cfg.seed}"]
+    log.info("training the retriever: recfunnel.train %s", " ".join(overrides))
+    train(compose(config_name="train", overrides=overrides))
+    return out
+
+
+def build_ranker(cfg: DictConfig, dm: RankingDataModule) -> pl.LightningModule:
+    factory = hydra.utils.instantiate(cfg.model, _partial_=True)
+    return factory(schema=dm.schema, num_embeddings=dm.num_embeddings, num_pair_dense=dm.num_pair_dense,
+                   dense_stats=dm.dense_stats())
+
+
+def rerank_ablation(ranked, catalogue, seen: Seen, reranker: Reranker, targets, top_n, num_items, genres) -> dict:
+    """Final-list metrics with each re-ranking stage left out in turn: what each stage costs or gains."""
+    out = {}
+    stages = dict(zip(reranker.names, reranker.stages))
+    for name in stages:
+        without = Reranker({k: s for k, s in stages.items() if k != name})
+        slate = without(ranked, catalogue, seen, n=top_n)
+        for k, v in stage_metrics({"final": slate}, targets, top_n, num_items, genres).items():
+            out[f"rerank_without_{name}/{k.split('/', 1)[1]}"] = v
+    return out
+
+
+def write_report(out: Path, metrics: dict[str, float], top_n: int) -> str:
+    """``funnel.md`` (stage table, test and valid) and ``funnel.png``; returns the markdown."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lines = []
+    for split in ("test", "valid"):
+        cols = [*SHOWN, f"coverage@{top_n}", f"ild@{top_n}"]
+        lines += [f"### {split}", "", "| stage | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+        for stage, label in zip(STAGES, ("retrieval only", "+ ranker", "+ re-ranking")):
+            vals = [metrics.get(f"{split}/{stage}/{c}") for c in cols]
+            lines.append(f"| {label} | " + " | ".join("-" if v is None else f"{v:.4f}" for v in vals) + " |")
+        lines.append("")
+    timing = [f"{s}: mean {metrics[f'{s}/ms_per_user_mean']:.1f} ms, p99 {metrics[f'{s}/ms_per_user_p99']:.1f} ms"
+              for s in ("test", "valid") if f"{s}/ms_per_user_mean" in metrics]
+    if timing:
+        lines += ["Time per user (single-user calls): " + "; ".join(timing), ""]
+    text = "\n".join(lines)
+    (out / "funnel.md").write_text(text)
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.25
+    x = np.arange(len(SHOWN[:3]))
+    for i, (stage, label) in enumerate(zip(STAGES, ("retrieval only", "+ ranker", "+ re-ranking"))):
+        ax.bar(x + (i - 1) * width, [metrics.get(f"test/{stage}/{m}", 0.0) for m in SHOWN[:3]], width, label=label)
+    ax.set_xticks(x, SHOWN[:3])
+    ax.set_title("funnel stages, test split (same users)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "funnel.png", dpi=120)
+    plt.close(fig)
+    return text
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    """The whole job; returns the flat metrics also written to ``metrics.json``."""
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pl.seed_everything(cfg.seed, workers=True)
+    resolved = redact(OmegaConf.to_container(cfg, resolve=True))
+    (out / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
+    info = out / "run_info.json"
+    run_id = json.loads(info.read_text()).get("run_id") if info.exists() else uuid.uuid4().hex
+    write_json(info, {**run_metadata(seed=cfg.seed), "run_id": run_id})
+
+    retriever_dir = Path(cfg.retriever.run_dir) if cfg.retriever.run_dir else train_retriever(cfg, out / "retriever")
+    retriever = Retriever.from_run(retriever_dir, data_dir=cfg.paths.data_dir)
+    (out / "retriever_run.txt").write_text(str(retriever_dir.resolve()) + "\n")
+    dm = RankingDataModule(retriever, cfg.features, seed=cfg.seed, **cfg.pairs)
+    dm.setup()
+    task = build_ranker(cfg, dm)
+
+    callbacks = [hydra.utils.instantiate(c) for c in (cfg.callbacks or {}).values()]
+    loggers = [CSVLogger(out, name="csv", version="")] + [hydra.utils.instantiate(lg) for lg in (cfg.logger or {}).values()]
+    for lg in loggers:
+        lg.log_hyperparams(resolved)
+    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    last = out / "checkpoints" / "last.ckpt"
+    start = time.perf_counter()
+    trainer.fit(task, datamodule=dm, ckpt_path=str(last) if cfg.resume and last.exists() else None)
+    fit_s = time.perf_counter() - start
+    best = next((c.best_model_path for c in callbacks
+                 if isinstance(c, pl.callbacks.ModelCheckpoint) and c.monitor and c.best_model_path), None)
+    if best:
+        task.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
+
+    metrics: dict[str, float] = {"ranker/fit_seconds": fit_s, "ranker/epochs": trainer.current_epoch}
+    scorer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[], enable_progress_bar=False)
+    for split, check in (("valid", scorer.validate), ("test", scorer.test)):
+        for k, v in check(task, datamodule=dm, verbose=False)[0].items():
+            if k.endswith(("/auc", "/logloss")):
+                metrics[k.replace(f"{split}/", f"{split}/ranker/")] = float(v)
+
+    reranker = build_reranker(cfg.rerank)
+    catalogue = item_catalogue(dm.data.tables.items, dm.genres, retriever.item_vectors)
+    funnel = Funnel(retriever, task.net, dm.pairs, reranker, catalogue, cfg.pairs.candidates, cfg.funnel.top_n)
+    for split in ("valid", "test"):
+        rows = dm.eval_rows[split]
+        stage, slates = evaluate_funnel(funnel, dm.pipeline, rows, cfg.funnel.batch_size, cfg.funnel.timing_users)
+        seen = Seen(*retriever.seen_before(retriever.pipeline, rows))
+        stage.update(rerank_ablation(slates["ranked"], catalogue, seen, reranker, dm.pipeline.item_idx[rows],
+                                     cfg.funnel.top_n, dm.data.num_items, catalogue.genres.astype(np.float32)))
+        metrics.update({f"{split}/{k}": v for k, v in stage.items()})
+        # the end of the funnel under the usual keys
+        metrics.update({f"{split}/{k.split('/', 1)[1]}": v for k, v in stage.items() if k.startswith("final/")})
+    write_metrics(out, metrics)
+    for lg in loggers:
+        lg.log_metrics({f"final/{k}": v for k, v in metrics.items()})
+        lg.finalize("success")
+    print(write_report(out, metrics, cfg.funnel.top_n))
+    print(f"run directory: {out.resolve()}")
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="../../configs", config_name="funnel")
+@friendly_errors
+def main(cfg: DictConfig) -> float:
+    metrics = run(cfg)
+    if cfg.monitor not in metrics:
+        raise RecfunnelError(f"monitor={cfg.monitor!r} is not among the run's metrics; set e.g. monitor=valid/ndcg@10")
+    return metrics[cfg.monitor]
+
+
+if __name__ == "__main__":
+    main()

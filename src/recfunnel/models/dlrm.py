@@ -1,0 +1,155 @@
+"""DLRM-style ranker: four named archs, as in TorchRec's ``torchrec/models/dlrm.py``.
+
+A ranking batch scores C candidate items for each of B queries (events or requests)::
+
+    sparse arch:      FeatureEmbedding → one pooled (·, D) vector per sparse feature;
+                      query features (user, context) on B rows, repeated for each candidate,
+                      item features on B·C rows                         → (B·C, F, D)
+    dense arch:       MLP over [query dense, item dense, pair dense]    → (B·C, D)
+    interaction arch: "dot" — DLRM's pairwise dot products of the F+1 vectors (+ the dense vector)
+                      "cat" — the F+1 vectors concatenated
+                      "dcn" — DCN-v2 cross layers (Wang et al. 2021) over the concatenation, full or
+                              low-rank, "stacked" (cross → over arch) or "parallel" (cross ‖ deep MLP)
+    over arch:        MLP → one logit per (query, candidate)            → (B, C)
+
+Pair dense features are those only the ranker sees (the retriever's score and rank, genre overlap
+with the history, ...); they are normalised with train statistics like the towers' dense features.
+Every sparse table has width D = ``embedding_dim`` (the schema's own dims are overridden): the dot
+interaction needs one D. The model never parses data.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torchrec.models.dlrm import InteractionArch as DotInteraction
+from torchrec.modules.crossnet import CrossNet, LowRankCrossNet
+
+from recfunnel.features.batch import TowerInput
+from recfunnel.features.embedding import build_feature_embedding
+from recfunnel.features.schema import FeatureSchema
+from recfunnel.models.mlp import MLP
+from recfunnel.utils.errors import RecfunnelError
+
+QUERY_TOWERS = ("user", "context")
+INTERACTIONS = ("dot", "cat", "dcn")
+DCN_STRUCTURES = ("stacked", "parallel")
+
+
+class SparseArch(nn.Module):
+    """The shared feature-embedding layer, per feature: → (B·C, F, D) and the (B·C, P_towers) dense."""
+
+    def __init__(self, schema: FeatureSchema, num_embeddings: Mapping[str, int], embedding_dim: int, backend: str):
+        super().__init__()
+        self.embedding = build_feature_embedding(schema.with_dim(embedding_dim), num_embeddings, backend)
+        self.query_names = [n for t in QUERY_TOWERS for n in self.embedding.sparse_names(t)]
+        self.item_names = self.embedding.sparse_names("item")
+        self.num_features = len(self.query_names) + len(self.item_names)
+        self.num_dense = sum(len(schema.tower(t, "dense")) for t in (*QUERY_TOWERS, "item"))
+
+    def forward(self, query: Mapping[str, TowerInput], items: TowerInput, per_query: int) -> tuple[Tensor, Tensor]:
+        q = self.embedding.pooled({t: query[t] for t in QUERY_TOWERS})
+        i = self.embedding.pooled({"item": items})
+        query_sparse = [q[n].repeat_interleave(per_query, 0) for n in self.query_names]
+        sparse = torch.stack(query_sparse + [i[n] for n in self.item_names], dim=1)
+        query_dense = torch.cat([self.embedding.dense(t, query[t]) for t in QUERY_TOWERS], dim=1)
+        dense = torch.cat([query_dense.repeat_interleave(per_query, 0), self.embedding.dense("item", items)], dim=1)
+        return sparse, dense
+
+
+class DenseArch(MLP):
+    """(N, P) dense features → (N, D), the vector that joins the sparse ones in the interaction."""
+
+
+class Interaction(nn.Module):
+    """(N, D) dense vector + (N, F, D) sparse vectors → (N, out_dim)."""
+
+    def __init__(self, kind: str, num_sparse: int, dim: int, dcn: Mapping | None = None):
+        super().__init__()
+        if kind not in INTERACTIONS:
+            raise RecfunnelError(f"model.net.interaction={kind!r} is not valid; choose one of: {', '.join(INTERACTIONS)}")
+        self.kind, flat = kind, (num_sparse + 1) * dim
+        if kind == "dot":
+            self.arch = DotInteraction(num_sparse)
+            self.out_dim = dim + (num_sparse + 1) * num_sparse // 2
+        elif kind == "cat":
+            self.out_dim = flat
+        else:
+            dcn = dict(dcn or {})
+            layers, rank = int(dcn.get("layers", 3)), dcn.get("rank")
+            structure, deep = dcn.get("structure", "stacked"), list(dcn.get("deep", [256]))
+            if structure not in DCN_STRUCTURES:
+                raise RecfunnelError(f"model.net.dcn.structure={structure!r} is not valid; choose one of: "
+                                     f"{', '.join(DCN_STRUCTURES)}")
+            self.cross = CrossNet(flat, layers) if rank is None else LowRankCrossNet(flat, layers, int(rank))
+            self.deep = MLP(flat, deep[:-1], deep[-1]) if structure == "parallel" and deep else None
+            self.out_dim = flat + (deep[-1] if self.deep is not None else 0)
+
+    def forward(self, dense: Tensor, sparse: Tensor) -> Tensor:
+        if self.kind == "dot":
+            return self.arch(dense, sparse)
+        flat = torch.cat([dense.unsqueeze(1), sparse], dim=1).flatten(1)
+        if self.kind == "cat":
+            return flat
+        crossed = self.cross(flat)
+        return crossed if self.deep is None else torch.cat([crossed, self.deep(flat)], dim=1)
+
+
+class OverArch(nn.Module):
+    """(N, in_dim) → (N,) logits: ``depth`` hidden layers of ``width``."""
+
+    def __init__(self, in_dim: int, width: int, depth: int, dropout: float):
+        super().__init__()
+        self.mlp = MLP(in_dim, [width] * depth, 1, dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.mlp(x).squeeze(-1)
+
+
+class DLRM(nn.Module):
+    """Args:
+        schema, num_embeddings: the ranker's features and table sizes (from its data pipeline).
+        num_pair_dense: P, the number of per-(query, item) dense features.
+        embedding_dim: D, the width of every embedding table and of the dense arch's output.
+        dense_hidden: hidden widths of the dense arch.
+        interaction: "dot" | "cat" | "dcn"; ``dcn``: {layers, rank (None = full), structure, deep}.
+        top_width, top_depth, dropout: the over arch.
+        dense_stats: {tower: (mean, std)} for user/context/item, and "pair" for the pair features.
+        backend: embedding backend, "auto" | "torchrec" | "torch".
+    """
+
+    def __init__(self, schema: FeatureSchema, num_embeddings: Mapping[str, int], num_pair_dense: int,
+                 embedding_dim: int = 32, dense_hidden: Sequence[int] = (64,), interaction: str = "dot",
+                 dcn: Mapping | None = None, top_width: int = 256, top_depth: int = 2, dropout: float = 0.1,
+                 dense_stats: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None, backend: str = "auto"):
+        super().__init__()
+        self.sparse_arch = SparseArch(schema, num_embeddings, embedding_dim, backend)
+        stats = dict(dense_stats or {})
+        for tower in (*QUERY_TOWERS, "item"):
+            if tower in stats:
+                self.sparse_arch.embedding.set_dense_stats(tower, *stats[tower])
+        num_dense = self.sparse_arch.num_dense + num_pair_dense
+        if num_dense == 0:
+            raise RecfunnelError("the ranker has no dense input: give the schema a dense feature or keep the pair "
+                                 "features (the retriever's score) on")
+        mean, std = stats.get("pair", (np.zeros(num_pair_dense), np.ones(num_pair_dense)))
+        self.register_buffer("pair_mean", torch.as_tensor(np.asarray(mean), dtype=torch.float32))
+        self.register_buffer("pair_std", torch.as_tensor(np.asarray(std), dtype=torch.float32).clamp(min=1e-6))
+        if self.pair_mean.shape != (num_pair_dense,):
+            raise RecfunnelError(f"pair dense stats have shape {tuple(self.pair_mean.shape)}; expected ({num_pair_dense},)")
+        self.dense_arch = DenseArch(num_dense, dense_hidden, embedding_dim)
+        self.interaction = Interaction(interaction, self.sparse_arch.num_features, embedding_dim, dcn)
+        self.over_arch = OverArch(self.interaction.out_dim, top_width, top_depth, dropout)
+
+    def forward(self, batch: Mapping[str, object]) -> Tensor:
+        """Logits (B, C) for ``batch["cand"]`` (item tower, B·C rows, query-major) given the query
+        towers ``batch["user"]``, ``batch["context"]`` (B rows) and ``batch["pair_dense"]`` (B, C, P)."""
+        pair = batch["pair_dense"]
+        B, C, P = pair.shape
+        sparse, dense = self.sparse_arch(batch, batch["cand"], C)
+        pair = ((pair - self.pair_mean) / self.pair_std).reshape(B * C, P)
+        x = self.dense_arch(torch.cat([dense, pair], dim=1))
+        return self.over_arch(self.interaction(x, sparse)).view(B, C)
