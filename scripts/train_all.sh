@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The main job behind `make train`: data → baseline → two-tower retrieval → report.
-# Extra arguments are Hydra overrides for the training stage (e.g. `make train ARGS="trainer=gpu"`).
+# The main job behind `make train`: data → baseline → retriever → index → ranker → funnel evaluation → report.
+# Extra arguments are Hydra overrides for the funnel (e.g. `make train ARGS="trainer=gpu"`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -9,8 +9,9 @@ echo "== 1/3 data: MovieLens-100K (fetched once into data/)"
 "$PY" -m recfunnel.data.prepare data=ml100k
 echo "== 2/3 most-popular baseline (valid + test, ../shared/EVALUATION.md protocol)"
 "$PY" -m recfunnel.evaluate model=popularity hydra.run.dir="$RUN/popularity"
-echo "== 3/3 two-tower retrieval (experiment=ml100k_two_tower)"
-"$PY" -m recfunnel.train experiment=ml100k_two_tower hydra.run.dir="$RUN/two_tower" trainer.enable_progress_bar=false "$@"
-echo "== report"
-"$PY" -m recfunnel.eval.report "$RUN/popularity" "$RUN/two_tower"
+echo "== 3/3 funnel (experiment=ml100k_funnel): two-tower retriever + FAISS index → DLRM ranker → re-ranking"
+"$PY" -m recfunnel.funnel experiment=ml100k_funnel hydra.run.dir="$RUN/funnel" trainer.enable_progress_bar=false "$@"
+echo "== report (test split)"
+"$PY" -m recfunnel.eval.report "$RUN/popularity" "$RUN/funnel/retriever" "$RUN/funnel"
+echo "funnel stages: $RUN/funnel/funnel.md, $RUN/funnel/funnel.png"
 echo "runs: $RUN"

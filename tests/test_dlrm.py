@@ -244,19 +244,15 @@ def test_unknown_dcn_structure_is_one_clear_error():
 
 
 def test_wrong_pair_dense_mean_shape_is_one_clear_error():
-    with pytest.raises(RecfunnelError, match=r"pair dense stats have shape \(2,\); expected \(3,\)"):
+    with pytest.raises(RecfunnelError, match=r"pair dense mean has shape \(2,\); expected \(3,\)"):
         make_model(dense_stats={"pair": (np.zeros(2), np.ones(2))})
 
 
-@pytest.mark.xfail(strict=True, reason="DLRM checks the shape of the pair-dense mean only: a wrong-shaped std is "
-                                       "accepted and silently broadcast (std of shape (1,)) or fails in forward")
 def test_wrong_pair_dense_std_shape_is_one_clear_error():
-    with pytest.raises(RecfunnelError, match="pair dense stats"):
+    with pytest.raises(RecfunnelError, match=r"pair dense std has shape \(1,\); expected \(3,\)"):
         make_model(dense_stats={"pair": (np.zeros(3), np.ones(1))})
 
 
-@pytest.mark.xfail(strict=True, reason="dcn.rank=0 reaches torchrec's LowRankCrossNet, which raises a bare "
-                                       "AssertionError instead of a RecfunnelError naming model.net.dcn.rank")
 def test_non_positive_dcn_rank_is_one_clear_error():
     with pytest.raises(RecfunnelError, match=r"model\.net\.dcn\.rank"):
         make_model("dcn", {"rank": 0})

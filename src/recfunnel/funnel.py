@@ -60,6 +60,8 @@ def train_retriever(cfg: DictConfig, out: Path) -> Path:
     choices = HydraConfig.get().runtime.choices
     inherited = [f"{group}={choices[group]}" for group in ("trainer", "logger", "debug")
                  if choices.get(group) not in (None, "null")]
+    # the funnel's own trainer.* command-line overrides (e.g. trainer.enable_progress_bar=false) apply too
+    inherited += [o for o in HydraConfig.get().overrides.task if o.startswith("trainer.")]
     overrides = inherited + list(cfg.retriever.overrides) + [
         f"paths.output_dir={out.resolve()}", f"paths.data_dir={cfg.paths.data_dir}", f"seed={cfg.seed}"]
     log.info("training the retriever: recfunnel.train %s", " ".join(overrides))
@@ -78,7 +80,7 @@ def rerank_ablation(ranked, catalogue, seen: Seen, reranker: Reranker, targets, 
     out = {}
     stages = dict(zip(reranker.names, reranker.stages))
     for name in stages:
-        without = Reranker({k: s for k, s in stages.items() if k != name})
+        without = Reranker({k: s for k, s in stages.items() if k != name}, reranker.depth)
         slate = without(ranked, catalogue, seen, n=top_n)
         for k, v in stage_metrics({"final": slate}, targets, top_n, num_items, genres).items():
             out[f"rerank_without_{name}/{k.split('/', 1)[1]}"] = v

@@ -100,6 +100,17 @@ def build_batch(pipeline: FeaturePipeline, pairs: PairFeatures, rows: np.ndarray
     return batch
 
 
+def ranker_inputs(retriever: Retriever, features_cfg: Mapping[str, Any], profile_len: int = 50
+                  ) -> tuple[FeatureSchema, FeaturePipeline, np.ndarray, PairFeatures]:
+    """The ranker's schema, its feature pipeline over the retriever's data, the (I, G) genre matrix
+    and the pair features: everything needed to build ranker batches (training or serving)."""
+    data = retriever.dm.data
+    schema = FeatureSchema.from_config(features_cfg, where=f"features ({features_cfg.get('name')})")
+    pipeline = FeaturePipeline(schema, data, where=f"features ({schema.name})")
+    genres = genre_matrix(data.tables.items)
+    return schema, pipeline, genres, PairFeatures(retriever.item_vectors, genres, profile_len)
+
+
 class TrainPairs(Dataset):
     """Training batches of pairs; indexed by (seed, epoch, batch index, positions) keys."""
 
@@ -162,6 +173,8 @@ class RankingDataModule(pl.LightningDataModule):
         hard_pool: top-N of the retriever that hard negatives are drawn from (≥ 1).
         hard_negatives, uniform_negatives: negatives per training event.
         max_events_per_user: train only on each user's latest events (None = all train events).
+        retrieved_positives_only: train only on events whose positive is in the retriever's top-K
+            (the lists the ranker re-orders at serving time); otherwise on all events.
         profile_len: history length of the genre profile feature.
         batch_size: training events per batch (each with 1 + negatives pairs).
         eval_batch_size: users per evaluation batch.
@@ -169,7 +182,8 @@ class RankingDataModule(pl.LightningDataModule):
 
     def __init__(self, retriever: Retriever, features_cfg: Mapping[str, Any], candidates: int = 100,
                  hard_pool: int = 50, hard_negatives: int = 8, uniform_negatives: int = 8,
-                 max_events_per_user: int | None = None, profile_len: int = 50, batch_size: int = 256,
+                 max_events_per_user: int | None = None, retrieved_positives_only: bool = True,
+                 profile_len: int = 50, batch_size: int = 256,
                  eval_batch_size: int = 256, num_workers: int = 0, seed: int = 0):
         super().__init__()
         if hard_negatives + uniform_negatives < 1:
@@ -180,6 +194,7 @@ class RankingDataModule(pl.LightningDataModule):
         self.candidates, self.hard_pool = candidates, hard_pool
         self.hard_negatives, self.uniform_negatives = hard_negatives, uniform_negatives
         self.max_events_per_user, self.profile_len = max_events_per_user, profile_len
+        self.retrieved_positives_only = retrieved_positives_only
         self.batch_size, self.eval_batch_size, self.num_workers, self.seed = batch_size, eval_batch_size, num_workers, seed
         self.pipeline: FeaturePipeline | None = None
 
@@ -188,10 +203,7 @@ class RankingDataModule(pl.LightningDataModule):
             return
         r = self.retriever
         self.data = r.dm.data
-        self.schema = FeatureSchema.from_config(self.features_cfg, where=f"features ({self.features_cfg.get('name')})")
-        self.pipeline = FeaturePipeline(self.schema, self.data, where=f"features ({self.schema.name})")
-        self.genres = genre_matrix(self.data.tables.items)
-        self.pairs = PairFeatures(r.item_vectors, self.genres, self.profile_len)
+        self.schema, self.pipeline, self.genres, self.pairs = ranker_inputs(r, self.features_cfg, self.profile_len)
         rows = np.flatnonzero(self.data.split == TRAIN)
         if self.max_events_per_user:
             p = self.pipeline
@@ -200,6 +212,11 @@ class RankingDataModule(pl.LightningDataModule):
         self.train_rows = rows
         pool = max(self.hard_pool, self.candidates)
         self.train_queries, self.train_lists, _ = self._retrieve(rows, pool, "train events")
+        if self.retrieved_positives_only:
+            # the ranker only ever sees retrieved lists: train it on events whose positive was retrieved
+            keep = (self.train_lists[:, :self.candidates] == self.pipeline.item_idx[rows][:, None]).any(1)
+            rows, self.train_queries, self.train_lists = rows[keep], self.train_queries[keep], self.train_lists[keep]
+            self.train_rows = rows
         self.eval_rows, self.eval_queries, self.eval_lists, self.eval_scores = {}, {}, {}, {}
         for split in ("valid", "test"):
             rows = r.dm.evalsets[split].rows

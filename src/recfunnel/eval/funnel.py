@@ -24,6 +24,7 @@ from recfunnel.eval.rerank import ItemCatalogue, Reranker, Seen, Slate
 from recfunnel.features.pipeline import FeaturePipeline
 from recfunnel.models.dlrm import DLRM
 from recfunnel.retriever import Retriever
+from recfunnel.utils.errors import RecfunnelError
 
 STAGES = ("retrieval", "ranked", "final")
 
@@ -51,18 +52,32 @@ class Funnel:
 
     @torch.no_grad()
     def __call__(self, retriever_pipeline: FeaturePipeline, ranker_pipeline: FeaturePipeline,
-                 rows: np.ndarray) -> dict[str, Slate]:
-        """Each stage's lists for query ``rows`` (B,): retrieval (B, K), ranked (B, K), final (B, N)."""
+                 rows: np.ndarray, candidates: np.ndarray | None = None, top_n: int | None = None) -> dict[str, Slate]:
+        """Each stage's lists for query ``rows`` (B,): retrieval (B, K), ranked (B, K), final (B, N).
+
+        ``candidates`` (B, C) dense item indices replace the retrieval stage (they are ranked and
+        re-ranked as given, in the retriever's score order); ``top_n`` overrides N.
+        """
         r = self.retriever
         queries = r.query_vectors(retriever_pipeline, rows)
         seen = r.seen_before(retriever_pipeline, rows)
-        items, scores = r.search(queries, self.candidates, seen=seen)
+        if candidates is None:
+            items, scores = r.search(queries, self.candidates, seen=seen)
+        else:
+            items = np.asarray(candidates, dtype=np.int64).reshape(len(rows), -1)
+            bad = items[(items < 0) | (items >= r.index.num_items)]
+            if bad.size:
+                raise RecfunnelError(f"candidates reference item indices {sorted(set(bad.tolist()))[:5]} outside the "
+                                     f"catalogue [0, {r.index.num_items}); pass items of the retriever's catalogue")
+            scores = np.einsum("bd,bcd->bc", queries, r.item_vectors[items])
+            order = np.argsort(-scores, axis=1, kind="stable")
+            items, scores = np.take_along_axis(items, order, 1), np.take_along_axis(scores, order, 1)
         retrieval = Slate(items, scores)
         batch = build_batch(ranker_pipeline, self.pairs, rows, queries, items, items)
         logits = self.ranker(batch).masked_fill(batch["cand_idx"] < 0, float("-inf")).numpy()
         order = np.argsort(-logits, axis=1, kind="stable")
         ranked = Slate(np.take_along_axis(items, order, 1), np.take_along_axis(logits, order, 1))
-        final = self.reranker(ranked, self.catalogue, Seen(*seen), n=self.top_n)
+        final = self.reranker(ranked, self.catalogue, Seen(*seen), n=top_n or self.top_n)
         return {"retrieval": retrieval, "ranked": ranked, "final": final}
 
 

@@ -354,11 +354,17 @@ class GenreCap(Stage):
 class Reranker:
     """Applies stages in order, then keeps each user's top ``n``.
 
+    ``depth``: the stages see only the top ``max(depth, n)`` candidates (None = all K); a shallow
+    depth bounds the cost of the per-position loops of MMR and the genre cap.
+
     ``stages`` is a name -> stage mapping (as built from the config), a sequence of stages, or
     None / empty for the identity.
     """
 
-    def __init__(self, stages: Mapping[str, Stage] | Sequence[Stage] | None):
+    def __init__(self, stages: Mapping[str, Stage] | Sequence[Stage] | None, depth: int | None = None):
+        if depth is not None:
+            _check_number("Reranker", "depth", depth, lo=1, integer=True)
+        self.depth = None if depth is None else int(depth)
         if stages is None:
             pairs: list[tuple[str, Any]] = []
         elif isinstance(stages, Mapping):
@@ -386,6 +392,8 @@ class Reranker:
         if slate.items.size and slate.items.max() >= catalogue.num_items:
             raise RecfunnelError(f"Reranker: slate holds item {int(slate.items.max())} but the catalogue "
                                  f"has {catalogue.num_items} items")
+        if self.depth is not None and self.stages:  # stages re-order only the top `depth` candidates
+            slate = Slate(slate.items[:, :max(self.depth, n)], slate.scores[:, :max(self.depth, n)])
         for stage in self.stages:
             slate = stage(slate, catalogue, seen)
         U, K = slate.items.shape
@@ -407,6 +415,7 @@ def build_reranker(cfg: Any) -> Reranker:
     import hydra.utils  # only here: the stages themselves are plain numpy
 
     stages_cfg = cfg.get("stages") if hasattr(cfg, "get") else getattr(cfg, "stages", None)
+    depth = cfg.get("depth") if hasattr(cfg, "get") else getattr(cfg, "depth", None)
     stages: dict[str, Stage] = {}
     for name, node in (stages_cfg or {}).items():
         if node is None:
@@ -416,4 +425,4 @@ def build_reranker(cfg: Any) -> Reranker:
             raise RecfunnelError(f"rerank.stages.{name} built a {type(stage).__name__}, not a "
                                  "recfunnel.eval.rerank.Stage; check its _target_")
         stages[str(name)] = stage
-    return Reranker(stages)
+    return Reranker(stages, depth)

@@ -79,7 +79,11 @@ class Interaction(nn.Module):
             self.out_dim = flat
         else:
             dcn = dict(dcn or {})
-            layers, rank = int(dcn.get("layers", 3)), dcn.get("rank")
+            layers, rank = dcn.get("layers", 3), dcn.get("rank")
+            for key, value, allow_null in (("layers", layers, False), ("rank", rank, True)):
+                if not (allow_null and value is None) and (not isinstance(value, int) or value < 1):
+                    raise RecfunnelError(f"model.net.dcn.{key}={value!r} must be a positive integer"
+                                         + (" or null (full rank)" if allow_null else ""))
             structure, deep = dcn.get("structure", "stacked"), list(dcn.get("deep", [256]))
             if structure not in DCN_STRUCTURES:
                 raise RecfunnelError(f"model.net.dcn.structure={structure!r} is not valid; choose one of: "
@@ -138,8 +142,9 @@ class DLRM(nn.Module):
         mean, std = stats.get("pair", (np.zeros(num_pair_dense), np.ones(num_pair_dense)))
         self.register_buffer("pair_mean", torch.as_tensor(np.asarray(mean), dtype=torch.float32))
         self.register_buffer("pair_std", torch.as_tensor(np.asarray(std), dtype=torch.float32).clamp(min=1e-6))
-        if self.pair_mean.shape != (num_pair_dense,):
-            raise RecfunnelError(f"pair dense stats have shape {tuple(self.pair_mean.shape)}; expected ({num_pair_dense},)")
+        for name, buf in (("mean", self.pair_mean), ("std", self.pair_std)):
+            if buf.shape != (num_pair_dense,):
+                raise RecfunnelError(f"pair dense {name} has shape {tuple(buf.shape)}; expected ({num_pair_dense},)")
         self.dense_arch = DenseArch(num_dense, dense_hidden, embedding_dim)
         self.interaction = Interaction(interaction, self.sparse_arch.num_features, embedding_dim, dcn)
         self.over_arch = OverArch(self.interaction.out_dim, top_width, top_depth, dropout)

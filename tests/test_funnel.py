@@ -1,0 +1,103 @@
+"""The funnel end to end on ML-100K with tiny settings (a retriever trained inside, a ranker, re-ranking),
+the Recommender built from its run, the batch CLI, and the bad inputs the funnel refuses."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import yaml
+
+from recfunnel.eval.index import ItemIndex
+from recfunnel.recommend import Recommender
+from recfunnel.utils.errors import RecfunnelError
+
+from conftest import DATA_DIR
+from test_entry_points import run
+
+TINY = ["debug=fast", "logger=csv", f"paths.data_dir={DATA_DIR}", "pairs.max_events_per_user=2",
+        "funnel.timing_users=5", "retriever.overrides=['features=ml100k_seq','model.net.user_hidden=[]','data.batch_size=256']"]
+
+
+@pytest.fixture(scope="module")
+def funnel_run(tmp_path_factory, ml100k_data):
+    out = tmp_path_factory.mktemp("funnel") / "run"
+    proc = run("recfunnel.funnel", *TINY, f"hydra.run.dir={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_funnel_writes_stage_metrics_report_and_plot(funnel_run):
+    m = json.loads((funnel_run / "metrics.json").read_text())
+    for split in ("valid", "test"):
+        for stage in ("retrieval", "ranked", "final"):
+            assert 0.0 <= m[f"{split}/{stage}/ndcg@10"] <= m[f"{split}/{stage}/recall@10"] <= 1.0
+            assert 0.0 < m[f"{split}/{stage}/coverage@10"] <= 1.0
+        # the end of the funnel under the usual keys; the ranker re-orders the same K candidates
+        assert m[f"{split}/ndcg@10"] == m[f"{split}/final/ndcg@10"]
+        assert m[f"{split}/retrieval/recall@100"] == m[f"{split}/ranked/recall@100"]
+        assert 0.0 <= m[f"{split}/ranker/auc"] <= 1.0 and m[f"{split}/ranker/logloss"] > 0
+        assert 0 < m[f"{split}/ms_per_user_mean"] <= m[f"{split}/ms_per_user_p99"]
+        for stage in ("exclude_seen", "freshness", "mmr", "genre_cap"):
+            assert f"{split}/rerank_without_{stage}/ndcg@10" in m
+    assert (funnel_run / "retriever" / "metrics.json").exists()  # trained inside, in its own run dir
+    report = (funnel_run / "funnel.md").read_text()
+    assert "| retrieval only |" in report and "| + re-ranking |" in report
+    assert (funnel_run / "funnel.png").stat().st_size > 1000
+
+
+def test_recommender_serves_known_unknown_and_recent(funnel_run):
+    rec = Recommender.from_run(funnel_run, data_dir=str(DATA_DIR))
+    out = rec.recommend(196, k=10)
+    assert out["fallback"] is None and len(out["items"]) == 10 == len(set(out["items"]))
+    assert out["scores"] == sorted(out["scores"], reverse=True)  # stages keep scores per position
+    data = rec.funnel.retriever.dm.data
+    known = set(rec.item_ids[data.item_idx[data.user_idx == rec._user_index["196"]]].tolist())
+    assert not known & set(out["items"]), "a user's earlier items are never recommended"
+    fresh = rec.recommend(196, k=10, recent_items=out["items"][:2])
+    assert not set(out["items"][:2]) & set(fresh["items"]), "recent items count as seen"
+    unknown = rec.recommend("no-such-user", k=5)
+    assert unknown["fallback"] and "unknown user" in unknown["fallback"] and len(unknown["items"]) == 5
+    ranked = rec.recommend(196, k=3, candidates=[1, 2, 3, 4, 5])
+    assert set(ranked["items"]) <= {1, 2, 3, 4, 5} and len(ranked["items"]) == 3
+
+
+def test_recommender_bad_inputs_give_one_clear_error(funnel_run, tmp_path):
+    rec = Recommender.from_run(funnel_run, data_dir=str(DATA_DIR))
+    with pytest.raises(RecfunnelError, match=r"candidates reference unknown item id\(s\) \[99999\]"):
+        rec.recommend(196, candidates=[1, 99999])
+    with pytest.raises(RecfunnelError, match="recent_items reference unknown item"):
+        rec.recommend(196, recent_items=["nope"])
+
+    # an index built from other item vectors, dropped into the retriever's run
+    other = tmp_path / "other"
+    shutil.copytree(funnel_run, other, ignore=shutil.ignore_patterns("csv", "wandb"))
+    (other / "retriever_run.txt").write_text(str(other / "retriever") + "\n")
+    ItemIndex.build(np.random.default_rng(0).normal(size=(1682, 64)).astype("float32"),
+                    fingerprint="another-run:best.ckpt").save(other / "retriever" / "index")
+    with pytest.raises(RecfunnelError, match="index is from other item vectors"):
+        Recommender.from_run(other, data_dir=str(DATA_DIR))
+
+    # a ranker trained on another feature schema
+    other2 = tmp_path / "other2"
+    shutil.copytree(funnel_run, other2, ignore=shutil.ignore_patterns("csv", "wandb", "retriever"))
+    cfg = yaml.safe_load((other2 / "config.yaml").read_text())
+    del cfg["features"]["features"]["genres"]
+    (other2 / "config.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(RecfunnelError, match="ranker checkpoint does not fit features"):
+        Recommender.from_run(other2, data_dir=str(DATA_DIR))
+
+
+def test_batch_cli_writes_one_line_per_user(funnel_run, tmp_path):
+    users = tmp_path / "users.txt"
+    users.write_text("# ids\n196\n186\n\nunknown-user\n")
+    out = tmp_path / "recs.jsonl"
+    proc = run("recfunnel.recommend", f"run_dir={funnel_run}", f"users={users}", f"out={out}", "k=4")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [d["user_id"] for d in lines] == ["196", "186", "unknown-user"]
+    assert all(len(d["items"]) == 4 for d in lines) and lines[2]["fallback"] and lines[0]["fallback"] is None
+    bad = run("recfunnel.recommend", f"run_dir={funnel_run}", f"users={tmp_path / 'missing.txt'}", f"out={out}")
+    assert bad.returncode == 2 and "no such file" in bad.stderr and bad.stderr.count("\n") == 1
