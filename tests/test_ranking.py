@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from recfunnel.data.dataset import TEST, TRAIN, VALID, SplitData
-from recfunnel.data.ranking import PairFeatures, RankingDataModule, TrainPairs, genre_matrix
+from recfunnel.data.ranking import PAIR_FEATURES, PairFeatures, RankingDataModule, TrainPairs, genre_matrix
 from recfunnel.data.tables import Tables
 from recfunnel.eval.index import ItemIndex
 from recfunnel.eval.metrics import NDCG_KS, RECALL_KS, list_metrics, ranking_metrics
@@ -319,7 +319,8 @@ def test_pair_features_by_hand(full_pipe, ml100k_data):
                       [lists[2, 7], lists[2, 3], outside(2), lists[2, 1]],
                       [lists[3, 1], outside(3), lists[3, 0], -1]])
     out = pf(full_pipe, rows, queries, cands, lists)
-    assert out.shape == (4, 4, 3) and out.dtype == np.float32
+    assert out.shape == (4, 4, 5) and out.dtype == np.float32
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
     for b in range(4):
         history = d.item_idx[earlier_events(d, int(rows[b]))[-profile_len:]]
         profile = sum((genres[i] / np.linalg.norm(genres[i]) for i in history), np.zeros(genres.shape[1]))
@@ -334,6 +335,10 @@ def test_pair_features_by_hand(full_pipe, ml100k_data):
             g = genres[item]
             cosine = profile @ g / (np.linalg.norm(profile) * np.linalg.norm(g)) if len(history) else 0.0
             assert out[b, c, 2] == pytest.approx(cosine, abs=1e-6)
+            recent = d.item_idx[earlier_events(d, int(rows[b]))[-PairFeatures.RECENT:]]
+            sims = [float(unit[item] @ unit[i]) for i in recent]
+            assert out[b, c, 3] == pytest.approx(sims[-1] if sims else 0.0, abs=1e-5)  # the last item
+            assert out[b, c, 4] == pytest.approx(max(sims) if sims else 0.0, abs=1e-5)  # the closest recent one
     assert out[0, 0, 1] == pytest.approx(math.log(3)) and out[0, 1, 1] == 0.0  # positions 3 and 1 of the list
     assert out[0, 2, 1] == pytest.approx(math.log(K + 1))
     assert (out[:3, :, 2] > 0).any() and (out[3, :, 2] == 0).all()  # row 3 has no history: no profile
@@ -399,7 +404,7 @@ def test_training_pairs(ranking_dm):
     rows = dm.train_rows[positions]
     B, C = len(rows), 1 + HARD + UNIFORM
     cand, label, mask = batch["cand_idx"].numpy(), batch["label"].numpy(), batch["mask"].numpy()
-    assert cand.shape == label.shape == mask.shape == (B, C) and batch["pair_dense"].shape == (B, C, 3)
+    assert cand.shape == label.shape == mask.shape == (B, C) and batch["pair_dense"].shape == (B, C, len(PAIR_FEATURES))
     assert batch["cand"].batch_size == B * C and batch["user"].batch_size == B
     pos = d.item_idx[rows]
     assert (cand[:, 0] == pos).all() and (label[:, 0] == 1).all() and (label[:, 1:] == 0).all()

@@ -111,3 +111,20 @@ def test_history_encoder_option_builds_that_encoder(tmp_path, ml100k_data, encod
     assert type(task.net.encoder).__name__ == cls if cls else task.net.encoder is None
     batch = next(iter(dm.train_dataloader()))
     assert torch.isfinite(task.compute_loss(batch))
+
+
+def test_full_softmax_loss_is_cross_entropy_over_the_whole_catalogue(tmp_path, ml100k_data):
+    cfg = compose_cfg(tmp_path, "model.full_softmax=true", "features=ml100k_seq", "model.loss.temperature=0.1")
+    dm = build_datamodule(cfg)
+    task = build_task(cfg, dm)
+    trainer = pl.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=0, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False)
+    trainer.fit(task, datamodule=dm)  # attaches the datamodule the loss reads the catalogue from
+    task.eval()
+    batch = next(iter(dm.train_dataloader()))
+    with torch.no_grad():
+        got = task.compute_loss(batch)
+        logits = task.net.user_vectors(batch) @ task.net.item_vectors(dm.catalogue()).T / 0.1
+        want = torch.nn.functional.cross_entropy(logits, batch["item_idx"])
+    assert got.item() == pytest.approx(want.item(), rel=1e-5)
+    assert logits.shape[1] == dm.data.num_items

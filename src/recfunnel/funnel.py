@@ -45,7 +45,6 @@ from recfunnel.utils.io import write_json
 from recfunnel.utils.run_info import redact, run_metadata
 
 log = logging.getLogger(__name__)
-SHOWN = ("recall@10", "ndcg@10", "mrr", "recall@100")
 
 
 def train_retriever(cfg: DictConfig, out: Path) -> Path:
@@ -96,7 +95,7 @@ def write_report(out: Path, metrics: dict[str, float], top_n: int) -> str:
 
     lines = []
     for split in ("test", "valid"):
-        cols = [*SHOWN, f"coverage@{top_n}", f"ild@{top_n}"]
+        cols = ["recall@10", "ndcg@10", f"mrr@{top_n}", "recall@100", f"coverage@{top_n}", f"ild@{top_n}"]
         lines += [f"### {split}", "", "| stage | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
         for stage, label in zip(STAGES, ("retrieval only", "+ ranker", "+ re-ranking")):
             vals = [metrics.get(f"{split}/{stage}/{c}") for c in cols]
@@ -109,12 +108,13 @@ def write_report(out: Path, metrics: dict[str, float], top_n: int) -> str:
     text = "\n".join(lines)
     (out / "funnel.md").write_text(text)
 
-    fig, ax = plt.subplots(figsize=(8, 4))
+    shown = ["recall@10", "ndcg@10", f"mrr@{top_n}", f"coverage@{top_n}", f"ild@{top_n}"]
+    fig, ax = plt.subplots(figsize=(9, 4))
     width = 0.25
-    x = np.arange(len(SHOWN[:3]))
+    x = np.arange(len(shown))
     for i, (stage, label) in enumerate(zip(STAGES, ("retrieval only", "+ ranker", "+ re-ranking"))):
-        ax.bar(x + (i - 1) * width, [metrics.get(f"test/{stage}/{m}", 0.0) for m in SHOWN[:3]], width, label=label)
-    ax.set_xticks(x, SHOWN[:3])
+        ax.bar(x + (i - 1) * width, [metrics.get(f"test/{stage}/{m}", 0.0) for m in shown], width, label=label)
+    ax.set_xticks(x, shown)
     ax.set_title("funnel stages, test split (same users)")
     ax.legend()
     fig.tight_layout()

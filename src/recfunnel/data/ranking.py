@@ -18,8 +18,10 @@ A batch (``build_batch``) is a dict::
     + eval batches: "target": (B,) long, "retrieval_score": (B, C) float
 
 Pair dense features (``PAIR_FEATURES``), which only the ranker sees: the retriever's score, the
-log of the item's rank in the retriever's list (K+1 when not in it), and the cosine between the
-item's genres and the genre profile of the user's last ``profile_len`` items.
+log of the item's rank in the retriever's list (K+1 when not in it), the cosine between the item's
+genres and the genre profile of the user's last ``profile_len`` items, and the cosine (in the
+retriever's item space) between the item and the user's last item, and the largest one to any of
+their last ``RECENT`` items (0 without history).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from recfunnel.retriever import Retriever
 from recfunnel.utils.errors import RecfunnelError
 
 log = logging.getLogger(__name__)
-PAIR_FEATURES = ("retrieval_score", "retrieval_log_rank", "genre_overlap")
+PAIR_FEATURES = ("retrieval_score", "retrieval_log_rank", "genre_overlap", "sim_last_item", "sim_recent_max")
 
 
 def genre_matrix(items_table) -> np.ndarray:
@@ -64,8 +66,12 @@ class PairFeatures:
         profile_len: how many of the user's latest items make the genre profile.
     """
 
+    RECENT = 5
+
     def __init__(self, item_vectors: np.ndarray, genres: np.ndarray, profile_len: int = 50):
         self.item_vectors = np.asarray(item_vectors, np.float32)
+        norm = np.linalg.norm(self.item_vectors, axis=1, keepdims=True)
+        self.unit_vectors = self.item_vectors / np.maximum(norm, 1e-12)
         norm = np.linalg.norm(genres, axis=1, keepdims=True)
         self.genres = np.where(norm > 0, genres / np.maximum(norm, 1e-12), 0).astype(np.float32)
         self.profile_len = profile_len
@@ -83,7 +89,17 @@ class PairFeatures:
         np.add.at(profile, np.repeat(np.arange(len(rows)), lengths), self.genres[pipeline.item_idx[events]])
         profile /= np.maximum(np.linalg.norm(profile, axis=1, keepdims=True), 1e-12)
         overlap = np.einsum("bg,bcg->bc", profile, self.genres[safe])
-        out = np.stack([score, np.log(rank), overlap], axis=2).astype(np.float32)
+        # item-to-item similarity with the newest history items: (B, RECENT) padded at the start
+        events, lengths = pipeline.history_events(rows, self.RECENT)
+        recent = np.full((len(rows), self.RECENT), -1, np.int64)
+        slot = np.arange(len(events)) - np.repeat(np.cumsum(lengths) - lengths, lengths) + \
+            np.repeat(self.RECENT - lengths, lengths)
+        recent[np.repeat(np.arange(len(rows)), lengths), slot] = pipeline.item_idx[events]
+        sim = np.einsum("bcd,brd->bcr", self.unit_vectors[safe], self.unit_vectors[np.maximum(recent, 0)])
+        sim = np.where(recent[:, None, :] >= 0, sim, -np.inf)
+        sim_last = np.where(recent[:, -1:] >= 0, sim[:, :, -1], 0.0)
+        sim_max = np.where(lengths[:, None] > 0, sim.max(2), 0.0)
+        out = np.stack([score, np.log(rank), overlap, sim_last, sim_max], axis=2).astype(np.float32)
         out[cands < 0] = 0.0
         return out
 

@@ -91,6 +91,7 @@ def stage_metrics(slates: Mapping[str, Slate], targets: np.ndarray, top_n: int, 
         for k, v in list_metrics(items, t, ndcg_ks=[k for k in (10, 20) if k <= items.shape[1]]).items():
             out[f"{stage}/{k}"] = float(v.mean())
         head = slate.items[:, :top_n]
+        out[f"{stage}/mrr@{top_n}"] = float(list_metrics(torch.as_tensor(head), t)["mrr"].mean())  # comparable across stages
         out[f"{stage}/coverage@{top_n}"] = catalogue_coverage(head, num_items)
         out[f"{stage}/ild@{top_n}"] = intra_list_diversity(head, genres)
     return out

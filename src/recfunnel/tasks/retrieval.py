@@ -20,6 +20,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from recfunnel.eval.metrics import ranking_metrics
@@ -42,13 +43,18 @@ class RetrievalTask(pl.LightningModule):
         loss: the ``SampledSoftmaxLoss``.
         schema, num_embeddings, dense_stats, item_counts: from the DataModule (train split only).
         logq_source: where log q comes from when ``loss.logq_correction``: "exact" | "streaming".
+        full_softmax: score each positive against the whole catalogue (exact softmax, as SASRec's
+            next-item cross-entropy; the loss's temperature and label smoothing apply, its logQ,
+            extra negatives and hit masking do not). For catalogues that fit one matrix product;
+            item inputs are taken as of the end of the train split, so use static item features.
         lr, weight_decay: AdamW settings; ``warmup_steps`` of linear warm-up.
     """
 
     def __init__(self, net: Callable[..., TwoTower], loss: SampledSoftmaxLoss, schema: FeatureSchema,
                  num_embeddings: Mapping[str, int], item_counts: np.ndarray,
                  dense_stats: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
-                 logq_source: str = "exact", lr: float = 1e-3, weight_decay: float = 0.0, warmup_steps: int = 0):
+                 logq_source: str = "exact", lr: float = 1e-3, weight_decay: float = 0.0, warmup_steps: int = 0,
+                 full_softmax: bool = False):
         super().__init__()
         if logq_source not in LOGQ_SOURCES:
             raise RecfunnelError(f"model.logq_source={logq_source!r} is not valid; choose one of: {', '.join(LOGQ_SOURCES)}")
@@ -56,6 +62,8 @@ class RetrievalTask(pl.LightningModule):
         self.net = net(schema=schema, num_embeddings=num_embeddings, dense_stats=dense_stats)
         self.loss = loss
         self.logq, self.lr, self.weight_decay, self.warmup_steps = logq, lr, weight_decay, warmup_steps
+        self.full_softmax = full_softmax
+        self._train_items = None
         self.num_items = len(item_counts)
         self.register_buffer("item_counts", torch.as_tensor(np.asarray(item_counts), dtype=torch.float32))
         self.estimator = StreamingFrequencyEstimator(self.num_items) if logq == "streaming" else None
@@ -75,10 +83,16 @@ class RetrievalTask(pl.LightningModule):
         return self.estimator.log_q(ids, self.loss.num_uniform_negatives)
 
     def compute_loss(self, batch: dict[str, Any]) -> Tensor:
-        """The sampled-softmax loss of one training batch (towers, negatives, log q)."""
+        """The sampled-softmax loss of one training batch (towers, negatives, log q); with
+        ``full_softmax`` the exact softmax over the whole catalogue instead."""
         user = self.net.user_vectors(batch)
-        item = self.net.item_vectors(batch["item"])
         ids = batch["item_idx"]
+        if self.full_softmax:
+            if self._train_items is None:  # item inputs as of the end of train: use static item features
+                self._train_items = self.trainer.datamodule.catalogue().to(self.device)
+            logits = (user @ self.net.item_vectors(self._train_items).T).float() / self.loss._temperature()
+            return F.cross_entropy(logits, ids, label_smoothing=self.loss.label_smoothing)
+        item = self.net.item_vectors(batch["item"])
         if self.estimator is not None:
             self.estimator.update(ids, self.global_step)
         extra = {}
