@@ -51,7 +51,7 @@ class SparseArch(nn.Module):
         self.num_dense = sum(len(schema.tower(t, "dense")) for t in (*QUERY_TOWERS, "item"))
 
     def forward(self, query: Mapping[str, TowerInput], items: TowerInput, per_query: int) -> tuple[Tensor, Tensor]:
-        q = self.embedding.pooled({t: query[t] for t in QUERY_TOWERS})
+        q = self.embedding.pooled({t: query[t] for t in QUERY_TOWERS}) if self.query_names else {}
         i = self.embedding.pooled({"item": items})
         query_sparse = [q[n].repeat_interleave(per_query, 0) for n in self.query_names]
         sparse = torch.stack(query_sparse + [i[n] for n in self.item_names], dim=1)
