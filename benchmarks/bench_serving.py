@@ -22,6 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from recfunnel.recommend import Recommender  # noqa: E402
+from recfunnel.utils.cli import friendly_errors  # noqa: E402
 
 
 def percentiles(ms: list[float]) -> dict[str, float]:
@@ -29,6 +30,7 @@ def percentiles(ms: list[float]) -> dict[str, float]:
     return {"p50": np.percentile(a, 50), "p90": np.percentile(a, 90), "p99": np.percentile(a, 99), "mean": a.mean()}
 
 
+@friendly_errors
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_dir", type=Path)
