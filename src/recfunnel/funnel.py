@@ -20,10 +20,7 @@ Running the same command again in DIR resumes.
 
 from __future__ import annotations
 
-import json
 import logging
-import time
-import uuid
 from pathlib import Path
 
 import hydra
@@ -31,18 +28,15 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.loggers import CSVLogger
+from omegaconf import DictConfig
 
 from recfunnel.data.ranking import RankingDataModule
 from recfunnel.eval.funnel import STAGES, Funnel, evaluate_funnel, item_catalogue, stage_metrics
 from recfunnel.eval.report import write_metrics
 from recfunnel.eval.rerank import Reranker, Seen, build_reranker
 from recfunnel.retriever import Retriever
+from recfunnel.train import best_checkpoint, build_trainer, fit, monitored, start_run, train
 from recfunnel.utils.cli import friendly_errors
-from recfunnel.utils.errors import RecfunnelError
-from recfunnel.utils.io import write_json
-from recfunnel.utils.run_info import redact, run_metadata
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +44,6 @@ log = logging.getLogger(__name__)
 def train_retriever(cfg: DictConfig, out: Path) -> Path:
     """Train the retriever with ``retriever.overrides`` into ``out`` (unless it finished there)."""
     from hydra import compose
-
-    from recfunnel.train import train
 
     if (out / "metrics.json").exists() and (out / "index").exists():
         log.info("retriever already trained in %s", out)
@@ -125,15 +117,7 @@ def write_report(out: Path, metrics: dict[str, float], top_n: int) -> str:
 
 def run(cfg: DictConfig) -> dict[str, float]:
     """The whole job; returns the flat metrics also written to ``metrics.json``."""
-    out = Path(cfg.paths.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    pl.seed_everything(cfg.seed, workers=True)
-    resolved = redact(OmegaConf.to_container(cfg, resolve=True))
-    (out / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
-    info = out / "run_info.json"
-    run_id = json.loads(info.read_text()).get("run_id") if info.exists() else uuid.uuid4().hex
-    write_json(info, {**run_metadata(seed=cfg.seed), "run_id": run_id})
-
+    out, resolved, _ = start_run(cfg)
     retriever_dir = Path(cfg.retriever.run_dir) if cfg.retriever.run_dir else train_retriever(cfg, out / "retriever")
     retriever = Retriever.from_run(retriever_dir, data_dir=cfg.paths.data_dir)
     (out / "retriever_run.txt").write_text(str(retriever_dir.resolve()) + "\n")
@@ -141,17 +125,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
     dm.setup()
     task = build_ranker(cfg, dm)
 
-    callbacks = [hydra.utils.instantiate(c) for c in (cfg.callbacks or {}).values()]
-    loggers = [CSVLogger(out, name="csv", version="")] + [hydra.utils.instantiate(lg) for lg in (cfg.logger or {}).values()]
-    for lg in loggers:
-        lg.log_hyperparams(resolved)
-    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
-    last = out / "checkpoints" / "last.ckpt"
-    start = time.perf_counter()
-    trainer.fit(task, datamodule=dm, ckpt_path=str(last) if cfg.resume and last.exists() else None)
-    fit_s = time.perf_counter() - start
-    best = next((c.best_model_path for c in callbacks
-                 if isinstance(c, pl.callbacks.ModelCheckpoint) and c.monitor and c.best_model_path), None)
+    trainer, callbacks, loggers = build_trainer(cfg, out, resolved)
+    fit_s = fit(cfg, trainer, task, dm, out)
+    best = best_checkpoint(callbacks)
     if best:
         task.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
 
@@ -186,10 +162,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
 @hydra.main(version_base="1.3", config_path="../../configs", config_name="funnel")
 @friendly_errors
 def main(cfg: DictConfig) -> float:
-    metrics = run(cfg)
-    if cfg.monitor not in metrics:
-        raise RecfunnelError(f"monitor={cfg.monitor!r} is not among the run's metrics; set e.g. monitor=valid/ndcg@10")
-    return metrics[cfg.monitor]
+    return monitored(cfg, run(cfg))
 
 
 if __name__ == "__main__":

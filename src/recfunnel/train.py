@@ -77,36 +77,63 @@ def index_fingerprint(run_id: str, ckpt: str | None) -> str:
     return f"{run_id}:{Path(ckpt or 'final').name}"
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
-    """The whole job; returns the flat metrics dict also written to ``metrics.json``."""
+def start_run(cfg: DictConfig) -> tuple[Path, dict, str]:
+    """Seed everything and write the run directory's ``config.yaml`` (resolved, secrets redacted) and
+    ``run_info.json``; returns (run dir, resolved config, run id — kept across resumes)."""
     out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(cfg.seed, workers=True)
     resolved = redact(OmegaConf.to_container(cfg, resolve=True))
-    (out / "config.yaml").parent.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
-    run_id = read_run_id(out) or uuid.uuid4().hex  # kept across resumes: the index fingerprint names it
+    run_id = read_run_id(out) or uuid.uuid4().hex
     write_json(out / "run_info.json", {**run_metadata(seed=cfg.seed), "run_id": run_id})
+    return out, resolved, run_id
 
-    dm = build_datamodule(cfg)
-    task = build_task(cfg, dm)
+
+def build_trainer(cfg: DictConfig, out: Path, resolved: dict) -> tuple[pl.Trainer, list, list]:
+    """The Trainer of ``cfg.trainer`` with the configured callbacks and loggers (+ a CSV log in ``out``)."""
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.callbacks or {}).values()]
     loggers = [CSVLogger(out, name="csv", version="")]
     loggers += [hydra.utils.instantiate(lg) for lg in (cfg.logger or {}).values()]
     for lg in loggers:
         lg.log_hyperparams(resolved)
-    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    return hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers), callbacks, loggers
 
+
+def fit(cfg: DictConfig, trainer: pl.Trainer, task: pl.LightningModule, dm: pl.LightningDataModule, out: Path) -> float:
+    """``trainer.fit``, resumed from ``out/checkpoints/last.ckpt`` when it exists; returns seconds."""
     last = out / "checkpoints" / "last.ckpt"
     resume = str(last) if cfg.resume and last.exists() else None
     if resume:
         log.info("resuming from %s", resume)
     start = time.perf_counter()
     trainer.fit(task, datamodule=dm, ckpt_path=resume)
-    fit_s = time.perf_counter() - start
+    return time.perf_counter() - start
 
-    best = next((c.best_model_path for c in callbacks
+
+def best_checkpoint(callbacks: list) -> str | None:
+    """Path of the checkpoint best on ``monitor`` (None without a monitoring ModelCheckpoint)."""
+    return next((c.best_model_path for c in callbacks
                  if isinstance(c, pl.callbacks.ModelCheckpoint) and c.monitor and c.best_model_path), None)
-    ckpt = best or None  # no best checkpoint (callbacks=none): evaluate the final weights
+
+
+def monitored(cfg: DictConfig, metrics: dict[str, float]) -> float:
+    """The metric a sweep optimises, ``cfg.monitor``, with a clear error when the run lacks it."""
+    if cfg.monitor not in metrics:
+        raise RecfunnelError(f"monitor={cfg.monitor!r} is not among the run's metrics ({', '.join(sorted(metrics))}); "
+                             "set monitor to one of them, e.g. monitor=valid/ndcg@10")
+    return metrics[cfg.monitor]
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """The whole job; returns the flat metrics dict also written to ``metrics.json``."""
+    out, resolved, run_id = start_run(cfg)
+    dm = build_datamodule(cfg)
+    task = build_task(cfg, dm)
+    trainer, callbacks, loggers = build_trainer(cfg, out, resolved)
+    fit_s = fit(cfg, trainer, task, dm, out)
+
+    ckpt = best_checkpoint(callbacks)  # None (callbacks=none): evaluate the final weights
     metrics: dict[str, float] = {}
     # final scoring with a quiet trainer, so it does not add an epoch to the logged curves
     scorer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[], enable_progress_bar=False)
@@ -135,11 +162,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 @hydra.main(version_base="1.3", config_path="../../configs", config_name="train")
 @friendly_errors
 def main(cfg: DictConfig) -> float:
-    metrics = train(cfg)
-    if cfg.monitor not in metrics:
-        raise RecfunnelError(f"monitor={cfg.monitor!r} is not among the run's metrics ({', '.join(sorted(metrics))}); "
-                             "set monitor to one of them, e.g. monitor=valid/ndcg@10")
-    return metrics[cfg.monitor]
+    return monitored(cfg, train(cfg))
 
 
 if __name__ == "__main__":
