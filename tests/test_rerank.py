@@ -300,7 +300,8 @@ def test_default_config_builds_the_four_stages():
     assert r.names == ["exclude_seen", "freshness", "mmr", "genre_cap"]
     assert [type(x) for x in r.stages] == [ExcludeSeen, FreshnessBoost, MMR, GenreCap]
     assert all(isinstance(x, Stage) for x in r.stages)
-    assert r.stages[1].weight == 0.0 and 0 < r.stages[2].lam < 1 and r.stages[3].max_per_genre >= 1
+    assert r.stages[1].weight == 0.3 and 0 < r.stages[2].lam < 1 and r.stages[3].max_per_genre >= 1
+    assert r.depth == 30
     s, cat, seen = random_case(5)
     check_slate(r(s, cat, seen, n=s.items.shape[1]), s,
                 [seen.indices[seen.indptr[u]:seen.indptr[u + 1]].tolist() for u in range(seen.num_users)])
@@ -358,3 +359,22 @@ def test_intra_list_diversity_matches_pairwise_loop():
              for a, b in itertools.combinations(row, 2)]
         per_user.append(np.mean(d))
     assert intra_list_diversity(items, f) == pytest.approx(np.mean(per_user), rel=1e-10)
+
+
+def test_depth_limits_the_stages_to_the_top_candidates():
+    """With depth d, the stages see only the top max(d, n) candidates: a stage that reverses its
+    input can then only pull items from the top d."""
+    class Reverse(Stage):
+        def __call__(self, slate, catalogue, seen):
+            return Slate(slate.items[:, ::-1].copy(), slate.scores.copy())
+
+    _, cat, _ = random_case(7)
+    rng = np.random.default_rng(7)
+    items = np.stack([rng.choice(cat.num_items, 10, replace=False) for _ in range(3)])
+    s = Slate(items, np.sort(rng.random((3, 10)).astype(np.float32), axis=1)[:, ::-1].copy())
+    deep = Reranker([Reverse()], depth=None)(s, cat, n=2)
+    shallow = Reranker([Reverse()], depth=4)(s, cat, n=2)
+    assert (deep.items == s.items[:, ::-1][:, :2]).all()
+    assert (shallow.items == s.items[:, :4][:, ::-1][:, :2]).all()
+    with pytest.raises(RecfunnelError, match="depth"):
+        Reranker([], depth=0)
