@@ -172,6 +172,15 @@ class ResumableLoader(DataLoader):
         return super().__iter__()
 
 
+def trainer_progress(trainer: pl.Trainer | None) -> tuple[int, int]:
+    """(epoch, batches done in it) from the attached trainer, for ``ResumableLoader``; (0, 0) without one."""
+    if trainer is None:
+        return 0, 0
+    # "processed", not "completed": a checkpoint saved in on_train_batch_end has trained its batch
+    # but not yet counted it as completed, and Lightning asks for the iterator before fixing that
+    return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
+
+
 class RecDataModule(pl.LightningDataModule):
     """Loads a dataset config, splits it, and serves feature batches.
 
@@ -244,13 +253,7 @@ class RecDataModule(pl.LightningDataModule):
                                persistent_workers=self.num_workers > 0)
 
     def _progress(self) -> tuple[int, int]:
-        """(epoch, batches done in it) from the attached trainer; (0, 0) without one."""
-        trainer = self.trainer
-        if trainer is None:
-            return 0, 0
-        # "processed", not "completed": a checkpoint saved in on_train_batch_end has trained its batch
-        # but not yet counted it as completed, and Lightning asks for the iterator before fixing that
-        return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return trainer_progress(self.trainer)
 
     def val_dataloader(self) -> DataLoader:
         return self.eval_dataloader("valid")

@@ -35,7 +35,8 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
 from tqdm.auto import tqdm
 
-from recfunnel.data.datamodule import QUERY_TOWERS, EpochBatchSampler, ResumableLoader, _unpack, _whole_batch
+from recfunnel.data.datamodule import (QUERY_TOWERS, EpochBatchSampler, ResumableLoader, _unpack, _whole_batch,
+                                       trainer_progress)
 from recfunnel.data.dataset import TRAIN
 from recfunnel.features.pipeline import FeaturePipeline
 from recfunnel.features.schema import FeatureSchema
@@ -278,10 +279,7 @@ class RankingDataModule(pl.LightningDataModule):
         return ResumableLoader(TrainPairs(self), sampler, self._progress, num_workers=self.num_workers)
 
     def _progress(self) -> tuple[int, int]:
-        trainer = self.trainer
-        if trainer is None:
-            return 0, 0
-        return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return trainer_progress(self.trainer)
 
     def eval_dataloader(self, split: str) -> DataLoader:
         ds = CandidateLists(self, split)
