@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA_DIR = Path(os.environ.get("RECFUNNEL_DATA_DIR", ROOT / "data"))
+from helpers import DATA_DIR, ROOT
 
 
 @pytest.fixture(scope="session")

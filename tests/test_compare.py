@@ -9,14 +9,12 @@ import sys
 import pandas as pd
 import pytest
 
-from conftest import DATA_DIR, ROOT
+from helpers import DATA_DIR, ROOT, run
 
 FAST = ["debug=fast", "logger=csv", f"paths.data_dir={DATA_DIR}", "data.batch_size=256"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def run(*args, **kw):
-    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=300, **kw)
 
 
 def read_rows(path):

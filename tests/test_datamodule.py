@@ -6,7 +6,7 @@ from omegaconf import OmegaConf
 
 from recfunnel.data.datamodule import RecDataModule
 
-from conftest import DATA_DIR, ROOT
+from helpers import DATA_DIR, ROOT
 
 
 def make_dm(num_workers):

@@ -1,14 +1,8 @@
 """The real entry points, run as users run them."""
 
 import json
-import subprocess
-import sys
 
-from conftest import DATA_DIR, ROOT
-
-
-def run(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+from helpers import DATA_DIR, run
 
 
 def test_evaluate_popularity_writes_reference_metrics(tmp_path):

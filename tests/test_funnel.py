@@ -14,8 +14,7 @@ from recfunnel.eval.index import ItemIndex
 from recfunnel.recommend import Recommender
 from recfunnel.utils.errors import RecfunnelError
 
-from conftest import DATA_DIR
-from test_entry_points import run
+from helpers import DATA_DIR, run
 
 TINY = ["debug=fast", "logger=csv", f"paths.data_dir={DATA_DIR}", "pairs.max_events_per_user=2",
         "funnel.timing_users=5", "retriever.overrides=['features=ml100k_seq','model.net.user_hidden=[]','data.batch_size=256']"]

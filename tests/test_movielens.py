@@ -10,7 +10,7 @@ import pytest
 from recfunnel.data.movielens import GENRES, fetch_recbole, load_movielens, read_grouplens, read_recbole
 from recfunnel.utils.errors import RecfunnelError
 
-from conftest import DATA_DIR
+from helpers import DATA_DIR
 
 EVENTS = [(196, 242, 3, 881250949), (186, 302, 3, 891717742), (196, 1, 5, 881250949), (22, 267, 1, 878887116)]
 USERS = [(22, 25, "M", "writer", "40206"), (186, 39, "F", "executive", "00000"), (196, 49, "M", "writer", "55105")]

@@ -21,8 +21,7 @@ from recfunnel.features.pipeline import FeaturePipeline
 from recfunnel.features.schema import FeatureSchema
 from recfunnel.retriever import Retriever
 
-from conftest import DATA_DIR, ROOT
-from test_entry_points import run
+from helpers import DATA_DIR, ROOT, run
 
 
 # --------------------------------------------------------------------------------------------------

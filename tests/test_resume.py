@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from conftest import DATA_DIR, ROOT
+from helpers import DATA_DIR, ROOT
 
 ARGS = ["logger=csv", f"paths.data_dir={DATA_DIR}", "data.batch_size=256", "trainer.max_epochs=2",
         "+trainer.limit_train_batches=12", "trainer.enable_progress_bar=false", "callbacks.last.every_n_train_steps=4",

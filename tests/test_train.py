@@ -15,8 +15,7 @@ from recfunnel.tasks.retrieval import NonFiniteLossError
 from recfunnel.eval.index import ItemIndex
 from recfunnel.train import build_datamodule, build_task, save_index
 
-from conftest import DATA_DIR, ROOT
-from test_entry_points import run
+from helpers import DATA_DIR, ROOT, run
 
 FAST = ["debug=fast", "logger=csv", f"paths.data_dir={DATA_DIR}", "data.batch_size=256"]
 
