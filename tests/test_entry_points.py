@@ -24,7 +24,7 @@ def test_missing_local_folder_is_one_clear_error(tmp_path):
     proc = run("recfunnel.data.prepare", "data=ml100k", f"paths.data_dir={tmp_path}",
                f"data.source.local_dir={tmp_path}/nowhere")
     assert proc.returncode == 2
-    assert "error: data.local_dir=" in proc.stderr and "Traceback" not in proc.stderr
+    assert "error: data.source.local_dir=" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "ml100k").exists()  # nothing half-written
 
 

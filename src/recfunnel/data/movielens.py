@@ -1,6 +1,14 @@
 """MovieLens-100K: the GroupLens layout (``u.data``, ``u.user``, ``u.item``) or the copy carried by
 the ``recbole==1.2.1`` wheel (``ml-100k.inter``/``.user``/``.item``). Both readers give identical
 canonical tables; nothing else in the codebase knows these file formats.
+
+Encodings, decided per format: the GroupLens files are latin-1, as released (``u.item`` has titles
+such as "Café"), and are all read as latin-1, which decodes any byte; RecBole's atomic files are
+UTF-8, and a byte that is not UTF-8 is an error naming file and line. Every malformed line, bad
+number (an id, age or timestamp must be an integer within 64 bits, a rating a finite number) or
+id missing from the users/items file raises ``RecfunnelError`` naming file and line, and an empty
+file raises one naming the file. Checks of the assembled tables (duplicates, timestamps) are
+``Tables.validated``'s, for every source.
 """
 
 from __future__ import annotations
@@ -32,15 +40,25 @@ GENRES = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy",
 _TITLE_YEAR = re.compile(r"^(.*?)\s*\((\d{4})\)\s*$")
 
 
-def _parse_rows(path: Path, sep: str, ncols: int, skip_header: bool, encoding: str) -> list[list[str]]:
-    """Split every line of ``path`` into ``ncols`` fields; a malformed line names file and line."""
-    rows = []
-    with open(path, encoding=encoding) as f:
-        for lineno, line in enumerate(f, start=1):
+def _parse_rows(path: Path, sep: str, ncols: int, skip_header: bool, encoding: str,
+                what: str) -> tuple[list[list[str]], list[int]]:
+    """Split every non-blank line of ``path`` into ``ncols`` fields; also return their line numbers.
+
+    Lines are decoded one at a time, so a byte the encoding rejects (only UTF-8 can reject one) names
+    its line. A file without a data line is an error: ``what`` says what it should hold.
+    """
+    rows, lines = [], []
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
             if skip_header and lineno == 1:
                 continue
-            line = line.rstrip("\r\n")
-            if not line:
+            try:
+                line = raw.decode(encoding).rstrip("\r\n")
+            except UnicodeDecodeError as e:
+                raise RecfunnelError(
+                    f"{path}:{lineno}: byte {raw[e.start:e.start + 1]!r} at column {e.start + 1} is not valid "
+                    f"{encoding}; re-encode the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`).") from None
+            if not line.strip():
                 continue
             fields = line.split(sep)
             if len(fields) != ncols:
@@ -48,51 +66,104 @@ def _parse_rows(path: Path, sep: str, ncols: int, skip_header: bool, encoding: s
                     f"{path}:{lineno}: expected {ncols} fields separated by {sep!r}, got {len(fields)}: "
                     f"{line[:80]!r}. Fix or remove that line (or re-fetch the dataset).")
             rows.append(fields)
-    return rows
+            lines.append(lineno)
+    if not rows:
+        raise RecfunnelError(
+            f"{path} has no {what}{' below its header line' if skip_header else ''}. Restore it from the "
+            f"ml-100k release, or set data.source.local_dir=null to fetch the dataset.")
+    return rows, lines
 
 
-def _to_int(path: Path, rows: list[list[str]], col: int, what: str, skip_header: bool) -> np.ndarray:
+_INT64 = np.iinfo(np.int64)
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _number(text: str, integer: bool) -> int | float | None:
+    """``text`` as an int within int64 (``integer``) or a finite float within float32; else None.
+
+    RecBole types every number as float, so "3.0" is a valid integer; "3.5" is not.
+    """
     try:
-        return np.array([int(float(r[col])) for r in rows], dtype=np.int64)
+        value = float(text)
     except ValueError:
-        for i, r in enumerate(rows):
-            try:
-                int(float(r[col]))
-            except ValueError:
-                # Line numbers are approximate only if blank lines were skipped, which these files lack.
-                raise RecfunnelError(f"{path}:{i + 1 + int(skip_header)}: {what} is not a number: {r[col]!r}") from None
-        raise
+        return None
+    if not integer:
+        return value if abs(value) <= _FLOAT32_MAX else None  # False for inf and nan
+    if not value.is_integer():
+        return None
+    try:
+        value = int(text)  # exact, where float() rounds long digit strings
+    except ValueError:
+        value = int(value)
+    return value if _INT64.min <= value <= _INT64.max else None
 
 
-def _interactions(path: Path, sep: str, skip_header: bool) -> pd.DataFrame:
-    rows = _parse_rows(path, sep, 4, skip_header, "utf-8")
+def _column(path: Path, rows: list[list[str]], lines: list[int], col: int, what: str,
+            integer: bool = True) -> np.ndarray:
+    """Field ``col`` of every row as int64 (``integer``) or float32; a bad field names file and line."""
+    values = []
+    for r, lineno in zip(rows, lines):
+        value = _number(r[col], integer)
+        if value is None:
+            kind = "an integer within 64 bits" if integer else "a finite number"
+            raise RecfunnelError(f"{path}:{lineno}: {what} is not {kind}: {r[col][:40]!r}. "
+                                 "Fix or remove that line (or re-fetch the dataset).")
+        values.append(value)
+    return np.array(values, dtype=np.int64 if integer else np.float32)
+
+
+def _interactions(path: Path, skip_header: bool, encoding: str) -> tuple[pd.DataFrame, list[int]]:
+    """The interactions of ``path`` (tab separated in both layouts) and the line number of each."""
+    rows, lines = _parse_rows(path, "\t", 4, skip_header, encoding, "interactions")
     return pd.DataFrame({
-        "user_id": _to_int(path, rows, 0, "user_id", skip_header),
-        "item_id": _to_int(path, rows, 1, "item_id", skip_header),
-        "ts": _to_int(path, rows, 3, "timestamp", skip_header),
-        "rating": _to_int(path, rows, 2, "rating", skip_header).astype(np.float32),
-    })
+        "user_id": _column(path, rows, lines, 0, "user_id"),
+        "item_id": _column(path, rows, lines, 1, "item_id"),
+        "ts": _column(path, rows, lines, 3, "timestamp"),
+        "rating": _column(path, rows, lines, 2, "rating", integer=False),
+    }), lines
 
 
-def _users(path: Path, sep: str, skip_header: bool) -> pd.DataFrame:
-    rows = _parse_rows(path, sep, 5, skip_header, "utf-8")
+def _users(path: Path, sep: str, skip_header: bool, encoding: str) -> pd.DataFrame:
+    rows, lines = _parse_rows(path, sep, 5, skip_header, encoding, "users")
     return pd.DataFrame({
-        "user_id": _to_int(path, rows, 0, "user_id", skip_header),
-        "age": _to_int(path, rows, 1, "age", skip_header),
+        "user_id": _column(path, rows, lines, 0, "user_id"),
+        "age": _column(path, rows, lines, 1, "age"),
         "gender": [r[2] for r in rows],
         "occupation": [r[3] for r in rows],
         "zip": [r[4] for r in rows],
     })
 
 
+def _check_known(path: Path, lines: list[int], ids: pd.Series, known: pd.Series, table: Path) -> None:
+    """Every id of ``ids`` (a column of the interactions in ``path``) must be listed in ``table``."""
+    unknown = ~ids.isin(known).to_numpy()
+    if unknown.any():
+        i = int(np.argmax(unknown))
+        raise RecfunnelError(
+            f"{path}:{lines[i]}: {ids.name} {ids.iat[i]} is not in {table} ({int(unknown.sum())} line(s) "
+            f"of {path.name} name such ids). Add them to {table.name} or remove those lines.")
+
+
 def _year(text: str) -> float:
     return float(text) if text.isdigit() else np.nan
 
 
+def _tables(folder: Path, files: tuple[str, ...], items: pd.DataFrame, sep: str, skip_header: bool,
+            encoding: str) -> Tables:
+    """Canonical tables from the interactions and users files of ``files`` and the parsed ``items``."""
+    inter_path, users_path, items_path = (folder / f for f in files)
+    interactions, lines = _interactions(inter_path, skip_header, encoding)
+    users = _users(users_path, sep, skip_header, encoding)
+    _check_known(inter_path, lines, interactions["user_id"], users["user_id"], users_path)
+    _check_known(inter_path, lines, interactions["item_id"], items["item_id"], items_path)
+    return Tables(interactions=interactions, users=users, items=items)
+
+
 def read_grouplens(folder: str | Path) -> Tables:
-    """Read the GroupLens release layout: ``u.data`` (tab), ``u.user`` and ``u.item`` (pipe, latin-1)."""
+    """Read the GroupLens release layout: ``u.data`` (tab), ``u.user`` and ``u.item`` (pipe), all latin-1."""
     folder = _require(folder, GROUPLENS_FILES)
-    items_rows = _parse_rows(folder / "u.item", "|", 5 + len(GENRES), False, "latin-1")
+    path = folder / "u.item"
+    items_rows, lines = _parse_rows(path, "|", 5 + len(GENRES), False, "latin-1", "items")
     titles, years, genres = [], [], []
     for r in items_rows:
         m = _TITLE_YEAR.match(r[1])
@@ -100,25 +171,24 @@ def read_grouplens(folder: str | Path) -> Tables:
         # The year in the title is the one RecBole keeps; fall back to the release date.
         years.append(float(m.group(2)) if m else _year(r[2][-4:]))
         genres.append([g for g, flag in zip(GENRES, r[5:]) if flag == "1"])
-    items = pd.DataFrame({"item_id": _to_int(folder / "u.item", items_rows, 0, "item_id", False),
+    items = pd.DataFrame({"item_id": _column(path, items_rows, lines, 0, "item_id"),
                           "title": titles, "year": years, "genres": genres})
-    return Tables(interactions=_interactions(folder / "u.data", "\t", False),
-                  users=_users(folder / "u.user", "|", False), items=items)
+    return _tables(folder, GROUPLENS_FILES, items, "|", False, "latin-1")
 
 
 def read_recbole(folder: str | Path) -> Tables:
-    """Read RecBole's atomic files (tab separated, one header line)."""
+    """Read RecBole's atomic files (UTF-8, tab separated, one header line)."""
     folder = _require(folder, RECBOLE_FILES)
-    items_rows = _parse_rows(folder / "ml-100k.item", "\t", 4, True, "utf-8")
+    path = folder / "ml-100k.item"
+    items_rows, lines = _parse_rows(path, "\t", 4, True, "utf-8", "items")
     # RecBole spells item 267's missing title and year "unkonwn"; GroupLens says "unknown" and no date.
     items = pd.DataFrame({
-        "item_id": _to_int(folder / "ml-100k.item", items_rows, 0, "item_id", True),
+        "item_id": _column(path, items_rows, lines, 0, "item_id"),
         "title": ["unknown" if r[1] == "unkonwn" else r[1] for r in items_rows],
         "year": [_year(r[2]) for r in items_rows],
         "genres": [r[3].split(" ") if r[3] else [] for r in items_rows],
     })
-    return Tables(interactions=_interactions(folder / "ml-100k.inter", "\t", True),
-                  users=_users(folder / "ml-100k.user", "\t", True), items=items)
+    return _tables(folder, RECBOLE_FILES, items, "\t", True, "utf-8")
 
 
 def _require(folder: str | Path, files: tuple[str, ...]) -> Path:
@@ -126,9 +196,9 @@ def _require(folder: str | Path, files: tuple[str, ...]) -> Path:
     missing = [f for f in files if not (folder / f).is_file()]
     if missing:
         raise RecfunnelError(
-            f"MovieLens-100K folder {folder} lacks {', '.join(missing)}. Point data.local_dir at a folder "
-            f"holding {', '.join(files)}, or leave data.local_dir empty to fetch the dataset from the "
-            f"{RECBOLE_WHEEL} wheel (`python -m recfunnel.data.prepare data=ml100k`).")
+            f"MovieLens-100K folder {folder} lacks {', '.join(missing)}. Point data.source.local_dir at a "
+            f"folder holding {', '.join(files)}, or set data.source.local_dir=null to fetch the dataset from "
+            f"the {RECBOLE_WHEEL} wheel (`python -m recfunnel.data.prepare data=ml100k`).")
     return folder
 
 
@@ -149,10 +219,11 @@ def fetch_recbole(cache_dir: str | Path) -> Path:
         proc = subprocess.run(cmd, capture_output=True, text=True)
         wheels = sorted(wheel_dir.glob("recbole-*.whl")) if wheel_dir.exists() else []
         if proc.returncode != 0 or not wheels:
+            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]  # the message stays one line
             raise RecfunnelError(
-                f"could not download {RECBOLE_WHEEL} with `{' '.join(cmd[2:])}`:\n{proc.stderr.strip()[-800:]}\n"
+                f"could not download {RECBOLE_WHEEL} with `{' '.join(cmd[2:])}` ({last[-300:]}). "
                 "Fetch needs access to a PyPI mirror; without one, put u.data, u.user and u.item from the "
-                "GroupLens ml-100k release in a folder and set data.local_dir=THAT_FOLDER.")
+                "GroupLens ml-100k release in a folder and set data.source.local_dir=THAT_FOLDER.")
         tmp.mkdir()
         with zipfile.ZipFile(wheels[0]) as zf:
             for name in RECBOLE_FILES:
@@ -166,8 +237,9 @@ def load_movielens(cache_dir: str | Path, local_dir: str | Path | None = None) -
         local_dir = Path(local_dir)
         if not local_dir.is_dir():
             raise RecfunnelError(
-                f"data.local_dir={local_dir} does not exist. Put u.data, u.user and u.item from the GroupLens "
-                f"ml-100k release there, or set data.local_dir=null to fetch from the {RECBOLE_WHEEL} wheel.")
+                f"data.source.local_dir={local_dir} does not exist. Put u.data, u.user and u.item from the "
+                f"GroupLens ml-100k release there, or set data.source.local_dir=null to fetch from the "
+                f"{RECBOLE_WHEEL} wheel.")
         if (local_dir / "ml-100k.inter").exists():
             return read_recbole(local_dir)
         return read_grouplens(local_dir)

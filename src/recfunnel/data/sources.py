@@ -1,7 +1,9 @@
 """Turn a ``data`` config into canonical tables, cached as parquet under ``paths.data_dir``.
 
 A config names its source with ``source._target_`` (``load_movielens``, ``generate_synthetic``);
-the first call builds and saves the tables atomically, later calls read the parquet files.
+the first call builds the tables, passes them through ``Tables.validated`` (exact duplicate events
+dropped, bad tables an error) and only then saves them atomically, so a bad source leaves nothing
+cached; later calls read the parquet files.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ def load_tables(data_cfg: Mapping[str, Any], data_dir: str | Path) -> Tables:
     cache = Path(data_dir) / str(data_cfg["name"]) / "tables"
     if (cache / "interactions.parquet").exists():
         return Tables.load(cache)
-    tables = hydra.utils.instantiate(data_cfg["source"])
+    tables = hydra.utils.instantiate(data_cfg["source"]).validated(str(data_cfg["name"]))
     tables.save(cache)
     log.info("saved canonical tables to %s", cache)
     return tables
