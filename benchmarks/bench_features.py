@@ -101,7 +101,7 @@ def main() -> None:
     syn = SplitData.from_tables(generate_synthetic(max(n // 50, 100), max(n // 100, 100), n, seed=0))
     gen_s = time.perf_counter() - t0
     syn_schema = FeatureSchema.from_yaml(ROOT / "configs/features/synthetic.yaml")
-    show("feature pipeline: all towers of shuffled train events, batch %d" % args.batch, [
+    show(f"feature pipeline: all towers of shuffled train events, batch {args.batch}", [
         pipeline_throughput("ml100k", ml, ml_schema, args.batch, args.max_events),
         pipeline_throughput(f"synthetic {n:,} (generated in {gen_s:.1f} s)", syn, syn_schema, args.batch,
                             args.max_events),

@@ -30,7 +30,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from recfunnel.eval.index import ItemIndex, ann_recall, faiss_threads
+from recfunnel.serving.index import ItemIndex, ann_recall, faiss_threads
 from recfunnel.utils.errors import RecfunnelError
 
 MIN_TIMING_S = 0.2  # repeat fast searches until this much time has passed, for a stable QPS

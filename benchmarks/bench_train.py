@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from recfunnel.eval.metrics import ranking_metrics  # noqa: E402
-from recfunnel.train import build_datamodule, build_task  # noqa: E402
+from recfunnel.tasks.build import build_datamodule, build_task  # noqa: E402
 
 
 def _identity(batch):
@@ -80,7 +80,7 @@ def bench_training(args) -> list[dict]:
         times = {}
         for which in (("plain", "lightning") if rep % 2 == 0 else ("lightning", "plain")):
             torch.manual_seed(0)
-            task = build_task(cfg, dm)
+            task = build_task(cfg.model, dm)
             times[which] = plain_loop(task, batches) if which == "plain" else lightning_loop(task, batches)
         pairs.append((times["plain"], times["lightning"]))
     plain = float(np.median([p for p, _ in pairs]))

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from recfunnel.train import build_datamodule, build_task  # noqa: E402
+from recfunnel.tasks.build import build_datamodule, build_task  # noqa: E402
 from recfunnel.utils.cli import friendly_errors  # noqa: E402
 from recfunnel.utils.errors import RecfunnelError  # noqa: E402
 
@@ -28,7 +28,7 @@ def export(run_dir: Path, split: str, out: Path) -> tuple[Path, Path]:
             raise RecfunnelError(f"{path} is missing: RUN_DIR must be a finished `recfunnel.train` run directory")
     cfg = OmegaConf.load(cfg_path)
     dm = build_datamodule(cfg)
-    task = build_task(cfg, dm)
+    task = build_task(cfg.model, dm)
     task.load_state_dict(torch.load(ckpt, weights_only=True, map_location="cpu")["state_dict"])
     task.eval()
     with torch.no_grad():

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from helpers import DATA_DIR, ROOT
+from helpers import DATA_DIR, ROOT, TINY_FUNNEL, run
 
 
 @pytest.fixture(scope="session")
@@ -21,3 +23,14 @@ def ml100k_schema():
     from recfunnel.features.schema import FeatureSchema
 
     return FeatureSchema.from_yaml(ROOT / "configs/features/ml100k.yaml")
+
+
+@pytest.fixture(scope="session")
+def funnel_run(tmp_path_factory, ml100k_data):
+    """A finished tiny funnel run (retriever trained inside, ranker, re-ranking) on ML-100K, logged to
+    offline W&B; its stdout is kept beside it in ``stdout.txt``."""
+    out = tmp_path_factory.mktemp("funnel") / "run"
+    proc = run("recfunnel.funnel", *TINY_FUNNEL, f"hydra.run.dir={out}", env={**os.environ, "WANDB_MODE": "offline"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (out.parent / "stdout.txt").write_text(proc.stdout)
+    return out

@@ -3,13 +3,11 @@
 import csv
 import json
 import os
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
 
-from helpers import DATA_DIR, ROOT, run
+from helpers import DATA_DIR, run, wandb_runs
 
 FAST = ["debug=fast", "logger=csv", f"paths.data_dir={DATA_DIR}", "data.batch_size=256"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -24,10 +22,10 @@ def read_rows(path):
 
 @pytest.fixture(scope="module")
 def grid_sweep(tmp_path_factory):
-    """A real 2-job grid sweep (model.net.dim=16,32); returns its sweep directory."""
+    """A real 2-job grid sweep (model.net.dim=16,32), logged to offline W&B; returns its sweep directory."""
     tmp = tmp_path_factory.mktemp("grid")
-    proc = run("recfunnel.train", "-m", *FAST, f"paths.log_dir={tmp}", f"hydra.sweep.dir={tmp}/sweep",
-               "model.net.dim=16,32")
+    proc = run("recfunnel.train", "-m", *FAST, "logger=wandb", f"paths.log_dir={tmp}", f"hydra.sweep.dir={tmp}/sweep",
+               "model.net.dim=16,32", env={**os.environ, "WANDB_MODE": "offline"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     return tmp / "sweep"
 
@@ -40,6 +38,13 @@ def test_sweep_summary_has_one_row_per_trial(grid_sweep):
     assert all(0 <= float(r["valid/ndcg@10"]) <= 1 and r["test/recall@100"] for r in rows)
     summary = json.loads((grid_sweep / "summary.json").read_text())
     assert summary[1]["params"]["model.net.dim"] == "32" and "test/mrr" in summary[1]["metrics"]
+
+
+def test_sweep_trials_are_wandb_runs_in_the_sweeps_group_named_by_trial(grid_sweep):
+    runs = sorted(wandb_runs(grid_sweep), key=lambda r: r["name"])
+    assert [r["name"] for r in runs] == ["trial-0-retriever", "trial-1-retriever"]
+    assert {r["group"] for r in runs} == {"train-sweep-sweep"} and {r["job_type"] for r in runs} == {"retriever"}
+    assert [r["config"]["model"]["net"]["dim"] for r in runs] == [16, 32]
 
 
 def test_compare_sweep_prints_differing_keys_and_writes_plots(grid_sweep, tmp_path):

@@ -1,5 +1,6 @@
 """The DataModule yields per-tower KJTs and dense tensors, with worker processes too."""
 
+import hydra
 import numpy as np
 import torch
 from omegaconf import OmegaConf
@@ -10,10 +11,12 @@ from helpers import DATA_DIR, ROOT
 
 
 def make_dm(num_workers):
+    """The DataModule built from the data config's ``_target_``, as a run builds it."""
     data_cfg = OmegaConf.load(ROOT / "configs/data/ml100k.yaml")
     data_cfg.source.cache_dir = str(DATA_DIR)
-    dm = RecDataModule(data_cfg, OmegaConf.load(ROOT / "configs/features/ml100k.yaml"), str(DATA_DIR),
-                       batch_size=256, num_workers=num_workers)
+    dm = hydra.utils.instantiate(data_cfg, _recursive_=False, features=OmegaConf.load(ROOT / "configs/features/ml100k.yaml"),
+                                 data_dir=str(DATA_DIR), batch_size=256, num_workers=num_workers)
+    assert isinstance(dm, RecDataModule)
     dm.setup()
     return dm
 

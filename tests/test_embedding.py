@@ -6,8 +6,13 @@ import pytest
 import torch
 
 from recfunnel.features.batch import TowerInput, make_kjt
-from recfunnel.features.embedding import (BACKENDS, DENSE_STD_EPS, FeatureEmbedding, build_feature_embedding,
-                                          fbgemm_ops_available)
+from recfunnel.features.embedding import (
+    BACKENDS,
+    DENSE_STD_EPS,
+    FeatureEmbedding,
+    build_feature_embedding,
+    fbgemm_ops_available,
+)
 from recfunnel.features.schema import FeatureSchema
 from recfunnel.utils.errors import RecfunnelError
 

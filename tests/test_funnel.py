@@ -10,22 +10,46 @@ import numpy as np
 import pytest
 import yaml
 
-from recfunnel.eval.index import ItemIndex
-from recfunnel.recommend import Recommender
+from recfunnel.serving.index import ItemIndex
+from recfunnel.serving.recommender import Recommender
 from recfunnel.utils.errors import RecfunnelError
 
-from helpers import DATA_DIR, run
-
-TINY = ["debug=fast", "logger=csv", f"paths.data_dir={DATA_DIR}", "pairs.max_events_per_user=2",
-        "funnel.timing_users=5", "retriever.overrides=['features=ml100k_seq','model.net.user_hidden=[]','data.batch_size=256']"]
+from helpers import DATA_DIR, run, wandb_runs
 
 
-@pytest.fixture(scope="module")
-def funnel_run(tmp_path_factory, ml100k_data):
-    out = tmp_path_factory.mktemp("funnel") / "run"
-    proc = run("recfunnel.funnel", *TINY, f"hydra.run.dir={out}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out
+def test_every_training_stage_prints_one_line_per_epoch(funnel_run):
+    stdout = (funnel_run.parent / "stdout.txt").read_text()
+    for stage in ("retriever", "ranker"):
+        line = next(x for x in stdout.splitlines() if x.startswith(f"[{stage}] epoch 1/1  "))
+        assert "train/loss " in line and "valid/ndcg@10 " in line and line.endswith(" s")
+
+
+def test_each_stage_is_its_own_wandb_run_in_the_runs_group(funnel_run):
+    runs = {r["job_type"]: r for r in wandb_runs(funnel_run)}
+    assert sorted(runs) == ["funnel", "ranker", "retriever"] and len({r["id"] for r in runs.values()}) == 3
+    group = yaml.safe_load((funnel_run / "config.yaml").read_text())["run_name"]
+    assert {r["group"] for r in runs.values()} == {group}
+    assert {r["name"] for r in runs.values()} == {f"{group}-{s}" for s in runs}
+    retriever, ranker, funnel = runs["retriever"], runs["ranker"], runs["funnel"]
+    # each history holds its own model's keys only
+    assert {"train/loss", "train/temperature", "valid/ndcg@10"} <= retriever["history_keys"]
+    assert {"train/loss", "valid/ndcg@10", "valid/auc"} <= ranker["history_keys"]
+    assert "valid/auc" not in retriever["history_keys"] and "train/temperature" not in ranker["history_keys"]
+    assert funnel["history_keys"] == set()
+    # each config is the stage's own
+    assert retriever["config"]["model"]["_target_"].endswith("RetrievalTask")
+    assert ranker["config"]["model"]["_target_"].endswith("RankingTask") and "rerank" not in ranker["config"]
+    assert "rerank" in funnel["config"]
+    # each summary holds the stage's final metrics
+    own = json.loads((funnel_run / "retriever" / "metrics.json").read_text())
+    assert retriever["summary"]["test/ndcg@10"] == pytest.approx(own["test/ndcg@10"])
+    ends = json.loads((funnel_run / "metrics.json").read_text())
+    assert funnel["summary"]["test/ndcg@10"] == pytest.approx(ends["test/ndcg@10"])
+    assert ranker["summary"]["test/auc"] == pytest.approx(ends["test/ranker/auc"])
+    # artifacts carry the stage in their name
+    for stage, wandb_run in runs.items():
+        names = wandb_run["artifacts"]
+        assert names and all(a.startswith(f"{stage}-") for a in names), names
 
 
 def test_funnel_writes_stage_metrics_report_and_plot(funnel_run):

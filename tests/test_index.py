@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from recfunnel.eval.index import ItemIndex, ann_recall, default_nlist
+from recfunnel.serving.index import ItemIndex, ann_recall, default_nlist
 from recfunnel.utils.errors import RecfunnelError
 
 

@@ -12,8 +12,7 @@ import math
 import pytest
 import torch
 
-from recfunnel.tasks.losses import (TEMPERATURE_RANGE, SampledSoftmaxLoss,
-                                    StreamingFrequencyEstimator, exact_log_q)
+from recfunnel.tasks.losses import TEMPERATURE_RANGE, SampledSoftmaxLoss, StreamingFrequencyEstimator, exact_log_q
 
 
 def _hand_loss(user, cands, cand_ids, pos_ids, tau, lq=None, mask=False, eps=0.0, weight=None):

@@ -14,15 +14,14 @@ import yaml
 from recfunnel.data.dataset import TEST, TRAIN, VALID, SplitData
 from recfunnel.data.ranking import PAIR_FEATURES, PairFeatures, RankingDataModule, TrainPairs, genre_matrix
 from recfunnel.data.tables import Tables
-from recfunnel.eval.index import ItemIndex
 from recfunnel.eval.metrics import NDCG_KS, RECALL_KS, list_metrics, ranking_metrics
 from recfunnel.eval.protocol import EvalSet
 from recfunnel.features.pipeline import FeaturePipeline
 from recfunnel.features.schema import FeatureSchema
-from recfunnel.retriever import Retriever
+from recfunnel.serving.index import ItemIndex
+from recfunnel.serving.retriever import Retriever
 
 from helpers import DATA_DIR, ROOT, run
-
 
 # --------------------------------------------------------------------------------------------------
 # helpers: slow, obviously-correct versions of what the code computes

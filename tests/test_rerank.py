@@ -12,7 +12,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from recfunnel.eval.diversity import catalogue_coverage, intra_list_diversity
-from recfunnel.eval.rerank import (
+from recfunnel.serving.rerank import (
     MMR,
     ExcludeSeen,
     FreshnessBoost,

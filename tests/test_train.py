@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -11,9 +12,10 @@ import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
 
-from recfunnel.tasks.retrieval import NonFiniteLossError
-from recfunnel.eval.index import ItemIndex
-from recfunnel.train import build_datamodule, build_task, save_index
+from recfunnel.runs import save_index
+from recfunnel.serving.index import ItemIndex
+from recfunnel.tasks.base import NonFiniteLossError
+from recfunnel.tasks.build import build_datamodule, build_task
 
 from helpers import DATA_DIR, ROOT, run
 
@@ -46,7 +48,7 @@ def test_train_writes_metrics_config_and_checkpoints(tmp_path):
 def test_exact_index_top_k_equals_score_matrix_top_k(tmp_path, ml100k_data):
     cfg = compose_cfg(tmp_path)
     dm = build_datamodule(cfg)
-    task = build_task(cfg, dm)
+    task = build_task(cfg.model, dm)
     trainer = pl.Trainer(max_epochs=1, limit_train_batches=3, limit_val_batches=0, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False)
     trainer.fit(task, datamodule=dm)
@@ -65,7 +67,7 @@ def test_exact_index_top_k_equals_score_matrix_top_k(tmp_path, ml100k_data):
 def test_nan_loss_names_step_and_lr_and_keeps_last_checkpoint(tmp_path, ml100k_data):
     cfg = compose_cfg(tmp_path)
     dm = build_datamodule(cfg)
-    task = build_task(cfg, dm)
+    task = build_task(cfg.model, dm)
     ckpt = pl.callbacks.ModelCheckpoint(dirpath=tmp_path, filename="last", save_top_k=1)
     trainer = pl.Trainer(max_epochs=1, limit_train_batches=3, limit_val_batches=1, logger=False,
                          callbacks=[ckpt], enable_progress_bar=False, num_sanity_val_steps=0)
@@ -90,12 +92,24 @@ def test_unknown_history_encoder_is_one_clear_error(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-def test_checkpoint_from_another_config_is_one_clear_error(tmp_path):
+def test_another_config_in_a_finished_run_is_refused_and_the_run_is_intact(tmp_path):
     out = tmp_path / "run"
     proc = run("recfunnel.train", *FAST, f"hydra.run.dir={out}", "model.net.dim=16")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    # the same run directory with another model size: resuming from its last.ckpt must fail clearly
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and ".hydra" not in p.parts}
+    # the same run directory with another model size: refused before anything is written
     proc = run("recfunnel.train", *FAST, f"hydra.run.dir={out}", "model.net.dim=32")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "holds a run with another config: model.net.dim (16 → 32)" in proc.stderr
+    after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and ".hydra" not in p.parts}
+    changed = [str(p.relative_to(out)) for p in before.keys() | after.keys()
+               if before.get(p) != after.get(p) and not p.name.endswith(".log")]
+    assert not changed, f"the refused run changed {changed}"
+
+    # its checkpoints copied into a fresh directory with another model size: resuming fails clearly
+    other = tmp_path / "other"
+    shutil.copytree(out / "checkpoints", other / "checkpoints")
+    proc = run("recfunnel.train", *FAST, f"hydra.run.dir={other}", "model.net.dim=32")
     assert proc.returncode == 2
     assert "the checkpoint was written by another model or config" in proc.stderr
     assert "checkpoint (16, " in proc.stderr and "Traceback" not in proc.stderr
@@ -106,7 +120,7 @@ def test_checkpoint_from_another_config_is_one_clear_error(tmp_path):
 def test_history_encoder_option_builds_that_encoder(tmp_path, ml100k_data, encoder, cls):
     cfg = compose_cfg(tmp_path, f"model.net.history_encoder={encoder}")
     dm = build_datamodule(cfg)
-    task = build_task(cfg, dm)
+    task = build_task(cfg.model, dm)
     assert type(task.net.encoder).__name__ == cls if cls else task.net.encoder is None
     batch = next(iter(dm.train_dataloader()))
     assert torch.isfinite(task.compute_loss(batch))
@@ -115,7 +129,7 @@ def test_history_encoder_option_builds_that_encoder(tmp_path, ml100k_data, encod
 def test_full_softmax_loss_is_cross_entropy_over_the_whole_catalogue(tmp_path, ml100k_data):
     cfg = compose_cfg(tmp_path, "model.full_softmax=true", "features=ml100k_seq", "model.loss.temperature=0.1")
     dm = build_datamodule(cfg)
-    task = build_task(cfg, dm)
+    task = build_task(cfg.model, dm)
     trainer = pl.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=0, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False)
     trainer.fit(task, datamodule=dm)  # attaches the datamodule the loss reads the catalogue from

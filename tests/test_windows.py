@@ -5,14 +5,14 @@ import numpy as np
 import torch
 
 from recfunnel.data.datamodule import WindowBatches
+from recfunnel.tasks.build import build_datamodule, build_task
 from test_train import compose_cfg
-from recfunnel.train import build_datamodule, build_task
 
 
 def test_window_pass_matches_per_event_pass_at_window_ends(tmp_path, ml100k_data):
     cfg = compose_cfg(tmp_path, "data.train_windows=8", "data.batch_size=64", "model.net.history_encoder=attention")
     dm = build_datamodule(cfg)
-    task = build_task(cfg, dm).eval()
+    task = build_task(cfg.model, dm).eval()
     ds = WindowBatches(dm.pipeline, dm.data.split == 0, 8, 50)
     starts = np.flatnonzero(ds.win_start == ds.user_start)[:4]  # includes events with no history at all
     batch = ds[list(range(12)) + list(starts)]

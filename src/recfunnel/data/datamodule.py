@@ -15,14 +15,15 @@ inputs for every item as of the end of the train split.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
+from torch.utils.data import DataLoader, Dataset
 
 from recfunnel.data.dataset import TRAIN, SplitData
+from recfunnel.data.loaders import evaluation_loader, training_loader, unpack_key
 from recfunnel.data.sources import load_split
 from recfunnel.eval.protocol import EvalSet
 from recfunnel.features.batch import TowerInput
@@ -31,7 +32,6 @@ from recfunnel.features.schema import FeatureSchema
 from recfunnel.utils.errors import RecfunnelError
 
 log = logging.getLogger(__name__)
-QUERY_TOWERS = ("user", "context")
 
 
 class EventBatches(Dataset):
@@ -46,7 +46,7 @@ class EventBatches(Dataset):
         return len(self.rows)
 
     def __getitem__(self, key) -> dict[str, Any]:
-        positions, rng = _unpack(key)
+        positions, rng = unpack_key(key)
         batch = self.batch_for_rows(self.rows[positions], rng)
         if self.eval_positions:
             batch["eval_pos"] = torch.from_numpy(positions)
@@ -54,7 +54,7 @@ class EventBatches(Dataset):
 
     def batch_for_rows(self, rows: np.ndarray, rng: np.random.Generator | None = None) -> dict[str, Any]:
         p = self.pipeline
-        batch: dict[str, Any] = {t: p.query(rows, t) for t in QUERY_TOWERS}
+        batch: dict[str, Any] = p.queries(rows)
         batch["user_idx"] = torch.from_numpy(p.user_idx[rows])
         batch["rows"] = torch.from_numpy(rows)
         if self.with_items:
@@ -100,7 +100,7 @@ class WindowBatches(EventBatches):
         super().__init__(pipeline, np.arange(len(user)), with_items=True, num_negatives=num_negatives)
 
     def __getitem__(self, key) -> dict[str, Any]:
-        w, rng = _unpack(key)
+        w, rng = unpack_key(key)
         ws, we, us, L = self.win_start[w], self.win_end[w], self.user_start[w], self.tokens
         p = self.pipeline
         event_pos = _ranges(ws, we)  # positions in `order`
@@ -118,76 +118,18 @@ class WindowBatches(EventBatches):
         return batch
 
 
-def _unpack(key) -> tuple[np.ndarray, np.random.Generator | None]:
-    """A sampler key is a list of positions, or (seed, epoch, batch index, positions) for training
-    batches, whose random draws (negatives) then depend on nothing but that key."""
-    if isinstance(key, tuple):
-        seed, epoch, index, positions = key
-        return np.asarray(positions, dtype=np.int64), np.random.default_rng((seed, epoch, index))
-    return np.asarray(key, dtype=np.int64), None
-
-
-def _whole_batch(batch: Any) -> Any:
-    return batch
-
-
-class EpochBatchSampler:
-    """Shuffled batches whose order depends only on (seed, epoch): epoch e of a resumed run sees
-    exactly the batches it would have seen uninterrupted."""
-
-    def __init__(self, size: int, batch_size: int, seed: int, drop_last: bool):
-        self.size, self.batch_size, self.seed, self.drop_last = size, batch_size, seed, drop_last
-        self.epoch, self.skip = 0, 0
-
-    def __len__(self) -> int:
-        return self.size // self.batch_size if self.drop_last else -(-self.size // self.batch_size)
-
-    def __iter__(self):
-        perm = np.random.default_rng((self.seed, self.epoch)).permutation(self.size)
-        for index in range(self.skip, len(self)):
-            yield (self.seed, self.epoch, index, perm[index * self.batch_size:(index + 1) * self.batch_size].tolist())
-
-
-class ResumableLoader(DataLoader):
-    """Training DataLoader whose epochs resume mid-way.
-
-    Each ``iter()`` asks ``progress()`` for (epoch, batches already trained in that epoch) — the
-    trainer's own counters, restored from the checkpoint on resume — and yields the rest of that
-    epoch of its ``EpochBatchSampler``. So a run killed mid-epoch continues on the very next batch,
-    with the same batches and negatives as an uninterrupted run. Without ``progress`` epochs simply
-    count up from 0.
-    """
-
-    def __init__(self, dataset: Dataset, sampler: EpochBatchSampler,
-                 progress: Callable[[], tuple[int, int]] | None = None, **kw):
-        # its own generator: creating an iterator must not draw from torch's global one (dropout's)
-        super().__init__(dataset, sampler=sampler, batch_size=None, collate_fn=_whole_batch,
-                         generator=torch.Generator().manual_seed(sampler.seed), **kw)
-        self.epoch_sampler, self.progress, self._epochs = sampler, progress, 0
-
-    def __iter__(self):
-        epoch, done = self.progress() if self.progress else (self._epochs, 0)
-        self.epoch_sampler.epoch, self.epoch_sampler.skip = epoch, done
-        self._epochs += 1
-        return super().__iter__()
-
-
-def trainer_progress(trainer: pl.Trainer | None) -> tuple[int, int]:
-    """(epoch, batches done in it) from the attached trainer, for ``ResumableLoader``; (0, 0) without one."""
-    if trainer is None:
-        return 0, 0
-    # "processed", not "completed": a checkpoint saved in on_train_batch_end has trained its batch
-    # but not yet counted it as completed, and Lightning asks for the iterator before fixing that
-    return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
-
-
 class RecDataModule(pl.LightningDataModule):
-    """Loads a dataset config, splits it, and serves feature batches.
+    """Loads a dataset, splits it by the protocol, and serves feature batches. Built from the ``data``
+    config group (``_target_`` here); the run adds what the rest of the config decides
+    (``recfunnel.tasks.build.build_datamodule``).
 
     Args:
-        data_cfg: the ``data`` config node (name, source, min_events).
-        features_cfg: the ``features`` config node (a schema).
+        name: the dataset's name (its cache folder under ``data_dir``).
+        source: the config of the function that reads or generates its canonical tables
+            (``_target_`` + arguments), called on the first ``setup`` unless cached.
+        features: the ``features`` config node (a schema).
         data_dir: cache folder for canonical tables.
+        min_events: users with fewer events stay entirely in train.
         batch_size: training batch size; evaluation uses ``eval_batch_size``.
         num_workers: DataLoader worker processes (each receives a copy of the pipeline).
         pin_memory: pin host memory for faster GPU copies; None = when CUDA is available.
@@ -197,12 +139,13 @@ class RecDataModule(pl.LightningDataModule):
             history encoders; ``window_tokens`` is then the history length L they read.
     """
 
-    def __init__(self, data_cfg: Mapping[str, Any], features_cfg: Mapping[str, Any], data_dir: str,
-                 batch_size: int = 1024, eval_batch_size: int = 2048, num_workers: int = 0,
+    def __init__(self, name: str, source: Mapping[str, Any], features: Mapping[str, Any], data_dir: str,
+                 min_events: int = 3, batch_size: int = 1024, eval_batch_size: int = 2048, num_workers: int = 0,
                  pin_memory: bool | None = None, drop_last: bool = True, num_negatives: int = 0,
                  train_windows: int = 0, window_tokens: int = 50, seed: int = 0):
         super().__init__()
-        self.data_cfg, self.features_cfg, self.data_dir = data_cfg, features_cfg, data_dir
+        self.data_cfg = {"name": name, "source": source, "min_events": min_events}
+        self.features_cfg, self.data_dir = features, data_dir
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.drop_last, self.num_negatives = drop_last, num_negatives
@@ -227,18 +170,22 @@ class RecDataModule(pl.LightningDataModule):
 
     def dense_stats(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Per tower (mean, std) of dense features over the train split."""
-        return {t: self.pipeline.dense_stats(t, self.train_rows) for t in (*QUERY_TOWERS, "item")}
+        return self.pipeline.tower_dense_stats(self.train_rows)
 
     def catalogue(self) -> TowerInput:
         """Item-tower inputs for all items, as of just after the last train event."""
         return self.pipeline.items(np.arange(self.data.num_items), self.pipeline.catalogue_time())
 
+    def model_inputs(self) -> dict[str, Any]:
+        """What a model built for this data needs to know (``recfunnel.tasks.build.build_task``)."""
+        return {"schema": self.schema, "num_embeddings": self.num_embeddings, "item_counts": self.data.item_counts(),
+                "dense_stats": self.dense_stats()}
+
     # -- loaders ---------------------------------------------------------------------------------
     def eval_dataloader(self, split: str) -> DataLoader:
         ds = EventBatches(self.pipeline, self.evalsets[split].rows, with_items=False, eval_positions=True)
-        return DataLoader(ds, sampler=BatchSampler(SequentialSampler(ds), self.eval_batch_size, drop_last=False),
-                          batch_size=None, collate_fn=_whole_batch, num_workers=self.num_workers,
-                          pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0)
+        return evaluation_loader(ds, self.eval_batch_size, num_workers=self.num_workers, pin_memory=self.pin_memory,
+                                 persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
         if self.train_windows:
@@ -248,12 +195,8 @@ class RecDataModule(pl.LightningDataModule):
         else:
             ds = EventBatches(self.pipeline, self.train_rows, with_items=True, num_negatives=self.num_negatives)
             batch_size, drop = self.batch_size, self.drop_last and len(self.train_rows) >= self.batch_size
-        return ResumableLoader(ds, EpochBatchSampler(len(ds), batch_size, self.seed, drop), self._progress,
-                               num_workers=self.num_workers, pin_memory=self.pin_memory,
-                               persistent_workers=self.num_workers > 0)
-
-    def _progress(self) -> tuple[int, int]:
-        return trainer_progress(self.trainer)
+        return training_loader(self, ds, batch_size, self.seed, drop, num_workers=self.num_workers,
+                               pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0)
 
     def val_dataloader(self) -> DataLoader:
         return self.eval_dataloader("valid")

@@ -27,24 +27,35 @@ their last ``RECENT`` items (0 without history).
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping
+from typing import Any, Mapping, Protocol
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
-from tqdm.auto import tqdm
+from torch.utils.data import DataLoader, Dataset
 
-from recfunnel.data.datamodule import (QUERY_TOWERS, EpochBatchSampler, ResumableLoader, _unpack, _whole_batch,
-                                       trainer_progress)
-from recfunnel.data.dataset import TRAIN
+from recfunnel.data.dataset import TRAIN, SplitData
+from recfunnel.data.loaders import evaluation_loader, training_loader, unpack_key
+from recfunnel.eval.protocol import EvalSet
 from recfunnel.features.pipeline import FeaturePipeline
 from recfunnel.features.schema import FeatureSchema
-from recfunnel.retriever import Retriever
 from recfunnel.utils.errors import RecfunnelError
 
 log = logging.getLogger(__name__)
 PAIR_FEATURES = ("retrieval_score", "retrieval_log_rank", "genre_overlap", "sim_last_item", "sim_recent_max")
+
+
+class CandidateSource(Protocol):
+    """What the ranker's data needs of the first stage (``recfunnel.serving.retriever.Retriever``
+    is one): its data and item vectors, and candidate lists for event rows."""
+
+    data: SplitData
+    item_vectors: np.ndarray  # (I, d)
+
+    def retrieve(self, rows: np.ndarray, k: int, what: str = "events") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Query vectors (B, d), top-k item lists (B, k; the user's earlier items removed, −1 pads)
+        and their scores (B, k) for event ``rows`` (B,)."""
+        ...
 
 
 def genre_matrix(items_table) -> np.ndarray:
@@ -109,7 +120,7 @@ def build_batch(pipeline: FeaturePipeline, pairs: PairFeatures, rows: np.ndarray
                 cands: np.ndarray, lists: np.ndarray) -> dict[str, Any]:
     """The ranker's inputs for C candidates of each of B event rows (see the module docstring)."""
     B, C = cands.shape
-    batch: dict[str, Any] = {t: pipeline.query(rows, t) for t in QUERY_TOWERS}
+    batch: dict[str, Any] = pipeline.queries(rows)
     when = np.repeat(pipeline.ts[rows], C)
     batch["cand"] = pipeline.items(np.maximum(cands, 0).reshape(-1), when)
     batch["cand_idx"] = torch.from_numpy(cands.astype(np.int64))
@@ -117,15 +128,15 @@ def build_batch(pipeline: FeaturePipeline, pairs: PairFeatures, rows: np.ndarray
     return batch
 
 
-def ranker_inputs(retriever: Retriever, features_cfg: Mapping[str, Any], profile_len: int = 50
+def ranker_inputs(data: SplitData, item_vectors: np.ndarray, features_cfg: Mapping[str, Any], profile_len: int = 50
                   ) -> tuple[FeatureSchema, FeaturePipeline, np.ndarray, PairFeatures]:
-    """The ranker's schema, its feature pipeline over the retriever's data, the (I, G) genre matrix
-    and the pair features: everything needed to build ranker batches (training or serving)."""
-    data = retriever.dm.data
+    """The ranker's schema, its feature pipeline over the first stage's data, the (I, G) genre matrix
+    and the pair features over the first stage's (I, d) ``item_vectors``: everything needed to
+    build ranker batches (training or serving)."""
     schema = FeatureSchema.from_config(features_cfg, where=f"features ({features_cfg.get('name')})")
     pipeline = FeaturePipeline(schema, data, where=f"features ({schema.name})")
     genres = genre_matrix(data.tables.items)
-    return schema, pipeline, genres, PairFeatures(retriever.item_vectors, genres, profile_len)
+    return schema, pipeline, genres, PairFeatures(item_vectors, genres, profile_len)
 
 
 class TrainPairs(Dataset):
@@ -138,7 +149,7 @@ class TrainPairs(Dataset):
         return len(self.dm.train_rows)
 
     def __getitem__(self, key) -> dict[str, Any]:
-        positions, rng = _unpack(key)
+        positions, rng = unpack_key(key)
         rng = rng or np.random.default_rng()
         dm, p = self.dm, self.dm.pipeline
         rows, lists = dm.train_rows[positions], dm.train_lists[positions]
@@ -181,11 +192,12 @@ class CandidateLists(Dataset):
 
 
 class RankingDataModule(pl.LightningDataModule):
-    """Pairs for the ranker from a trained ``Retriever``, over the retriever's own data and split.
+    """Pairs for the ranker from the first stage's candidates, over that stage's own data and split.
+    Built from the funnel's ``pairs`` config (``_target_`` here) plus the retriever and features.
 
     Args:
-        retriever: the loaded retrieval run.
-        features_cfg: the ranker's feature schema (its own; it may differ from the retriever's).
+        retriever: the first stage (a ``CandidateSource``, e.g. a loaded ``Retriever``).
+        features: the ranker's feature schema (its own; it may differ from the retriever's).
         candidates: K, the retriever's list length at evaluation (and for the rank feature).
         hard_pool: top-N of the retriever that hard negatives are drawn from (≥ 1).
         hard_negatives, uniform_negatives: negatives per training event.
@@ -197,7 +209,7 @@ class RankingDataModule(pl.LightningDataModule):
         eval_batch_size: users per evaluation batch.
     """
 
-    def __init__(self, retriever: Retriever, features_cfg: Mapping[str, Any], candidates: int = 100,
+    def __init__(self, retriever: CandidateSource, features: Mapping[str, Any], candidates: int = 100,
                  hard_pool: int = 50, hard_negatives: int = 8, uniform_negatives: int = 8,
                  max_events_per_user: int | None = None, retrieved_positives_only: bool = True,
                  profile_len: int = 50, batch_size: int = 256,
@@ -207,7 +219,7 @@ class RankingDataModule(pl.LightningDataModule):
             raise RecfunnelError("pairs: hard_negatives + uniform_negatives must be ≥ 1 (a ranker needs negatives)")
         if hard_negatives > hard_pool:
             raise RecfunnelError(f"pairs.hard_negatives={hard_negatives} exceeds pairs.hard_pool={hard_pool}")
-        self.retriever, self.features_cfg = retriever, features_cfg
+        self.retriever, self.features_cfg = retriever, features
         self.candidates, self.hard_pool = candidates, hard_pool
         self.hard_negatives, self.uniform_negatives = hard_negatives, uniform_negatives
         self.max_events_per_user, self.profile_len = max_events_per_user, profile_len
@@ -219,8 +231,9 @@ class RankingDataModule(pl.LightningDataModule):
         if self.pipeline is not None:
             return
         r = self.retriever
-        self.data = r.dm.data
-        self.schema, self.pipeline, self.genres, self.pairs = ranker_inputs(r, self.features_cfg, self.profile_len)
+        self.data = r.data
+        self.schema, self.pipeline, self.genres, self.pairs = ranker_inputs(self.data, r.item_vectors, self.features_cfg,
+                                                                            self.profile_len)
         rows = np.flatnonzero(self.data.split == TRAIN)
         if self.max_events_per_user:
             p = self.pipeline
@@ -228,7 +241,7 @@ class RankingDataModule(pl.LightningDataModule):
             rows = rows[from_end <= self.max_events_per_user + 2]  # + valid and test events after them
         self.train_rows = rows
         pool = max(self.hard_pool, self.candidates)
-        self.train_queries, self.train_lists, _ = self._retrieve(rows, pool, "train events")
+        self.train_queries, self.train_lists, _ = r.retrieve(rows, pool, "train events")
         if self.retrieved_positives_only:
             # the ranker only ever sees retrieved lists: train it on events whose positive was retrieved
             keep = (self.train_lists[:, :self.candidates] == self.pipeline.item_idx[rows][:, None]).any(1)
@@ -236,24 +249,13 @@ class RankingDataModule(pl.LightningDataModule):
             self.train_rows = rows
         self.eval_rows, self.eval_queries, self.eval_lists, self.eval_scores = {}, {}, {}, {}
         for split in ("valid", "test"):
-            rows = r.dm.evalsets[split].rows
+            rows = EvalSet.build(self.data, split).rows
             self.eval_rows[split] = rows
             self.eval_queries[split], self.eval_lists[split], self.eval_scores[split] = \
-                self._retrieve(rows, self.candidates, f"{split} users")
+                r.retrieve(rows, self.candidates, f"{split} users")
         log.info("ranker pairs: %d train events × (1 + %d hard + %d uniform); K=%d candidates for %d/%d valid/test users",
                  len(self.train_rows), self.hard_negatives, self.uniform_negatives, self.candidates,
                  len(self.eval_rows["valid"]), len(self.eval_rows["test"]))
-
-    def _retrieve(self, rows: np.ndarray, k: int, what: str, chunk: int = 4096):
-        """Retriever vectors, top-k lists (earlier items removed) and scores for event rows."""
-        r, queries, lists, scores = self.retriever, [], [], []
-        for lo in tqdm(range(0, len(rows), chunk), desc=f"retrieving for {what}", leave=False,
-                       disable=len(rows) <= chunk):
-            part = rows[lo:lo + chunk]
-            q = r.query_vectors(r.pipeline, part)
-            items, s = r.search(q, k, seen=r.seen_before(r.pipeline, part))
-            queries.append(q), lists.append(items), scores.append(s)
-        return np.concatenate(queries), np.concatenate(lists), np.concatenate(scores)
 
     # -- what the model needs ----------------------------------------------------------------------
     @property
@@ -262,7 +264,7 @@ class RankingDataModule(pl.LightningDataModule):
 
     def dense_stats(self, sample: int = 20000) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """(mean, std) per tower over train events, and of the pair features over training pairs."""
-        stats = {t: self.pipeline.dense_stats(t, self.train_rows) for t in (*QUERY_TOWERS, "item")}
+        stats = self.pipeline.tower_dense_stats(self.train_rows)
         n = min(len(self.train_rows), max(1, sample // (1 + self.hard_negatives + self.uniform_negatives)))
         batch = TrainPairs(self)[(self.seed, 2**31, 0, np.random.default_rng(self.seed).choice(len(self.train_rows), n, replace=False))]
         pair = batch["pair_dense"][batch["mask"]].numpy()
@@ -273,18 +275,18 @@ class RankingDataModule(pl.LightningDataModule):
     def num_pair_dense(self) -> int:
         return len(PAIR_FEATURES)
 
+    def model_inputs(self) -> dict[str, Any]:
+        """What a ranker built for this data needs to know (``recfunnel.tasks.build.build_task``)."""
+        return {"schema": self.schema, "num_embeddings": self.num_embeddings, "num_pair_dense": self.num_pair_dense,
+                "dense_stats": self.dense_stats()}
+
     # -- loaders ----------------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
-        sampler = EpochBatchSampler(len(self.train_rows), self.batch_size, self.seed, drop_last=False)
-        return ResumableLoader(TrainPairs(self), sampler, self._progress, num_workers=self.num_workers)
-
-    def _progress(self) -> tuple[int, int]:
-        return trainer_progress(self.trainer)
+        return training_loader(self, TrainPairs(self), self.batch_size, self.seed, drop_last=False,
+                               num_workers=self.num_workers)
 
     def eval_dataloader(self, split: str) -> DataLoader:
-        ds = CandidateLists(self, split)
-        return DataLoader(ds, sampler=BatchSampler(SequentialSampler(ds), self.eval_batch_size, drop_last=False),
-                          batch_size=None, collate_fn=_whole_batch, num_workers=self.num_workers)
+        return evaluation_loader(CandidateLists(self, split), self.eval_batch_size, num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         return self.eval_dataloader("valid")

@@ -1,8 +1,5 @@
-"""The funnel: retrieve K candidates from the index → rank them → re-rank → keep the top N.
+"""The funnel's evaluation: each stage of ``recfunnel.serving.pipeline.Funnel`` scored on a split.
 
-``Funnel`` runs all stages for a batch of query events (rows of a feature pipeline, or a request
-view of one, see ``FeaturePipeline.for_request``) and returns each stage's lists, so one call gives
-what evaluation compares (retrieval only / + ranker / + re-ranking) and what serving returns.
 ``evaluate_funnel`` scores a split by ``../shared/EVALUATION.md``: one target per user, the user's
 earlier items excluded (the retriever drops them), metrics of the returned lists (a target the
 funnel does not return scores 0), plus catalogue coverage, intra-list diversity (genres) and the
@@ -12,73 +9,18 @@ time per user of single-user calls.
 from __future__ import annotations
 
 import time
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import torch
 
-from recfunnel.data.ranking import PairFeatures, build_batch
 from recfunnel.eval.diversity import catalogue_coverage, intra_list_diversity
 from recfunnel.eval.metrics import list_metrics
-from recfunnel.eval.rerank import ItemCatalogue, Reranker, Seen, Slate
 from recfunnel.features.pipeline import FeaturePipeline
-from recfunnel.models.dlrm import DLRM
-from recfunnel.retriever import Retriever
-from recfunnel.utils.errors import RecfunnelError
+from recfunnel.serving.pipeline import STAGES, Funnel
+from recfunnel.serving.rerank import Reranker, Seen, Slate
 
-STAGES = ("retrieval", "ranked", "final")
-
-
-def item_catalogue(items_table, genres: np.ndarray, embeddings: np.ndarray | None) -> ItemCatalogue:
-    """What re-ranking knows of the items: genres, release year, the retriever's vectors."""
-    return ItemCatalogue(genres=genres > 0, year=items_table["year"].to_numpy(dtype=np.float64), embeddings=embeddings)
-
-
-class Funnel:
-    """Args:
-        retriever: the loaded retrieval run (user tower + index).
-        ranker: the trained DLRM (eval mode).
-        pairs: the ranker's pair features.
-        reranker: the re-ranking stages.
-        catalogue: item attributes for re-ranking.
-        candidates: K retrieved per query; top_n: N returned.
-    """
-
-    def __init__(self, retriever: Retriever, ranker: DLRM, pairs: PairFeatures, reranker: Reranker,
-                 catalogue: ItemCatalogue, candidates: int = 100, top_n: int = 10):
-        self.retriever, self.ranker, self.pairs = retriever, ranker.eval(), pairs
-        self.reranker, self.catalogue = reranker, catalogue
-        self.candidates, self.top_n = candidates, top_n
-
-    @torch.no_grad()
-    def __call__(self, retriever_pipeline: FeaturePipeline, ranker_pipeline: FeaturePipeline,
-                 rows: np.ndarray, candidates: np.ndarray | None = None, top_n: int | None = None) -> dict[str, Slate]:
-        """Each stage's lists for query ``rows`` (B,): retrieval (B, K), ranked (B, K), final (B, N).
-
-        ``candidates`` (B, C) dense item indices replace the retrieval stage (they are ranked and
-        re-ranked as given, in the retriever's score order); ``top_n`` overrides N.
-        """
-        r = self.retriever
-        queries = r.query_vectors(retriever_pipeline, rows)
-        seen = r.seen_before(retriever_pipeline, rows)
-        if candidates is None:
-            items, scores = r.search(queries, self.candidates, seen=seen)
-        else:
-            items = np.asarray(candidates, dtype=np.int64).reshape(len(rows), -1)
-            bad = items[(items < 0) | (items >= r.index.num_items)]
-            if bad.size:
-                raise RecfunnelError(f"candidates reference item indices {sorted(set(bad.tolist()))[:5]} outside the "
-                                     f"catalogue [0, {r.index.num_items}); pass items of the retriever's catalogue")
-            scores = np.einsum("bd,bcd->bc", queries, r.item_vectors[items])
-            order = np.argsort(-scores, axis=1, kind="stable")
-            items, scores = np.take_along_axis(items, order, 1), np.take_along_axis(scores, order, 1)
-        retrieval = Slate(items, scores)
-        batch = build_batch(ranker_pipeline, self.pairs, rows, queries, items, items)
-        logits = self.ranker(batch).masked_fill(batch["cand_idx"] < 0, float("-inf")).numpy()
-        order = np.argsort(-logits, axis=1, kind="stable")
-        ranked = Slate(np.take_along_axis(items, order, 1), np.take_along_axis(logits, order, 1))
-        final = self.reranker(ranked, self.catalogue, Seen(*seen), n=top_n or self.top_n)
-        return {"retrieval": retrieval, "ranked": ranked, "final": final}
+__all__ = ["STAGES", "evaluate_funnel", "rerank_ablation", "stage_metrics"]
 
 
 def stage_metrics(slates: Mapping[str, Slate], targets: np.ndarray, top_n: int, num_items: int,
@@ -124,3 +66,15 @@ def evaluate_funnel(funnel: Funnel, ranker_pipeline: FeaturePipeline, rows: np.n
         metrics["ms_per_user_mean"] = float(np.mean(times))
         metrics["ms_per_user_p99"] = float(np.percentile(times, 99))
     return metrics, slates
+
+
+def rerank_ablation(ranked, catalogue, seen: Seen, reranker: Reranker, targets, top_n, num_items, genres) -> dict:
+    """Final-list metrics with each re-ranking stage left out in turn: what each stage costs or gains."""
+    out = {}
+    stages = dict(zip(reranker.names, reranker.stages))
+    for name in stages:
+        without = Reranker({k: s for k, s in stages.items() if k != name}, reranker.depth)
+        slate = without(ranked, catalogue, seen, n=top_n)
+        for k, v in stage_metrics({"final": slate}, targets, top_n, num_items, genres).items():
+            out[f"rerank_without_{name}/{k.split('/', 1)[1]}"] = v
+    return out

@@ -8,7 +8,7 @@ scorer over the full catalogue in user chunks and averages ``metrics.ranking_met
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -37,7 +37,7 @@ class EvalSet:
     exclude_items: np.ndarray
 
     @classmethod
-    def build(cls, data: SplitData, name: str) -> "EvalSet":
+    def build(cls, data: SplitData, name: str) -> EvalSet:
         code = SPLIT_CODES[name]
         rows = data.rows(code)
         users = data.user_idx[rows]

@@ -7,12 +7,14 @@ other keys (``test/retrieval/...``, timings) may be added beside these by later 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from recfunnel.serving.pipeline import STAGES
 from recfunnel.utils.io import write_json
 
 METRIC_ORDER = ("recall@10", "recall@20", "recall@50", "recall@100", "ndcg@10", "ndcg@20", "mrr")
@@ -56,6 +58,44 @@ def print_runs(run_dirs: list[str], split: str = "test") -> None:
         table.add_row(str(run_dir), *[f"{metrics[f'{split}/{m}']:.4f}" if f"{split}/{m}" in metrics else "-"
                                       for m in METRIC_ORDER])
     Console(width=max(Console().width, 160)).print(table)
+
+
+def write_funnel_report(out: Path, metrics: dict[str, float], top_n: int) -> str:
+    """``out/funnel.md`` (stage table, test and valid) and ``out/funnel.png`` of a funnel run's
+    metrics (``recfunnel.eval.funnel`` keys); returns the markdown."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lines = []
+    for split in ("test", "valid"):
+        cols = ["recall@10", "ndcg@10", f"mrr@{top_n}", "recall@100", f"coverage@{top_n}", f"ild@{top_n}"]
+        lines += [f"### {split}", "", "| stage | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+        for stage, label in zip(STAGES, ("retrieval only", "+ ranker", "+ re-ranking")):
+            vals = [metrics.get(f"{split}/{stage}/{c}") for c in cols]
+            lines.append(f"| {label} | " + " | ".join("-" if v is None else f"{v:.4f}" for v in vals) + " |")
+        lines.append("")
+    timing = [f"{s}: mean {metrics[f'{s}/ms_per_user_mean']:.1f} ms, p99 {metrics[f'{s}/ms_per_user_p99']:.1f} ms"
+              for s in ("test", "valid") if f"{s}/ms_per_user_mean" in metrics]
+    if timing:
+        lines += ["Time per user (single-user calls): " + "; ".join(timing), ""]
+    text = "\n".join(lines)
+    (out / "funnel.md").write_text(text)
+
+    shown = ["recall@10", "ndcg@10", f"mrr@{top_n}", f"coverage@{top_n}", f"ild@{top_n}"]
+    fig, ax = plt.subplots(figsize=(9, 4))
+    width = 0.25
+    x = np.arange(len(shown))
+    for i, (stage, label) in enumerate(zip(STAGES, ("retrieval only", "+ ranker", "+ re-ranking"))):
+        ax.bar(x + (i - 1) * width, [metrics.get(f"test/{stage}/{m}", 0.0) for m in shown], width, label=label)
+    ax.set_xticks(x, shown)
+    ax.set_title("funnel stages, test split (same users)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "funnel.png", dpi=120)
+    plt.close(fig)
+    return text
 
 
 if __name__ == "__main__":  # python -m recfunnel.eval.report RUN_DIR [RUN_DIR ...]

@@ -24,11 +24,11 @@ class TowerInput:
     def batch_size(self) -> int:
         return self.dense.shape[0]
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> "TowerInput":
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> TowerInput:
         return TowerInput(self.sparse.to(device, non_blocking=non_blocking),
                           self.dense.to(device, non_blocking=non_blocking))
 
-    def pin_memory(self) -> "TowerInput":
+    def pin_memory(self) -> TowerInput:
         return TowerInput(self.sparse.pin_memory(), self.dense.pin_memory())
 
 

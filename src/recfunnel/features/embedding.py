@@ -27,7 +27,7 @@ Checkpoints move between the backends with ``load_state_dict(strict=True)``.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch

@@ -23,7 +23,7 @@ import torch
 
 from recfunnel.data.dataset import SplitData
 from recfunnel.features.batch import TowerInput, make_kjt
-from recfunnel.features.schema import FeatureSchema, FeatureSpec
+from recfunnel.features.schema import QUERY_TOWERS, FeatureSchema, FeatureSpec
 from recfunnel.utils.errors import RecfunnelError
 
 # Sources whose ids are dense item indices: features of these may share the item-id table.
@@ -208,6 +208,10 @@ class FeaturePipeline:
         rows = np.asarray(rows, dtype=np.int64)
         return self._tower(tower, rows, None, None)
 
+    def queries(self, rows: np.ndarray) -> dict[str, TowerInput]:
+        """Inputs of every query tower (``QUERY_TOWERS``) for event ``rows`` (B,), as of each event."""
+        return {t: self.query(rows, t) for t in QUERY_TOWERS}
+
     def items(self, item_idx: np.ndarray, ts: np.ndarray | int) -> TowerInput:
         """Inputs of the 'item' tower for items (B,) as of times ``ts`` (B,) or one time for all."""
         item_idx = np.asarray(item_idx, dtype=np.int64)
@@ -223,7 +227,7 @@ class FeaturePipeline:
         start = np.maximum(first, end - max_len)
         return self.order[_ranges(start, end)], end - start
 
-    def for_request(self, user_idx: int, extra_items: np.ndarray, extra_ts: np.ndarray, now: int) -> tuple["FeaturePipeline", int]:
+    def for_request(self, user_idx: int, extra_items: np.ndarray, extra_ts: np.ndarray, now: int) -> tuple[FeaturePipeline, int]:
         """A view of this pipeline in which user ``user_idx`` has, after all their known events, the
         events ``extra_items`` at ``extra_ts`` and then a query event at ``now``; returns the view and
         that query event's row, to pass to ``query``/``history_events`` of the view.
@@ -261,6 +265,10 @@ class FeaturePipeline:
         if dense.shape[1] == 0:
             return np.zeros(0, np.float32), np.ones(0, np.float32)
         return dense.mean(0), dense.std(0)
+
+    def tower_dense_stats(self, rows: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """``dense_stats`` of the query towers and the item tower over event ``rows``."""
+        return {t: self.dense_stats(t, rows) for t in (*QUERY_TOWERS, "item")}
 
     # ------------------------------------------------------------------------------------------
     def _tower(self, tower: str, rows, item_idx, ts) -> TowerInput:

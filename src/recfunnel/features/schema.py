@@ -22,12 +22,14 @@ Sparse features own an embedding table (``dim``, ``pooling``) or share another f
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from recfunnel.utils.errors import RecfunnelError
 
 TOWERS = ("user", "item", "context")
+QUERY_TOWERS = ("user", "context")  # what is known of a request: the user and its context
 KINDS = ("categorical", "multi_hot", "sequence", "dense")
 POOLINGS = ("sum", "mean")
 TRANSFORMS = ("none", "log1p")
@@ -111,12 +113,12 @@ class FeatureSchema:
     def names(self) -> list[str]:
         return [f.name for f in self.features]
 
-    def with_dim(self, dim: int) -> "FeatureSchema":
+    def with_dim(self, dim: int) -> FeatureSchema:
         """The same schema with every embedding table of width ``dim`` (DLRM's interaction needs one D)."""
         return dataclasses.replace(self, features=tuple(dataclasses.replace(f, dim=dim) for f in self.features))
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any], where: str = "features") -> "FeatureSchema":
+    def from_config(cls, cfg: Mapping[str, Any], where: str = "features") -> FeatureSchema:
         """Validate a schema mapping (a Hydra node or parsed YAML); ``where`` names it in errors."""
         cfg = dict(cfg)
         feats_cfg = cfg.pop("features", None)
@@ -133,7 +135,7 @@ class FeatureSchema:
         return schema
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "FeatureSchema":
+    def from_yaml(cls, path: str | Path) -> FeatureSchema:
         import yaml
 
         path = Path(path)

@@ -20,7 +20,7 @@ interaction needs one D. The model never parses data.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -30,11 +30,10 @@ from torchrec.modules.crossnet import CrossNet, LowRankCrossNet
 
 from recfunnel.features.batch import TowerInput
 from recfunnel.features.embedding import build_feature_embedding
-from recfunnel.features.schema import FeatureSchema
+from recfunnel.features.schema import QUERY_TOWERS, FeatureSchema
 from recfunnel.models.mlp import MLP
 from recfunnel.utils.errors import RecfunnelError
 
-QUERY_TOWERS = ("user", "context")
 INTERACTIONS = ("dot", "cat", "dcn")
 DCN_STRUCTURES = ("stacked", "parallel")
 

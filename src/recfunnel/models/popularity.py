@@ -14,7 +14,7 @@ class Popularity:
     def __init__(self) -> None:
         self.counts: torch.Tensor | None = None
 
-    def fit(self, data: SplitData) -> "Popularity":
+    def fit(self, data: SplitData) -> Popularity:
         self.counts = torch.as_tensor(data.item_counts(), dtype=torch.float32)
         return self
 

@@ -14,8 +14,8 @@ tower's features; an encoder adds an order-aware summary on top of it.
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
 import torch.nn.functional as F
+from torch import Tensor, nn
 
 from recfunnel.utils.errors import RecfunnelError
 

@@ -7,12 +7,12 @@ item tower, each the shared feature-embedding layer followed by an MLP, meeting 
 
 With ``normalize=True`` both vectors are L2-normalised, so the score is a cosine; a FAISS index
 over ``item_vectors`` must then use inner product on the same normalised vectors
-(``recfunnel.eval.index``). The model never parses data: it takes ``TowerInput``s.
+(``recfunnel.serving.index``). The model never parses data: it takes ``TowerInput``s.
 """
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch

@@ -26,8 +26,8 @@ import contextlib
 import json
 import math
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import faiss
 import numpy as np
@@ -75,6 +75,11 @@ def _as_matrix(x: np.ndarray | torch.Tensor, name: str) -> np.ndarray:
     if not np.isfinite(x).all():
         raise RecfunnelError(f"{name} contains NaN or inf values")
     return x
+
+
+def index_fingerprint(run_id: str, ckpt: str | None) -> str:
+    """What a run's saved index is checked against: the run and the checkpoint its vectors came from."""
+    return f"{run_id}:{Path(ckpt or 'final').name}"
 
 
 def default_nlist(num_items: int) -> int:

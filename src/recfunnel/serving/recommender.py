@@ -1,11 +1,11 @@
-"""Recommendations from a finished funnel run, in Python or in batch.
+"""Recommendations from a finished funnel run, in Python or in batch (``recommend_file``).
 
 Real time::
 
-    from recfunnel.recommend import Recommender
-    rec = Recommender.from_run("logs/funnel/runs/<time>")
+    from recfunnel.serving.recommender import Recommender
+    rec = Recommender.from_run("logs/funnel/runs/<time>")   # threads=1: torch / faiss threads of this process
     rec.recommend(196, k=10, recent_items=[242, 302])
-    # {"user_id": 196, "items": [...], "scores": [...], "fallback": None}
+    # {"user_id": 196, "items": [...], "scores": [...], "fallback": None, "note": None}
 
 The request is served as of ``at`` (default: just after the newest event in the data): the user's
 known events, then ``recent_items`` (newest last), are their history; features are computed by the
@@ -15,16 +15,18 @@ caller's list instead of retrieving one.
 
 Batch (one user id per line in FILE; ``#`` comments and blank lines skipped)::
 
-    python -m recfunnel.recommend run_dir=DIR users=FILE out=FILE.jsonl k=10
+    python -m recfunnel.recommend run_dir=DIR users=FILE out=FILE.jsonl k=10 threads=1
 """
 
 from __future__ import annotations
 
 import json
-import sys
+import numbers
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
+import faiss
 import hydra
 import numpy as np
 import torch
@@ -33,30 +35,56 @@ from tqdm.auto import tqdm
 
 from recfunnel.data.dataset import TRAIN
 from recfunnel.data.ranking import PAIR_FEATURES, ranker_inputs
-from recfunnel.eval.funnel import Funnel, item_catalogue
-from recfunnel.eval.rerank import build_reranker
-from recfunnel.retriever import Retriever
-from recfunnel.tasks.retrieval import check_compatible
-from recfunnel.utils.cli import friendly_errors
+from recfunnel.serving.pipeline import Funnel, item_catalogue
+from recfunnel.serving.rerank import build_reranker
+from recfunnel.serving.retriever import Retriever
+from recfunnel.tasks.checkpoints import check_compatible, load_checkpoint
 from recfunnel.utils.errors import RecfunnelError
 from recfunnel.utils.io import atomic_path
 
 
 class Recommender:
-    """Serves one funnel run. Build with ``from_run``."""
+    """Serves one funnel run. Build with ``from_run``.
 
-    def __init__(self, funnel: Funnel, ranker_pipeline, fallback: np.ndarray, fallback_scores: np.ndarray, now: int):
+    Every request answers ``{"user_id", "items", "scores", "fallback", "note"}``:
+
+    - ``user_id``: the id as normalised (see ids below), e.g. ``196`` for ``196.0``, ``"196"`` for ``" 196"``;
+    - ``items`` / ``scores``: external item ids, best first, never repeated, and their scores (the ranker's
+      logits after re-ranking; for the fallback the popularity weights);
+    - ``fallback``: None, or why the list is not personalised (an unknown user);
+    - ``note``: None, or what was adjusted in the request (``k`` clamped).
+
+    Ids: user ids and item ids (``recent_items``, ``candidates``) are matched as strings, so ``196``,
+    ``"196"`` and ``np.int64(196)`` name the same user. A string is stripped of surrounding whitespace;
+    a float is accepted only when integral and the table's ids are integers (``196.0`` → ``196``).
+    Bools, other floats (``196.5``, NaN), empty strings and other types raise ``RecfunnelError``.
+
+    ``k`` (an int ≥ 1) is clamped for every request, known user or not, to the most a personalised
+    request can return: the funnel's retrieval K (``pairs.candidates`` of the run), and ``note`` says so.
+    """
+
+    def __init__(self, funnel: Funnel, ranker_pipeline, popularity: np.ndarray, now: int):
         self.funnel, self.ranker_pipeline = funnel, ranker_pipeline
         data = funnel.retriever.dm.data
         self.user_ids = data.tables.users["user_id"].to_numpy()
         self.item_ids = data.tables.items["item_id"].to_numpy()
         self._user_index = {_key(u): i for i, u in enumerate(self.user_ids)}
         self._item_index = {_key(v): i for i, v in enumerate(self.item_ids)}
-        self.fallback, self.fallback_scores, self.now = fallback, fallback_scores, now
+        self.popularity = popularity  # (num_items,) fallback score of each item
+        self.fallback = np.argsort(-popularity, kind="stable")
+        self.max_k = min(funnel.candidates, len(self.item_ids))
+        self.now = now
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, data_dir: str | None = None) -> "Recommender":
-        """Load a finished ``recfunnel.funnel`` run: its retriever, ranker and re-ranking stages."""
+    def from_run(cls, run_dir: str | Path, data_dir: str | None = None, threads: int | None = 1) -> Recommender:
+        """Load a finished ``recfunnel.funnel`` run: its retriever, ranker and re-ranking stages.
+
+        ``threads``: torch intra-op and faiss threads, set process-wide (``set_threads``). The default,
+        1 per worker process, keeps single-request latency steady on a busy machine (several threads
+        per request split latencies into a slow and a fast population); scale out with processes.
+        None leaves the process's settings alone.
+        """
+        set_threads(threads)
         run_dir = Path(run_dir)
         for name in ("config.yaml", "retriever_run.txt", "checkpoints/best.ckpt"):
             if not (run_dir / name).exists():
@@ -64,10 +92,11 @@ class Recommender:
         cfg = OmegaConf.load(run_dir / "config.yaml")
         retriever = Retriever.from_run((run_dir / "retriever_run.txt").read_text().strip(),
                                        data_dir=data_dir or cfg.paths.data_dir)
-        schema, pipeline, genres, pairs = ranker_inputs(retriever, cfg.features, cfg.pairs.profile_len)
+        schema, pipeline, genres, pairs = ranker_inputs(retriever.data, retriever.item_vectors, cfg.features,
+                                                        cfg.pairs.profile_len)
         net = hydra.utils.instantiate(cfg.model.net)(schema=schema, num_embeddings=pipeline.num_embeddings,
                                                       num_pair_dense=len(PAIR_FEATURES))
-        checkpoint = torch.load(run_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+        checkpoint = load_checkpoint(run_dir / "checkpoints" / "best.ckpt")
         state = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items()}
         try:
             check_compatible(net, {"state_dict": state})
@@ -83,11 +112,14 @@ class Recommender:
         train = data.split == TRAIN
         tau = schema.popularity_half_life_days * 86400 / np.log(2)
         weight = np.exp(-(now - data.ts[train]) / tau)  # popular *and* fresh: recent interactions count more
-        score = np.bincount(data.item_idx[train], weights=weight, minlength=data.num_items)
-        order = np.argsort(-score, kind="stable")
-        return cls(funnel, pipeline, order, score[order], now)
+        return cls(funnel, pipeline, np.bincount(data.item_idx[train], weights=weight, minlength=data.num_items), now)
 
-    def _items(self, ids: Sequence[Any], what: str) -> np.ndarray:
+    def _items(self, ids: Iterable[Any], what: str) -> np.ndarray:
+        """Dense indices of external item ids ``ids`` (normalised as the class says), in order."""
+        if isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):
+            raise RecfunnelError(f"{what} must be a list of item ids, got {ids!r}")
+        integer = np.issubdtype(self.item_ids.dtype, np.integer)
+        ids = [_normalise_id(i, integer, what, "item") for i in ids]
         unknown = [i for i in ids if _key(i) not in self._item_index]
         if unknown:
             raise RecfunnelError(f"{what} reference unknown item id(s) {unknown[:5]}; items must be ids of the "
@@ -96,34 +128,84 @@ class Recommender:
 
     def recommend(self, user_id: Any, k: int = 10, recent_items: Sequence[Any] = (),
                   candidates: Sequence[Any] | None = None, at: int | None = None) -> dict[str, Any]:
-        """Top ``k`` items for one user: {"user_id", "items", "scores", "fallback"}.
+        """Top ``k`` items for one user: {"user_id", "items", "scores", "fallback", "note"} (see the class).
 
         Args:
-            user_id: an external user id (as in the users table).
+            user_id: an external user id (as in the users table); an unknown one gets the fallback list.
+            k: items wanted, an int ≥ 1; above the retrieval K it is clamped to K and ``note`` says so.
             recent_items: external item ids the user interacted with after the known data, oldest first.
-            candidates: external item ids to rank instead of retrieving (all must be known).
+            candidates: external item ids to rank instead of retrieving (all must be known). Repeats are
+                dropped (first occurrence kept) before ranking; ``[]`` gives empty ``items`` / ``scores``.
+                An unknown user gets them in fallback (popularity) order.
             at: request time (unix seconds); default just after the newest event in the data.
         """
-        if k < 1:
-            raise RecfunnelError(f"k must be ≥ 1, got {k}")
+        k = _positive_int("k", k, 10)
+        user_id = _normalise_id(user_id, np.issubdtype(self.user_ids.dtype, np.integer), "user_id", "user")
         recent = self._items(recent_items, "recent_items")
-        cands = None if candidates is None else self._items(candidates, "candidates")[None, :]
+        cands = None if candidates is None else _first_occurrences(self._items(candidates, "candidates"))
+        note = None
+        if k > self.max_k:
+            note = (f"k={k} clamped to {self.max_k} (the funnel retrieves K={self.funnel.candidates} candidates "
+                    f"per request, pairs.candidates of the run)")
+            k = self.max_k
+        out = {"user_id": user_id, "items": [], "scores": [], "fallback": None, "note": note}
         u = self._user_index.get(_key(user_id))
         if u is None:
-            top = self.fallback[:k]
-            return {"user_id": user_id, "items": self.item_ids[top].tolist(),
-                    "scores": self.fallback_scores[:k].round(4).tolist(),
-                    "fallback": f"unknown user {user_id!r}: popular-and-fresh items (train interactions weighted by "
-                                "recency), not personalised"}
+            pool = self.fallback if cands is None else cands[np.argsort(-self.popularity[cands], kind="stable")]
+            top = pool[:k]
+            out.update(items=self.item_ids[top].tolist(), scores=self.popularity[top].round(4).tolist(),
+                       fallback=f"unknown user {user_id!r}: popular-and-fresh items (train interactions weighted "
+                                "by recency), not personalised")
+            return out
+        if cands is not None and not len(cands):
+            return out
         now = self.now if at is None else int(at)
         when = np.full(len(recent), now, dtype=np.int64)
         f = self.funnel
         ret_view, row = f.retriever.pipeline.for_request(u, recent, when, now)
         rank_view, _ = self.ranker_pipeline.for_request(u, recent, when, now)
-        final = f(ret_view, rank_view, np.array([row]), candidates=cands, top_n=k)["final"]
+        final = f(ret_view, rank_view, np.array([row]), candidates=None if cands is None else cands[None, :],
+                  top_n=k)["final"]
         keep = final.items[0] >= 0
-        return {"user_id": user_id, "items": self.item_ids[final.items[0][keep]].tolist(),
-                "scores": final.scores[0][keep].astype(float).round(4).tolist(), "fallback": None}
+        out.update(items=self.item_ids[final.items[0][keep]].tolist(),
+                   scores=final.scores[0][keep].astype(float).round(4).tolist())
+        return out
+
+
+def set_threads(threads: int | None) -> None:
+    """Set torch's intra-op and faiss's OpenMP thread counts to ``threads`` (process-wide); None: leave them."""
+    if threads is not None:
+        threads = _positive_int("threads", threads, 1)
+        torch.set_num_threads(threads)
+        faiss.omp_set_num_threads(threads)
+
+
+def _positive_int(name: str, value: Any, example: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise RecfunnelError(f"{name} must be an int ≥ 1, got {value!r} ({type(value).__name__}); "
+                             f"pass e.g. {name}={example}")
+    return int(value)
+
+
+def _normalise_id(value: Any, integer_ids: bool, what: str, kind: str) -> int | str:
+    """``value`` as a table id (see ``Recommender``): a stripped non-empty str or an int; else RecfunnelError."""
+    given = value
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, float) and integer_ids and value.is_integer():
+        return int(value)
+    floats = ", or an integral float such as 196.0 for 196" if integer_ids else ""
+    raise RecfunnelError(f"{what}: {given!r} ({type(given).__name__}) is not a valid {kind} id; pass the id as in the "
+                         f"{kind}s table: an int or a non-empty str{floats}")
+
+
+def _first_occurrences(idx: np.ndarray) -> np.ndarray:
+    """``idx`` without repeats, each item kept at its first position."""
+    return idx[np.sort(np.unique(idx, return_index=True)[1])]
 
 
 def _key(value: Any) -> str:
@@ -131,31 +213,18 @@ def _key(value: Any) -> str:
     return str(value.item() if isinstance(value, np.generic) else value)
 
 
-def recommend_file(run_dir: str, users: str, out: str, k: int = 10) -> int:
-    """Write one JSON line per user id of ``users`` to ``out`` (atomically); returns the count."""
+def recommend_file(run_dir: str, users: str, out: str, k: int = 10, threads: int | None = 1) -> int:
+    """Write one JSON line per user id of ``users`` to ``out`` (atomically); returns the count.
+
+    ``k`` and ``threads`` as in ``Recommender.recommend`` / ``Recommender.from_run``."""
+    k = _positive_int("k", k, 10)
     path = Path(users)
     if not path.is_file():
         raise RecfunnelError(f"users={users}: no such file (one user id per line)")
     ids = [line.split("#")[0].strip() for line in path.read_text().splitlines()]
     ids = [i for i in ids if i]
-    rec = Recommender.from_run(run_dir)
+    rec = Recommender.from_run(run_dir, threads=threads)
     with atomic_path(out) as tmp, open(tmp, "w") as fh:
         for user in tqdm(ids, desc="recommending", disable=len(ids) < 100):
             fh.write(json.dumps(rec.recommend(user, k=k)) + "\n")
     return len(ids)
-
-
-@friendly_errors
-def main(argv: Sequence[str] | None = None) -> int:
-    args = dict(a.split("=", 1) for a in (argv if argv is not None else sys.argv[1:]) if "=" in a)
-    missing = [key for key in ("run_dir", "users", "out") if key not in args]
-    if missing:
-        raise RecfunnelError(f"missing {', '.join(missing)}; usage: python -m recfunnel.recommend run_dir=DIR "
-                             "users=FILE out=FILE.jsonl [k=10]")
-    n = recommend_file(args["run_dir"], args["users"], args["out"], int(args.get("k", 10)))
-    print(f"wrote {n} users' recommendations to {args['out']}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -374,7 +374,7 @@ class Reranker:
         for name, stage in pairs:
             if not callable(stage):
                 raise RecfunnelError(f"rerank stage {name!r} is not a Stage (got {type(stage).__name__}); "
-                                     "give it a _target_ such as recfunnel.eval.rerank.MMR")
+                                     "give it a _target_ such as recfunnel.serving.rerank.MMR")
         self._names = [name for name, _ in pairs]
         self.stages = [stage for _, stage in pairs]
 
@@ -423,6 +423,6 @@ def build_reranker(cfg: Any) -> Reranker:
         stage = hydra.utils.instantiate(node)
         if not isinstance(stage, Stage):
             raise RecfunnelError(f"rerank.stages.{name} built a {type(stage).__name__}, not a "
-                                 "recfunnel.eval.rerank.Stage; check its _target_")
+                                 "recfunnel.serving.rerank.Stage; check its _target_")
         stages[str(name)] = stage
     return Reranker(stages, depth)

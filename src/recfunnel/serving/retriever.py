@@ -18,13 +18,17 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
 
-from recfunnel.data.datamodule import QUERY_TOWERS, RecDataModule
-from recfunnel.eval.index import ItemIndex
+from recfunnel.data.datamodule import RecDataModule
+from recfunnel.data.dataset import SplitData
 from recfunnel.features.pipeline import FeaturePipeline
 from recfunnel.models.two_tower import TwoTower
-from recfunnel.tasks.retrieval import check_compatible
+from recfunnel.serving.index import ItemIndex, index_fingerprint
+from recfunnel.tasks.build import build_datamodule, build_task
+from recfunnel.tasks.checkpoints import check_compatible, load_checkpoint
 from recfunnel.utils.errors import RecfunnelError
+from recfunnel.utils.run_info import read_run_id
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +48,9 @@ class Retriever:
         self.item_vectors = index.index.reconstruct_n(0, index.num_items)  # (I, d), what the index scores
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, data_dir: str | None = None) -> "Retriever":
+    def from_run(cls, run_dir: str | Path, data_dir: str | None = None) -> Retriever:
         """Load a finished ``recfunnel.train`` run of a retrieval model (``config.yaml``,
         ``checkpoints/best.ckpt``, ``index/``, ``run_info.json``)."""
-        from recfunnel.train import build_datamodule, build_task, index_fingerprint, read_run_id
 
         run_dir = Path(run_dir)
         cfg_path, ckpt = run_dir / "config.yaml", run_dir / "checkpoints" / "best.ckpt"
@@ -62,8 +65,8 @@ class Retriever:
         if data_dir is not None:
             cfg.paths.data_dir = data_dir
         dm = build_datamodule(cfg)
-        task = build_task(cfg, dm)
-        checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
+        task = build_task(cfg.model, dm)
+        checkpoint = load_checkpoint(ckpt)
         check_compatible(task, checkpoint)
         task.load_state_dict(checkpoint["state_dict"])
         run_id = read_run_id(run_dir)
@@ -73,6 +76,24 @@ class Retriever:
                                  f"{dm.data.num_items}; rebuild the index (rerun the training command)")
         return cls(run_dir, cfg, dm, task.net.eval(), index)
 
+    @property
+    def data(self) -> SplitData:
+        """The run's data and split."""
+        return self.dm.data
+
+    def retrieve(self, rows: np.ndarray, k: int, what: str = "events", chunk: int = 4096
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Query vectors (B, d), top-``k`` lists (B, k) without the user's earlier items, and their
+        scores (B, k), for event ``rows`` (B,) of this retriever's pipeline (a progress bar when long)."""
+        queries, lists, scores = [], [], []
+        for lo in tqdm(range(0, len(rows), chunk), desc=f"retrieving for {what}", leave=False,
+                       disable=len(rows) <= chunk):
+            part = rows[lo:lo + chunk]
+            q = self.query_vectors(self.pipeline, part)
+            items, s = self.search(q, k, seen=self.seen_before(self.pipeline, part))
+            queries.append(q), lists.append(items), scores.append(s)
+        return np.concatenate(queries), np.concatenate(lists), np.concatenate(scores)
+
     @torch.no_grad()
     def query_vectors(self, pipeline: FeaturePipeline, rows: np.ndarray, batch_size: int = 2048) -> np.ndarray:
         """(B, d) float32 user-tower outputs as of each event row of ``pipeline`` (this retriever's
@@ -80,7 +101,7 @@ class Retriever:
         out = []
         for lo in range(0, len(rows), batch_size):
             chunk = rows[lo:lo + batch_size]
-            batch = {t: pipeline.query(chunk, t) for t in QUERY_TOWERS}
+            batch = pipeline.queries(chunk)
             out.append(self.net.user_vectors(batch).float().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.index.dim), np.float32)
 

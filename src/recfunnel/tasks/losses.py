@@ -34,6 +34,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from recfunnel.utils.errors import RecfunnelError
+
 TEMPERATURE_RANGE = (0.01, 1.0)  # bounds of a learned temperature
 
 
@@ -83,9 +85,9 @@ class SampledSoftmaxLoss(nn.Module):
                  num_uniform_negatives: int = 0, label_smoothing: float = 0.0):
         super().__init__()
         if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+            raise RecfunnelError(f"model.loss.label_smoothing={label_smoothing} is out of range; use a value in [0, 1)")
         if num_uniform_negatives < 0:
-            raise ValueError(f"num_uniform_negatives must be >= 0, got {num_uniform_negatives}")
+            raise RecfunnelError(f"model.loss.num_uniform_negatives={num_uniform_negatives} is out of range; use 0 or more")
         self.logq_correction = logq_correction
         self.remove_accidental_hits = remove_accidental_hits
         self.num_uniform_negatives = int(num_uniform_negatives)
@@ -94,12 +96,13 @@ class SampledSoftmaxLoss(nn.Module):
         if learn_temperature:
             lo, hi = TEMPERATURE_RANGE
             if not lo <= temperature <= hi:
-                raise ValueError(f"a learned temperature must start inside {TEMPERATURE_RANGE}, "
-                                 f"got {temperature}")
+                raise RecfunnelError(f"model.loss.temperature={temperature}: a learned temperature must start inside "
+                                     f"{list(TEMPERATURE_RANGE)}; choose a value in that range")
             self.log_temperature = nn.Parameter(torch.tensor(math.log(temperature)))
         else:
             if temperature <= 0:
-                raise ValueError(f"temperature must be > 0, got {temperature}")
+                raise RecfunnelError(f"model.loss.temperature={temperature} is out of range; use a value > 0 "
+                                     "(e.g. 0.05)")
             self._fixed_temperature = float(temperature)
 
     def _temperature(self) -> Tensor | float:

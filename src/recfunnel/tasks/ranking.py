@@ -12,10 +12,10 @@ Validation/test batches hold each user's retrieved list; the ranker re-orders it
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -24,16 +24,18 @@ from torchmetrics.functional.classification import binary_auroc
 from recfunnel.eval.metrics import list_metrics
 from recfunnel.features.schema import FeatureSchema
 from recfunnel.models.dlrm import DLRM
-from recfunnel.tasks.retrieval import NonFiniteLossError, check_compatible
+from recfunnel.tasks.base import RecTask
 
 
-class RankingTask(pl.LightningModule):
+class RankingTask(RecTask):
     """Args:
         net: a ``DLRM`` factory (Hydra ``_partial_``) called with schema, num_embeddings, num_pair_dense,
             dense_stats.
         schema, num_embeddings, num_pair_dense, dense_stats: from the ranking DataModule.
         lr, weight_decay: AdamW settings.
     """
+
+    stage = "ranker"
 
     def __init__(self, net: Callable[..., DLRM], schema: FeatureSchema, num_embeddings: Mapping[str, int],
                  num_pair_dense: int, dense_stats: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
@@ -42,63 +44,40 @@ class RankingTask(pl.LightningModule):
         self.net = net(schema=schema, num_embeddings=num_embeddings, num_pair_dense=num_pair_dense,
                        dense_stats=dense_stats)
         self.lr, self.weight_decay = lr, weight_decay
-        self._sums: dict[str, float] = {}
         self._pairs: list[tuple[Tensor, Tensor]] = []
-        self._count = 0
 
     def forward(self, batch: Mapping[str, Any]) -> Tensor:
         """(B, C) logits; empty candidate slots (``cand_idx`` −1) get −inf."""
         logits = self.net(batch)
         return logits.masked_fill(batch["cand_idx"] < 0, float("-inf"))
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+    def compute_loss(self, batch: dict[str, Any]) -> Tensor:
+        """Binary cross-entropy over the batch's real (query, candidate) pairs."""
         mask = batch["mask"]
-        loss = F.binary_cross_entropy_with_logits(self.net(batch)[mask], batch["label"][mask])
-        if not torch.isfinite(loss):
-            lr = self.trainer.optimizers[0].param_groups[0]["lr"] if self.trainer.optimizers else self.lr
-            raise NonFiniteLossError(f"ranker loss became {loss.item()} at step {self.global_step} (epoch "
-                                     f"{self.current_epoch}, learning rate {lr:.3g}); lower model.lr")
-        self.log("train/loss", loss, prog_bar=True, batch_size=int(mask.sum()))
-        return loss
+        return F.binary_cross_entropy_with_logits(self.net(batch)[mask], batch["label"][mask])
+
+    def train_batch_size(self, batch: dict[str, Any]) -> int:
+        return int(batch["mask"].sum())
 
     def configure_optimizers(self):
         return torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        check_compatible(self, checkpoint)
-
     # -- evaluation ----------------------------------------------------------------------------
-    def _eval_step(self, batch: dict[str, Any]) -> None:
+    def eval_step(self, batch: dict[str, Any], split: str) -> dict[str, Tensor]:
         logits = self(batch)
         order = logits.argsort(dim=1, descending=True, stable=True)
         ranked = batch["cand_idx"].gather(1, order)
         targets = batch["target"]
-        for k, v in list_metrics(ranked, targets).items():
-            self._sums[k] = self._sums.get(k, 0.0) + float(v.sum())
-        self._count += len(targets)
         labels = (batch["cand_idx"] == targets[:, None])
         has_positive = labels.any(1)
         real = (batch["cand_idx"] >= 0) & has_positive[:, None]
         self._pairs.append((logits[real].float().cpu(), labels[real].float().cpu()))
+        return list_metrics(ranked, targets)
 
-    def _eval_end(self, split: str) -> None:
-        for k, v in self._sums.items():
-            self.log(f"{split}/{k}", v / max(self._count, 1), prog_bar=k == "ndcg@10")
+    def eval_end(self, split: str) -> None:
         if self._pairs:
             logits, labels = (torch.cat(x) for x in zip(*self._pairs))
             if labels.numel() and 0 < labels.sum() < labels.numel():
                 self.log(f"{split}/auc", binary_auroc(logits, labels.long()).item())
                 self.log(f"{split}/logloss", F.binary_cross_entropy_with_logits(logits, labels).item())
-        self._sums, self._pairs, self._count = {}, [], 0
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch)
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_end("valid")
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch)
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_end("test")
+        self._pairs = []

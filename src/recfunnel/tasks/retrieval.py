@@ -15,10 +15,10 @@ user's earlier items are excluded, and the metric core accumulates per-user expe
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -26,6 +26,8 @@ from torch import Tensor
 from recfunnel.eval.metrics import ranking_metrics
 from recfunnel.features.schema import FeatureSchema
 from recfunnel.models.two_tower import TwoTower
+from recfunnel.tasks.base import RecTask
+from recfunnel.tasks.checkpoints import check_compatible
 from recfunnel.tasks.losses import SampledSoftmaxLoss, StreamingFrequencyEstimator, exact_log_q
 from recfunnel.utils.errors import RecfunnelError
 
@@ -33,11 +35,7 @@ log = logging.getLogger(__name__)
 LOGQ_SOURCES = ("exact", "streaming")
 
 
-class NonFiniteLossError(RecfunnelError):
-    """The loss became NaN/inf; the message names the step and the learning rate."""
-
-
-class RetrievalTask(pl.LightningModule):
+class RetrievalTask(RecTask):
     """Args:
         net: a ``TwoTower`` factory (Hydra ``_partial_``) called with schema, num_embeddings, dense_stats.
         loss: the ``SampledSoftmaxLoss``.
@@ -49,6 +47,9 @@ class RetrievalTask(pl.LightningModule):
             item inputs are taken as of the end of the train split, so use static item features.
         lr, weight_decay: AdamW settings; ``warmup_steps`` of linear warm-up.
     """
+
+    stage = "retriever"
+    nan_hint = "lower model.lr, raise model.loss.temperature, or check the dense features"
 
     def __init__(self, net: Callable[..., TwoTower], loss: SampledSoftmaxLoss, schema: FeatureSchema,
                  num_embeddings: Mapping[str, int], item_counts: np.ndarray,
@@ -69,8 +70,6 @@ class RetrievalTask(pl.LightningModule):
         self.estimator = StreamingFrequencyEstimator(self.num_items) if logq == "streaming" else None
         self._catalogue: Tensor | None = None
         self._logq_tables: dict[int, Tensor] = {}
-        self._sums: dict[str, float] = {}
-        self._count = 0
 
     # -- training ------------------------------------------------------------------------------
     def _log_q(self, ids: Tensor, batch_size: int) -> Tensor | None:
@@ -102,16 +101,8 @@ class RetrievalTask(pl.LightningModule):
                          extra_log_q=self._log_q(neg_ids, len(ids)))
         return self.loss(user, item, ids, log_q=self._log_q(ids, len(ids)), **extra)
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        loss = self.compute_loss(batch)
-        if not torch.isfinite(loss):
-            lr = self.trainer.optimizers[0].param_groups[0]["lr"] if self.trainer.optimizers else self.lr
-            raise NonFiniteLossError(
-                f"loss became {loss.item()} at step {self.global_step} (epoch {self.current_epoch}, "
-                f"learning rate {lr:.3g}); the last checkpoint saved before it is kept. "
-                "Lower model.lr, raise model.loss.temperature, or check the dense features.")
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["item_idx"]))
-        return loss
+    def train_batch_size(self, batch: dict[str, Any]) -> int:
+        return len(batch["item_idx"])
 
     def on_train_epoch_end(self) -> None:
         self.log("train/temperature", self.loss.temperature)
@@ -144,60 +135,16 @@ class RetrievalTask(pl.LightningModule):
         items = self.trainer.datamodule.catalogue().to(self.device)
         return self.net.item_vectors(items)
 
-    def _eval_start(self) -> None:
+    def eval_start(self, split: str) -> None:
         self._catalogue = self.catalogue_vectors()
-        self._sums, self._count = {}, 0
 
-    def _eval_step(self, batch: dict[str, Any], split: str) -> None:
+    def eval_step(self, batch: dict[str, Any], split: str) -> dict[str, Tensor]:
         evalset = self.trainer.datamodule.evalsets[split]
         pos = batch["eval_pos"].cpu().numpy()
         scores = self.net.user_vectors(batch).float() @ self._catalogue.float().T
         exclude = evalset.exclusion_pairs(pos, device=scores.device)
         targets = torch.as_tensor(evalset.targets[pos], device=self.device)
-        for k, v in ranking_metrics(scores, targets, exclude).items():
-            self._sums[k] = self._sums.get(k, 0.0) + float(v.sum())
-        self._count += len(pos)
+        return ranking_metrics(scores, targets, exclude)
 
-    def _eval_end(self, split: str) -> None:
-        for k, v in self._sums.items():
-            self.log(f"{split}/{k}", v / max(self._count, 1), prog_bar=k == "ndcg@10", sync_dist=True)
+    def eval_end(self, split: str) -> None:
         self._catalogue = None
-
-    def on_validation_epoch_start(self) -> None:
-        self._eval_start()
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, "valid")
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_end("valid")
-
-    def on_test_epoch_start(self) -> None:
-        self._eval_start()
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, "test")
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_end("test")
-
-
-def check_compatible(module: torch.nn.Module, checkpoint: dict[str, Any]) -> None:
-    """Raise one clear error when a checkpoint's weights do not fit ``module`` (another model,
-    feature schema or size), naming the first mismatches; instead of torch's wall of text."""
-    state = checkpoint.get("state_dict")
-    if state is None:
-        raise RecfunnelError("the checkpoint holds no model weights (no 'state_dict'); is it a Lightning checkpoint "
-                             "written by recfunnel.train?")
-    own = module.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    reshaped = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-                for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or reshaped:
-        parts = [f"{len(reshaped)} with other shapes ({'; '.join(reshaped[:3])})" if reshaped else "",
-                 f"{len(missing)} missing (e.g. {', '.join(missing[:3])})" if missing else "",
-                 f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})" if unexpected else ""]
-        raise RecfunnelError("the checkpoint was written by another model or config: its weights differ from this "
-                             f"model's: {', '.join(p for p in parts if p)}. Use the same model/features config as the "
-                             "run that wrote it (its config.yaml), or a fresh run directory.")

@@ -12,23 +12,26 @@ from __future__ import annotations
 
 import functools
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from omegaconf.errors import OmegaConfBaseException
 
-from recfunnel.utils.errors import RecfunnelError
+from recfunnel.utils.errors import RecfunnelError, RunStopped
 
 
-def user_message(error: BaseException) -> str | None:
-    """The one-line message for a user-fixable error, looking through wrappers (Hydra's
-    ``InstantiationException`` hides the real cause in ``__cause__``); None for a bug."""
+def user_message(error: BaseException) -> tuple[str, int] | None:
+    """The one-line message and exit status for a user-fixable error, looking through wrappers
+    (Hydra's ``InstantiationException`` hides the real cause in ``__cause__``); None for a bug."""
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
+        if isinstance(error, RunStopped):
+            return f"stopped: {error}", error.exit_code
         if isinstance(error, RecfunnelError):
-            return f"error: {error}"
+            return f"error: {error}", error.exit_code
         if isinstance(error, OmegaConfBaseException):  # a missing key or broken interpolation
-            return f"config error: {error}"
+            return f"config error: {error}", 2
         error = error.__cause__ or error.__context__
     return None
 
@@ -39,10 +42,11 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except Exception as e:  # noqa: BLE001 - re-raised below unless the user can fix it
-            message = user_message(e)
-            if message is None:
+            found = user_message(e)
+            if found is None:
                 raise
+        message, status = found
         print(message, file=sys.stderr)
-        sys.exit(2)
+        sys.exit(status)
 
     return wrapper

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import platform
 import re
 import socket
 import subprocess
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 #: Import names whose installed distribution versions :func:`run_metadata` records.
@@ -54,6 +56,14 @@ def run_metadata(seed: int | None = None, cwd: str | os.PathLike | None = None) 
     }
     meta.update(_cuda())
     return meta
+
+
+def read_run_id(run_dir: str | os.PathLike) -> str | None:
+    """The id a run directory's ``run_info.json`` records (None for a new directory)."""
+    try:
+        return json.loads((Path(run_dir) / "run_info.json").read_text()).get("run_id")
+    except (OSError, ValueError):
+        return None
 
 
 def redact(obj: Any) -> Any:

@@ -114,7 +114,11 @@ def make_wandb_logger(
     ``wandb.Settings(init_timeout=init_timeout_s)`` caps how long ``wandb.init`` may
     wait on a server that answered the probe but then stalls (wandb's default is 90 s;
     on expiry ``wandb.init`` raises ``CommError``).
-    The run directory is ``<save_dir>/wandb/``. Other ``kw`` go to ``wandb.init``.
+    The run directory is ``<save_dir>/wandb/``. Other ``kw`` go to ``WandbLogger`` (e.g.
+    ``checkpoint_name``) and on to ``wandb.init`` (e.g. ``job_type``).
+
+    ``recfunnel.runs`` calls it once per stage with that stage's ``name``, ``group`` and
+    ``job_type`` (the attribute ``starts_wandb_run`` tells it so).
     """
     import wandb
     from pytorch_lightning.loggers import WandbLogger
@@ -136,6 +140,9 @@ def make_wandb_logger(
         mode=decided,
         **kw,
     )
+
+
+make_wandb_logger.starts_wandb_run = True  # type: ignore[attr-defined]
 
 
 def _default_base_url() -> str:

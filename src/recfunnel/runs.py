@@ -1,0 +1,414 @@
+"""Run setup shared by every entry point: run directory, loggers, trainer, fit with resume, scoring.
+
+A *run* is one directory (``paths.output_dir``) holding ``config.yaml`` (resolved, secrets
+redacted), ``run_info.json`` (run id, git commit, versions, seed), ``checkpoints/``, ``csv/`` and
+``metrics.json``. A *stage* is one model trained or evaluated inside a run ("retriever", "ranker",
+"funnel"); each stage is its own W&B run (``job_type`` = the stage) and all stages of one run share
+a W&B ``group``: the run's name, or the sweep's name for the trials of a sweep
+(see ``wandb_identity``).
+
+The jobs behind the entry points live here too, so entry points stay thin and library code never
+imports them: ``train`` (``python -m recfunnel.train``) and ``run_funnel``
+(``python -m recfunnel.funnel``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import Logger, WandbLogger
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+from recfunnel.data.datamodule import RecDataModule
+from recfunnel.eval.funnel import evaluate_funnel, rerank_ablation
+from recfunnel.eval.report import print_metrics, write_funnel_report, write_metrics
+from recfunnel.serving.index import ItemIndex, index_fingerprint
+from recfunnel.serving.pipeline import Funnel, item_catalogue
+from recfunnel.serving.rerank import Seen, build_reranker
+from recfunnel.serving.retriever import Retriever
+from recfunnel.tasks.build import build_datamodule, build_task
+from recfunnel.tasks.callbacks import AppendingCSVLogger, EpochSummary, SaveOnSigterm
+from recfunnel.tasks.checkpoints import load_checkpoint
+from recfunnel.utils.config_checks import check_config
+from recfunnel.utils.errors import RecfunnelError, RunStopped
+from recfunnel.utils.io import atomic_path, write_json
+from recfunnel.utils.run_info import read_run_id, redact, run_metadata
+
+log = logging.getLogger(__name__)
+
+
+#: config keys that may differ when a run directory is used again (a resume); any other difference
+#: from the run's ``config.yaml`` is refused, so a finished run is never silently changed
+RESUMABLE_KEYS = ("run_name", "group", "tags", "resume", "paths.", "logger.", "trainer.max_epochs",
+                  "trainer.min_epochs", "trainer.enable_progress_bar", "trainer.log_every_n_steps",
+                  "trainer.accelerator", "trainer.devices", "data.num_workers", "funnel.timing_users")
+LOCK = ".lock"
+
+
+@dataclasses.dataclass
+class Run:
+    """An open run: its config, directory, resolved config (secrets redacted) and id (kept across resumes)."""
+
+    cfg: DictConfig
+    out: Path
+    resolved: dict[str, Any]
+    run_id: str
+
+
+@contextlib.contextmanager
+def open_run(cfg: DictConfig) -> Iterator[Run]:
+    """Check the config, take the run directory's lock, check that an existing run there is this
+    one (a resume), then seed everything and write ``config.yaml`` and ``run_info.json``.
+
+    Nothing in the directory is rewritten before every check passed; the lock is held until the
+    block ends, so a second run started into the same directory is refused.
+    """
+    check_config(cfg)
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    resolved = redact(OmegaConf.to_container(cfg, resolve=True))
+    with run_lock(out):
+        check_same_run(out, resolved, resume=bool(cfg.get("resume", True)))
+        pl.seed_everything(cfg.seed, workers=True)
+        with atomic_path(out / "config.yaml") as tmp:
+            tmp.write_text(OmegaConf.to_yaml(resolved))
+        run_id = read_run_id(out) or uuid.uuid4().hex
+        write_json(out / "run_info.json", {**run_metadata(seed=cfg.seed), "run_id": run_id})
+        yield Run(cfg, out, resolved, run_id)
+
+
+@contextlib.contextmanager
+def run_lock(out: Path) -> Iterator[None]:
+    """Hold ``out/.lock`` (pid, host) for the block. A lock left by a dead process on this host is
+    taken over with a warning; a live one (or one from another host) refuses with one line."""
+    path = out / LOCK
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                holder = json.loads(path.read_text())
+            except (OSError, ValueError):
+                holder = {}
+            if holder.get("host") == me["host"] and not _alive(holder.get("pid")):
+                log.warning("taking over %s: its process %s is gone (a run that crashed)", path, holder.get("pid"))
+                path.unlink(missing_ok=True)
+                continue
+            raise RecfunnelError(f"{out} is in use by another run (pid {holder.get('pid')} on {holder.get('host')}, "
+                                 f"since {holder.get('since')}); wait for it or choose another hydra.run.dir "
+                                 f"(if that process is gone, delete {path})") from None
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        break
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def check_same_run(out: Path, resolved: Mapping[str, Any], resume: bool) -> None:
+    """Refuse to reuse a directory that holds another run: a config that differs from its
+    ``config.yaml`` outside ``RESUMABLE_KEYS``, or any earlier run when ``resume`` is false."""
+    path = out / "config.yaml"
+    if not path.is_file():
+        return
+    if not resume:
+        raise RecfunnelError(f"{out} already holds a run and resume=false; choose another hydra.run.dir, or "
+                             "resume=true to continue it")
+    before = _flat(OmegaConf.to_container(OmegaConf.load(path)))
+    now = _flat(resolved)
+    differ = sorted(k for k in before.keys() | now.keys()
+                    if before.get(k, "<absent>") != now.get(k, "<absent>")
+                    and not any(k == r or (r.endswith(".") and k.startswith(r)) for r in RESUMABLE_KEYS))
+    if differ:
+        shown = ", ".join(f"{k} ({before.get(k, '<absent>')!r} → {now.get(k, '<absent>')!r})" for k in differ[:4])
+        more = f" and {len(differ) - 4} more" if len(differ) > 4 else ""
+        raise RecfunnelError(f"{out} holds a run with another config: {shown}{more}. A run directory resumes only its "
+                             "own config; choose another hydra.run.dir for a new run")
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, Mapping):
+        out: dict[str, Any] = {}
+        for k, v in tree.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+# -- W&B: one run per stage ------------------------------------------------------------------------
+def run_identity(cfg: DictConfig) -> tuple[str, str]:
+    """(W&B group, base name) of a run: ``cfg.group`` when set, else the sweep's name for a trial of
+    a Hydra multirun (base name ``trial-<n>``), else the run's own name (``cfg.run_name``)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if cfg.get("group"):
+        return str(cfg.group), str(cfg.run_name)
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        hc = HydraConfig.get()
+        return f"{cfg.task_name}-sweep-{Path(hc.sweep.dir).name}", f"trial-{hc.job.num}"
+    return str(cfg.run_name), str(cfg.run_name)
+
+
+def wandb_identity(cfg: DictConfig, stage: str) -> dict[str, str]:
+    """``group``, ``name`` and ``job_type`` of a stage's W&B run (see ``run_identity``)."""
+    group, base = run_identity(cfg)
+    return {"group": group, "name": f"{base}-{stage}", "job_type": stage}
+
+
+def build_loggers(run: Run, stage: str, config: Mapping[str, Any], csv: bool = True) -> list[Logger]:
+    """The CSV log in ``run.out/csv`` (when ``csv``) and the loggers of ``cfg.logger``; a W&B logger
+    starts a run of its own for ``stage`` (see ``wandb_identity``) with ``config`` as its config."""
+    loggers: list[Logger] = [AppendingCSVLogger(run.out, name="csv", version="")] if csv else []
+    for node in (run.cfg.logger or {}).values():
+        factory = hydra.utils.instantiate(node, _partial_=True)
+        if getattr(factory, "func", None) is not None and getattr(factory.func, "starts_wandb_run", False):
+            identity = wandb_identity(run.cfg, stage)
+            loggers.append(factory(**identity, checkpoint_name=f"{stage}-model-{identity['name']}"))
+        else:
+            loggers.append(factory())
+    for lg in loggers:
+        lg.log_hyperparams(dict(config))
+    return loggers
+
+
+def finish_loggers(loggers: list[Logger], metrics: Mapping[str, float],
+                   artifacts: Mapping[str, tuple[str, list[Path]]] | None = None) -> None:
+    """Record a stage's final ``metrics`` (W&B: the run's summary; others: ``final/<key>`` rows),
+    log ``artifacts`` (name → (type, files or folders)) to W&B as ``<name>-<W&B run id>``, and close
+    each logger (W&B: finish the run, so the next stage starts its own)."""
+    for lg in loggers:
+        if isinstance(lg, WandbLogger):
+            run = lg.experiment
+            run.summary.update(dict(metrics))
+            lg.finalize("success")  # logs the checkpoints as model artifacts
+            for name, (kind, paths) in (artifacts or {}).items():
+                import wandb  # only here: importing it costs every run a second or two
+
+                artifact = wandb.Artifact(f"{name}-{run.id}", type=kind)
+                for path in paths:
+                    (artifact.add_dir if path.is_dir() else artifact.add_file)(str(path))
+                run.log_artifact(artifact)
+            run.finish()
+        else:
+            lg.log_metrics({f"final/{k}": v for k, v in metrics.items()})
+            lg.finalize("success")
+
+
+# -- training --------------------------------------------------------------------------------------
+def build_trainer(run: Run, stage: str, loggers: list[Logger]) -> tuple[pl.Trainer, list[pl.Callback]]:
+    """The Trainer of ``cfg.trainer`` with the configured callbacks, a one-line-per-epoch summary for
+    ``stage``, and ``loggers``."""
+    callbacks = [hydra.utils.instantiate(c) for c in (run.cfg.callbacks or {}).values()]
+    callbacks += [EpochSummary(stage, monitor=run.cfg.monitor), SaveOnSigterm(run.out / "checkpoints" / "last.ckpt")]
+    return hydra.utils.instantiate(run.cfg.trainer, callbacks=callbacks, logger=loggers), callbacks
+
+
+def fit(run: Run, trainer: pl.Trainer, task: pl.LightningModule, dm: pl.LightningDataModule) -> float:
+    """``trainer.fit``, resumed from ``checkpoints/last.ckpt`` when it exists; returns seconds.
+
+    A damaged ``last.ckpt`` is one clear error; on resume the CSV log keeps its rows before the
+    checkpoint's step. SIGTERM stops at the next step boundary with the state saved to
+    ``last.ckpt`` (see ``SaveOnSigterm``) and raises ``RunStopped`` (exit status 143).
+    """
+    last = run.out / "checkpoints" / "last.ckpt"
+    resume = str(last) if run.cfg.resume and last.exists() else None
+    if resume:
+        step = int(load_checkpoint(last).get("global_step", 0))
+        log.info("resuming from %s (step %d)", resume, step)
+        print(f"resuming from {resume} (step {step})", flush=True)
+        trim_csv_log(run.out / "csv" / "metrics.csv", before_step=step)
+    start = time.perf_counter()
+    try:
+        trainer.fit(task, datamodule=dm, ckpt_path=resume, weights_only=True)
+    except SIGTERMException:
+        raise RunStopped(f"SIGTERM at step {trainer.global_step} (epoch {trainer.current_epoch}); the state is saved in "
+                         f"{last}: run the same command again to resume") from None
+    return time.perf_counter() - start
+
+
+def trim_csv_log(path: Path, before_step: int) -> None:
+    """Keep the rows of a CSV log (Lightning's ``metrics.csv``) logged before ``before_step``: what a
+    resumed run will log again is dropped, what came before survives."""
+    if not path.is_file():
+        return
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        fields, rows = reader.fieldnames or [], list(reader)
+    keep = [r for r in rows if not r.get("step") or float(r["step"]) < before_step]
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(keep)
+
+
+def best_checkpoint(callbacks: list) -> str | None:
+    """Path of the checkpoint best on ``monitor`` (None without a monitoring ModelCheckpoint)."""
+    return next((c.best_model_path for c in callbacks
+                 if isinstance(c, pl.callbacks.ModelCheckpoint) and c.monitor and c.best_model_path), None)
+
+
+def score(cfg: DictConfig, task: pl.LightningModule, dm: pl.LightningDataModule, ckpt: str | None) -> dict[str, float]:
+    """``valid/...`` and ``test/...`` metrics of ``task`` with the weights of ``ckpt`` (None: as they
+    are), which stay loaded. A quiet trainer: scoring adds no epoch to the logged curves."""
+    scorer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[], enable_progress_bar=False)
+    metrics: dict[str, float] = {}
+    for split, check in (("valid", scorer.validate), ("test", scorer.test)):
+        for k, v in check(task, datamodule=dm, ckpt_path=ckpt, verbose=False, weights_only=True)[0].items():
+            if k.startswith(f"{split}/"):
+                metrics[k] = float(v)
+    return metrics
+
+
+def monitored(cfg: DictConfig, metrics: dict[str, float]) -> float:
+    """The metric a sweep optimises, ``cfg.monitor``, with a clear error when the run lacks it."""
+    if cfg.monitor not in metrics:
+        raise RecfunnelError(f"monitor={cfg.monitor!r} is not among the run's metrics ({', '.join(sorted(metrics))}); "
+                             "set monitor to one of them, e.g. monitor=valid/ndcg@10")
+    return metrics[cfg.monitor]
+
+
+def save_index(task: pl.LightningModule, dm: RecDataModule, out: Path, fingerprint: str) -> Path | None:
+    """Exact inner-product FAISS index over the selected model's item vectors, saved in ``out/index``
+    with the item-id map (retrieval models only)."""
+    if not hasattr(task, "catalogue_vectors"):
+        return None
+    vectors = task.catalogue_vectors().float().cpu().numpy()
+    index = ItemIndex.build(vectors, dm.data.tables.items["item_id"].to_numpy(), kind="flat", fingerprint=fingerprint)
+    index.save(out / "index")
+    return out / "index"
+
+
+# -- jobs ------------------------------------------------------------------------------------------
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Train ``cfg.model`` on ``cfg.data``, restore the checkpoint best on validation, score valid and
+    test once, save the item index (retrieval models); returns the flat metrics of ``metrics.json``."""
+    with open_run(cfg) as run:
+        dm = build_datamodule(cfg)
+        task = build_task(cfg.model, dm)
+        stage = getattr(task, "stage", "model")
+        loggers = build_loggers(run, stage, run.resolved)
+        trainer, callbacks = build_trainer(run, stage, loggers)
+        fit_s = fit(run, trainer, task, dm)
+
+        ckpt = best_checkpoint(callbacks)  # None (callbacks=none): evaluate the final weights
+        metrics = score(cfg, task, dm, ckpt)
+        metrics["train/fit_seconds"] = fit_s
+        metrics["train/epochs"] = trainer.current_epoch
+        write_metrics(run.out, metrics)
+        index_dir = save_index(task, dm, run.out, fingerprint=index_fingerprint(run.run_id, ckpt))
+        finish_loggers(loggers, metrics, {f"{stage}-index": ("faiss-index", [index_dir])} if index_dir else None)
+    print_metrics(f"{cfg.run_name} ({cfg.data.name})", metrics)
+    print(f"run directory: {run.out.resolve()}")
+    return metrics
+
+
+def train_retriever(cfg: DictConfig, out: Path) -> Path:
+    """The funnel's first stage: a ``train`` run with ``retriever.overrides`` in ``out`` (unless it
+    finished there), in the funnel's W&B group."""
+    from hydra import compose
+    from hydra.core.hydra_config import HydraConfig
+
+    if (out / "metrics.json").exists() and (out / "index").exists():
+        log.info("retriever already trained in %s", out)
+        return out
+    choices = HydraConfig.get().runtime.choices
+    inherited = [f"{group}={choices[group]}" for group in ("trainer", "logger", "debug")
+                 if choices.get(group) not in (None, "null")]
+    # the funnel's own trainer.* command-line overrides (e.g. trainer.enable_progress_bar=false) apply too
+    inherited += [o for o in HydraConfig.get().overrides.task if o.startswith("trainer.")]
+    group, base = run_identity(cfg)
+    overrides = inherited + list(cfg.retriever.overrides) + [
+        f"paths.output_dir={out.resolve()}", f"paths.data_dir={cfg.paths.data_dir}", f"seed={cfg.seed}",
+        f"group={group}", f"run_name={base}"]
+    log.info("training the retriever: recfunnel.train %s", " ".join(overrides))
+    train(compose(config_name="train", overrides=overrides))
+    return out
+
+
+def run_funnel(cfg: DictConfig) -> dict[str, float]:
+    """The whole funnel (see ``recfunnel.funnel``); returns the flat metrics of ``metrics.json``."""
+    with open_run(cfg) as run:
+        retriever_dir = Path(cfg.retriever.run_dir) if cfg.retriever.run_dir else train_retriever(cfg, run.out / "retriever")
+        retriever = Retriever.from_run(retriever_dir, data_dir=cfg.paths.data_dir)
+        (run.out / "retriever_run.txt").write_text(str(retriever_dir.resolve()) + "\n")
+        dm, task, metrics = train_ranker(run, retriever, retriever_dir)
+        metrics.update(evaluate_stages(cfg, retriever, dm, task))
+        write_metrics(run.out, metrics)
+        report = write_funnel_report(run.out, metrics, cfg.funnel.top_n)
+        finish_loggers(build_loggers(run, "funnel", run.resolved, csv=False), metrics,
+                       {"funnel-report": ("report", [run.out / n for n in ("funnel.md", "funnel.png", "metrics.json")])})
+    print(report)
+    print(f"run directory: {run.out.resolve()}")
+    return metrics
+
+
+def train_ranker(run: Run, retriever: Retriever, retriever_dir: Path) -> tuple[Any, pl.LightningModule, dict[str, float]]:
+    """The funnel's second stage: pairs from ``retriever`` (``cfg.pairs``), the ranker (``cfg.model``)
+    trained with its own W&B run; returns its DataModule, the task with the weights best on
+    validation, and the funnel's ``ranker/...`` metrics (pair AUC and log-loss, cost)."""
+    cfg = run.cfg
+    dm = hydra.utils.instantiate(cfg.pairs, _partial_=True)(retriever=retriever, features=cfg.features, seed=cfg.seed)
+    dm.setup()
+    task = build_task(cfg.model, dm)
+    # the ranker's W&B config: the funnel's, less the later stages
+    config = {k: v for k, v in run.resolved.items() if k not in ("rerank", "funnel")}
+    loggers = build_loggers(run, "ranker", {**config, "retriever_run": str(retriever_dir.resolve())})
+    trainer, callbacks = build_trainer(run, "ranker", loggers)
+    fit_s = fit(run, trainer, task, dm)
+    ranker = {**score(cfg, task, dm, best_checkpoint(callbacks)), "train/fit_seconds": fit_s,
+              "train/epochs": trainer.current_epoch}
+    finish_loggers(loggers, ranker)
+    metrics = {"ranker/fit_seconds": fit_s, "ranker/epochs": trainer.current_epoch}
+    for k, v in ranker.items():
+        if k.endswith(("/auc", "/logloss")):
+            split, name = k.split("/", 1)
+            metrics[f"{split}/ranker/{name}"] = v
+    return dm, task, metrics
+
+
+def evaluate_stages(cfg: DictConfig, retriever: Retriever, dm: Any, task: pl.LightningModule) -> dict[str, float]:
+    """Each stage of the funnel (retrieval, + ranker, + re-ranking) on valid and test, what leaving
+    out each re-ranking stage changes, and the end of the funnel under the usual keys."""
+    reranker = build_reranker(cfg.rerank)
+    catalogue = item_catalogue(dm.data.tables.items, dm.genres, retriever.item_vectors)
+    funnel = Funnel(retriever, task.net, dm.pairs, reranker, catalogue, cfg.pairs.candidates, cfg.funnel.top_n)
+    metrics: dict[str, float] = {}
+    for split in ("valid", "test"):
+        rows = dm.eval_rows[split]
+        stage, slates = evaluate_funnel(funnel, dm.pipeline, rows, cfg.funnel.batch_size, cfg.funnel.timing_users)
+        seen = Seen(*retriever.seen_before(retriever.pipeline, rows))
+        stage.update(rerank_ablation(slates["ranked"], catalogue, seen, reranker, dm.pipeline.item_idx[rows],
+                                     cfg.funnel.top_n, dm.data.num_items, catalogue.genres.astype(np.float32)))
+        metrics.update({f"{split}/{k}": v for k, v in stage.items()})
+        metrics.update({f"{split}/{k.split('/', 1)[1]}": v for k, v in stage.items() if k.startswith("final/")})
+    return metrics

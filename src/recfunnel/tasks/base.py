@@ -1,0 +1,118 @@
+"""What both tasks share: the NaN guard, metric accumulation over an evaluation epoch, validation
+and test hooks, and the checkpoint check on load.
+
+A subclass implements ``compute_loss(batch)`` (training) and ``eval_step(batch) -> (metrics, n)``
+(per-user metric values (n,) of one evaluation batch); ``eval_start``/``eval_end`` are optional
+hooks around an evaluation epoch. Logged keys: ``train/loss`` and ``{valid,test}/<metric>`` (the
+mean over users).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+
+from recfunnel.tasks.checkpoints import check_compatible
+from recfunnel.utils.errors import RecfunnelError
+
+
+class NonFiniteLossError(RecfunnelError):
+    """The loss became NaN/inf; the message names the step and the learning rate."""
+
+
+class RecTask(pl.LightningModule):
+    """Base LightningModule of the retrieval and ranking tasks.
+
+    Attributes:
+        stage: the funnel stage a task trains ("retriever", "ranker"): names its W&B run and log lines.
+        nan_hint: what to try when the loss becomes NaN, appended to the error.
+    """
+
+    stage = "model"
+    nan_hint = "lower model.lr"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._sums: dict[str, float] = {}
+        self._count = 0
+
+    # -- training ------------------------------------------------------------------------------
+    def compute_loss(self, batch: dict[str, Any]) -> Tensor:
+        """The loss of one training batch (a scalar)."""
+        raise NotImplementedError
+
+    def train_batch_size(self, batch: dict[str, Any]) -> int:
+        """How many examples the loss of ``batch`` averages over (weights the epoch mean)."""
+        raise NotImplementedError
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        loss = self.compute_loss(batch)
+        self.guard_finite(loss)
+        self.log("train/loss", loss, prog_bar=True, batch_size=self.train_batch_size(batch))
+        return loss
+
+    def guard_finite(self, loss: Tensor) -> None:
+        """Stop training with one clear error when the loss is NaN or infinite."""
+        if torch.isfinite(loss):
+            return
+        lr = self.trainer.optimizers[0].param_groups[0]["lr"] if self.trainer.optimizers else self.lr
+        saved = [Path(c.best_model_path) for c in self.trainer.checkpoint_callbacks
+                 if c.best_model_path and Path(c.best_model_path).is_file()]
+        kept = (f"the newest checkpoint, {max(saved, key=lambda p: p.stat().st_mtime)}, was saved before it"
+                if saved else "no checkpoint had been saved yet")
+        raise NonFiniteLossError(
+            f"{self.stage} loss became {loss.item()} at step {self.global_step} (epoch {self.current_epoch}, "
+            f"learning rate {lr:.3g}); {kept}. Try: {self.nan_hint}.")
+
+    # -- evaluation ----------------------------------------------------------------------------
+    def eval_step(self, batch: dict[str, Any], split: str) -> Mapping[str, Tensor]:
+        """Per-user metric values, each (B,), of one evaluation batch."""
+        raise NotImplementedError
+
+    def eval_start(self, split: str) -> None:
+        """Called before an evaluation epoch (e.g. to embed the catalogue once)."""
+
+    def eval_end(self, split: str) -> None:
+        """Called after an evaluation epoch's means are logged (extra metrics, clean-up)."""
+
+    def _accumulate(self, batch: dict[str, Any], split: str) -> None:
+        size = 0
+        for k, v in self.eval_step(batch, split).items():
+            self._sums[k] = self._sums.get(k, 0.0) + float(v.sum())
+            size = len(v)
+        self._count += size
+
+    def _log_means(self, split: str) -> None:
+        for k, v in self._sums.items():
+            self.log(f"{split}/{k}", v / max(self._count, 1), prog_bar=k == "ndcg@10", sync_dist=True)
+        self.eval_end(split)
+        self._sums, self._count = {}, 0
+
+    def on_validation_epoch_start(self) -> None:
+        self._sums, self._count = {}, 0
+        self.eval_start("valid")
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._accumulate(batch, "valid")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_means("valid")
+
+    def on_test_epoch_start(self) -> None:
+        self._sums, self._count = {}, 0
+        self.eval_start("test")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._accumulate(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_means("test")
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        check_compatible(self, checkpoint)

@@ -1,0 +1,54 @@
+"""Checkpoints: loading one safely and checking that it fits a model. Every load in the project goes
+through here (training resume, the retriever and ranker of a finished run, serving)."""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from recfunnel.utils.errors import RecfunnelError
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint's contents, loaded with ``weights_only=True`` on the CPU.
+
+    Raises one ``RecfunnelError`` naming the file when it is missing, truncated or not a checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise RecfunnelError(f"checkpoint {path} does not exist")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RecfunnelError(f"checkpoint {path} is damaged or not a checkpoint ({first[:160]}); delete it to start "
+                             "over, or restore it from a copy") from None
+    if not isinstance(checkpoint, dict):
+        raise RecfunnelError(f"checkpoint {path} holds a {type(checkpoint).__name__}, not a Lightning checkpoint")
+    return checkpoint
+
+
+def check_compatible(module: torch.nn.Module, checkpoint: dict[str, Any]) -> None:
+    """Raise one clear error when a checkpoint's weights do not fit ``module`` (another model,
+    feature schema or size), naming the first mismatches; instead of torch's wall of text."""
+    state = checkpoint.get("state_dict")
+    if state is None:
+        raise RecfunnelError("the checkpoint holds no model weights (no 'state_dict'); is it a Lightning checkpoint "
+                             "written by recfunnel.train?")
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    reshaped = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or reshaped:
+        parts = [f"{len(reshaped)} with other shapes ({'; '.join(reshaped[:3])})" if reshaped else "",
+                 f"{len(missing)} missing (e.g. {', '.join(missing[:3])})" if missing else "",
+                 f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})" if unexpected else ""]
+        raise RecfunnelError("the checkpoint was written by another model or config: its weights differ from this "
+                             f"model's: {', '.join(p for p in parts if p)}. Use the same model/features config as the "
+                             "run that wrote it (its config.yaml), or a fresh run directory.")
+

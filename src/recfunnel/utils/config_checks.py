@@ -1,0 +1,81 @@
+"""Value checks of a run's config, before anything is built or written: one line per mistake.
+
+Hydra checks that a key exists; this checks that its value makes sense (``model.lr=abc``,
+``data.batch_size=0``, ``model.net.dim=-4``, ``trainer.max_epochs=0``) and names the key and its
+valid range, instead of a traceback from deep inside torch. Keys absent from a config are skipped,
+so one table serves every entry point.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from recfunnel.utils.errors import RecfunnelError
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _integer(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+# (what a valid value is, the test)
+POSITIVE = ("a number > 0", lambda v: _number(v) and v > 0)
+NON_NEGATIVE = ("a number ≥ 0", lambda v: _number(v) and v >= 0)
+PROBABILITY = ("a number in [0, 1)", lambda v: _number(v) and 0 <= v < 1)
+COUNT = ("an integer ≥ 1", lambda v: _integer(v) and v >= 1)
+COUNT_OR_ZERO = ("an integer ≥ 0", lambda v: _integer(v) and v >= 0)
+EPOCHS = ("an integer ≥ 1 (or -1: until early stopping); 0 would score an untrained model",
+          lambda v: _integer(v) and (v >= 1 or v == -1))
+OPTIONAL_COUNT = ("null or an integer ≥ 1", lambda v: v is None or (_integer(v) and v >= 1))
+
+RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "seed": COUNT_OR_ZERO,
+    "data.batch_size": COUNT,
+    "data.num_workers": COUNT_OR_ZERO,
+    "data.min_events": COUNT_OR_ZERO,
+    "data.train_windows": COUNT_OR_ZERO,
+    "model.lr": POSITIVE,
+    "model.weight_decay": NON_NEGATIVE,
+    "model.warmup_steps": COUNT_OR_ZERO,
+    "model.net.dim": COUNT,
+    "model.net.embedding_dim": COUNT,
+    "model.net.dropout": PROBABILITY,
+    "model.net.top_width": COUNT,
+    "model.net.top_depth": COUNT_OR_ZERO,
+    "model.loss.temperature": POSITIVE,
+    "model.loss.num_uniform_negatives": COUNT_OR_ZERO,
+    "model.loss.label_smoothing": PROBABILITY,
+    "trainer.max_epochs": EPOCHS,
+    "pairs.candidates": COUNT,
+    "pairs.hard_pool": COUNT,
+    "pairs.hard_negatives": COUNT_OR_ZERO,
+    "pairs.uniform_negatives": COUNT_OR_ZERO,
+    "pairs.max_events_per_user": OPTIONAL_COUNT,
+    "pairs.profile_len": COUNT,
+    "pairs.batch_size": COUNT,
+    "pairs.eval_batch_size": COUNT,
+    "funnel.top_n": COUNT,
+    "funnel.batch_size": COUNT,
+    "funnel.timing_users": COUNT_OR_ZERO,
+    "eval_chunk_size": COUNT,
+}
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Raise one ``RecfunnelError`` naming every key of ``RULES`` whose value is out of range."""
+    problems = []
+    for key, (valid, ok) in RULES.items():
+        value = OmegaConf.select(cfg, key, default="<absent>", throw_on_missing=False)
+        if isinstance(value, str) and value == "<absent>":
+            continue
+        if not ok(value):
+            problems.append(f"{key}={value!r} is not valid: use {valid}")
+    if problems:
+        raise RecfunnelError("; ".join(problems))
