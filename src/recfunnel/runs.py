@@ -145,14 +145,21 @@ def check_same_run(out: Path, resolved: Mapping[str, Any], resume: bool) -> None
                              "resume=true to continue it")
     before = _flat(OmegaConf.to_container(OmegaConf.load(path)))
     now = _flat(resolved)
+    # a moved or copied run directory (or data folder) is the same run: compare with its paths replaced
+    for key in [k for k in before if k.startswith("paths.")]:
+        old, new = before[key], now.get(key)
+        if isinstance(old, str) and isinstance(new, str) and old and old != new:
+            before = {k: v.replace(old, new) if isinstance(v, str) and v.startswith(old) else v
+                      for k, v in before.items()}
     differ = sorted(k for k in before.keys() | now.keys()
                     if before.get(k, "<absent>") != now.get(k, "<absent>")
                     and not any(k == r or (r.endswith(".") and k.startswith(r)) for r in RESUMABLE_KEYS))
     if differ:
-        shown = ", ".join(f"{k} ({before.get(k, '<absent>')!r} → {now.get(k, '<absent>')!r})" for k in differ[:4])
-        more = f" and {len(differ) - 4} more" if len(differ) > 4 else ""
-        raise RecfunnelError(f"{out} holds a run with another config: {shown}{more}. A run directory resumes only its "
-                             "own config; choose another hydra.run.dir for a new run")
+        keys = ", ".join(differ[:12]) + (f" and {len(differ) - 12} more" if len(differ) > 12 else "")
+        first = differ[0]
+        raise RecfunnelError(f"{out} holds a run with another config: {keys} differ (e.g. {first}: "
+                             f"{before.get(first, '<absent>')!r} → {now.get(first, '<absent>')!r}). A run directory "
+                             "resumes only its own config; choose another hydra.run.dir for a new run")
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
