@@ -1,7 +1,8 @@
-"""Reproducible and resumable runs: same seed → same metrics; SIGKILL mid-epoch → same final metrics."""
+"""Reproducible and resumable runs: same seed → same metrics; SIGKILL or SIGTERM mid-epoch → same final metrics."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -33,6 +34,12 @@ def metrics(run_dir):
     return {k: v for k, v in m.items() if k.startswith(("valid/", "test/"))}
 
 
+def csv_steps(run_dir):
+    """The training steps of the rows of the run's CSV log that hold a training loss."""
+    with open(run_dir / "csv" / "metrics.csv", newline="") as f:
+        return [int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss")]
+
+
 def test_same_seed_same_metrics_and_sigkill_resume(tmp_path):
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     train(a)
@@ -56,3 +63,35 @@ def test_same_seed_same_metrics_and_sigkill_resume(tmp_path):
     assert "resuming from" in output
     got = metrics(c)
     assert all(abs(ref[k] - got[k]) <= 1e-6 for k in ref), {k: (ref[k], got[k]) for k in ref}
+
+
+def test_sigterm_saves_the_state_says_where_exits_143_and_resumes_exactly(tmp_path):
+    a, c = tmp_path / "a", tmp_path / "c"
+    extra = ["trainer.log_every_n_steps=1"]
+    train(a, *extra)
+    ref = metrics(a)
+
+    proc = train(c, *extra, wait=False)
+    log = c / "csv" / "metrics.csv"
+    deadline = time.time() + 300
+    while not (log.exists() and len(log.read_text().splitlines()) > 4) and proc.poll() is None \
+            and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGTERM)  # what kill, SLURM pre-emption and container stops send
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, (proc.returncode, err[-3000:])
+    said = [line for line in err.splitlines() if line.startswith("stopped: SIGTERM at step ")]
+    assert len(said) == 1 and "run the same command again to resume" in said[0], err[-3000:]
+    step = torch.load(c / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert f"SIGTERM at step {step} " in said[0] and not (c / "metrics.json").exists()
+    assert step % 12 != 0, f"the stop was not mid-epoch (step {step})"
+    before = csv_steps(c)
+
+    output = train(c, *extra)  # resumes where SIGTERM stopped it
+    assert f"resuming from {c / 'checkpoints' / 'last.ckpt'} (step {step})" in output
+    got = metrics(c)
+    assert all(abs(ref[k] - got[k]) <= 1e-6 for k in ref), {k: (ref[k], got[k]) for k in ref}
+    # the learning curve before the stop survives the resume; nothing is logged twice
+    steps = csv_steps(c)
+    assert steps[:len([s for s in before if s < step])] == [s for s in before if s < step]
+    assert steps == sorted(set(steps)) == csv_steps(a)
