@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: install train test test-slow prepare baseline bench clean
+.PHONY: install train test test-slow test-gpu lint prepare baseline bench clean
 
 $(STAMP): pyproject.toml constraints.txt scripts/install.sh
 	bash scripts/install.sh
@@ -17,12 +17,21 @@ install: $(STAMP)
 train: $(STAMP)
 	bash scripts/train_all.sh $(ARGS)
 
-## Default test suite (fast, CPU). Slow tests: make test-slow.
+## Lint (ruff, configured in pyproject.toml), then the default test suite (fast, CPU).
 test: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks scripts
 	$(PY) -m pytest -q $(ARGS)
 
+## End-to-end quality runs at full size (minutes each).
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow $(ARGS)
+
+## The CUDA path (skipped without a GPU).
+test-gpu: $(STAMP)
+	$(PY) -m pytest -q -m gpu $(ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks scripts
 
 prepare: $(STAMP)
 	$(PY) -m recfunnel.data.prepare data=ml100k $(ARGS)
