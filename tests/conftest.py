@@ -28,9 +28,13 @@ def ml100k_schema():
 @pytest.fixture(scope="session")
 def funnel_run(tmp_path_factory, ml100k_data):
     """A finished tiny funnel run (retriever trained inside, ranker, re-ranking) on ML-100K, logged to
-    offline W&B; its stdout is kept beside it in ``stdout.txt``."""
+    offline W&B; its stdout is kept beside it in ``stdout.txt``, W&B's data and cache folders in
+    ``wandb-data/`` and ``wandb-cache/``."""
     out = tmp_path_factory.mktemp("funnel") / "run"
-    proc = run("recfunnel.funnel", *TINY_FUNNEL, f"hydra.run.dir={out}", env={**os.environ, "WANDB_MODE": "offline"})
+    # W&B's own folders beside the run, to see what it writes outside the run directory
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_DATA_DIR": str(out.parent / "wandb-data"),
+           "WANDB_CACHE_DIR": str(out.parent / "wandb-cache")}
+    proc = run("recfunnel.funnel", *TINY_FUNNEL, f"hydra.run.dir={out}", env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (out.parent / "stdout.txt").write_text(proc.stdout)
     return out

@@ -52,6 +52,13 @@ def test_each_stage_is_its_own_wandb_run_in_the_runs_group(funnel_run):
         assert names and all(a.startswith(f"{stage}-") for a in names), names
 
 
+def test_wandb_copies_no_checkpoint_or_index_outside_the_run_directory(funnel_run):
+    checkpoint = (funnel_run / "checkpoints" / "best.ckpt").stat().st_size
+    for folder in ("wandb-data", "wandb-cache"):
+        copied = sum(f.stat().st_size for f in (funnel_run.parent / folder).rglob("*") if f.is_file())
+        assert copied < checkpoint / 2, f"{folder} holds {copied} bytes"
+
+
 def test_funnel_writes_stage_metrics_report_and_plot(funnel_run):
     m = json.loads((funnel_run / "metrics.json").read_text())
     for split in ("valid", "test"):

@@ -222,8 +222,8 @@ def finish_loggers(loggers: list[Logger], metrics: Mapping[str, float],
                 import wandb  # only here: importing it costs every run a second or two
 
                 artifact = wandb.Artifact(f"{name}-{run.id}", type=kind)
-                for path in paths:
-                    (artifact.add_dir if path.is_dir() else artifact.add_file)(str(path))
+                for path in paths:  # "immutable": uploaded from the run directory, no staging copy
+                    (artifact.add_dir if path.is_dir() else artifact.add_file)(str(path), policy="immutable")
                 run.log_artifact(artifact)
             run.finish()
         else:

@@ -129,6 +129,8 @@ def make_wandb_logger(
     fell_back = mode in ("auto", "online") and decided != "online"
     (log.warning if fell_back else log.info)("W&B mode %s: %s", decided, reason)
     kw.setdefault("settings", wandb.Settings(init_timeout=init_timeout_s))
+    # checkpoints are uploaded from the run directory, not copied to W&B's staging folder first
+    kw.setdefault("add_file_policy", "immutable")
     return WandbLogger(
         project=project,
         name=name,
