@@ -89,6 +89,10 @@ def test_k_must_be_a_positive_int(rec):
         with pytest.raises(RecfunnelError, match=r"^k must be an int ≥ 1, got .*; pass e\.g\. k=10$"):
             rec.recommend(196, k=bad)
     assert len(rec.recommend(196, k=np.int64(3))["items"]) == 3
+    for bad in ("abc", 1.5, True):
+        with pytest.raises(RecfunnelError, match=r"^at must be unix seconds as an int"):
+            rec.recommend(196, at=bad)
+    assert rec.recommend(196, k=2, at=int(rec.now) + 86400)["items"]
 
 
 def test_cli_refuses_bad_k_and_threads_in_one_line(funnel_run, tmp_path):

@@ -159,6 +159,8 @@ class Recommender:
             return out
         if cands is not None and not len(cands):
             return out
+        if at is not None and (isinstance(at, bool) or not isinstance(at, numbers.Integral)):
+            raise RecfunnelError(f"at must be unix seconds as an int (or None for now), got {at!r} ({type(at).__name__})")
         now = self.now if at is None else int(at)
         when = np.full(len(recent), now, dtype=np.int64)
         f = self.funnel

@@ -1,4 +1,5 @@
-"""Entry-point decorator: user-fixable errors print one clear line and exit 2, no traceback soup.
+"""Entry-point decorator: user-fixable errors print one clear line and exit 2 (a run stopped by
+SIGTERM: 143), no traceback soup.
 
 Wraps any entry point (argparse ones too); with Hydra, put it *under* ``@hydra.main`` so it runs
 inside Hydra's error handling::
