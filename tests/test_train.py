@@ -78,11 +78,17 @@ def test_nan_loss_names_step_and_lr_and_keeps_last_checkpoint(tmp_path, ml100k_d
     trainer = pl.Trainer(max_epochs=2, limit_train_batches=3, limit_val_batches=1, logger=False,
                          callbacks=[pl.callbacks.ModelCheckpoint(dirpath=tmp_path, filename="last", save_top_k=1)],
                          enable_progress_bar=False, num_sanity_val_steps=0)
-    with pytest.raises(NonFiniteLossError, match=r"loss became nan at step \d+ .*learning rate 0.001"):
+    with pytest.raises(NonFiniteLossError, match=r"loss became nan at step \d+ .*learning rate 0.001") as e:
         trainer.fit(task, datamodule=dm)
+    assert f"the newest checkpoint, {tmp_path / 'last.ckpt'}, was saved before it" in str(e.value)
     kept = torch.load(tmp_path / "last.ckpt", weights_only=True)["state_dict"]
     assert all(torch.isfinite(v).all() for v in kept.values() if v.is_floating_point())
     assert all(torch.equal(good[k], kept[k]) for k in good)
+    # without checkpoints the message says so instead of promising one
+    trainer = pl.Trainer(max_epochs=2, limit_train_batches=3, limit_val_batches=0, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False)
+    with pytest.raises(NonFiniteLossError, match="no checkpoint had been saved yet. Try: lower model.lr"):
+        trainer.fit(task, datamodule=dm)
 
 
 def test_unknown_history_encoder_is_one_clear_error(tmp_path):

@@ -61,8 +61,11 @@ class RecTask(pl.LightningModule):
         if torch.isfinite(loss):
             return
         lr = self.trainer.optimizers[0].param_groups[0]["lr"] if self.trainer.optimizers else self.lr
-        saved = [Path(c.best_model_path) for c in self.trainer.checkpoint_callbacks
-                 if c.best_model_path and Path(c.best_model_path).is_file()]
+        # what the checkpoint callbacks wrote, in this run or in the run it resumed
+        candidates = [p for c in self.trainer.checkpoint_callbacks
+                      for p in (c.best_model_path, c.last_model_path,
+                                c.dirpath and c.filename and Path(c.dirpath) / f"{c.filename}.ckpt") if p]
+        saved = [Path(p) for p in candidates if Path(p).is_file()]
         kept = (f"the newest checkpoint, {max(saved, key=lambda p: p.stat().st_mtime)}, was saved before it"
                 if saved else "no checkpoint had been saved yet")
         raise NonFiniteLossError(
