@@ -252,7 +252,6 @@ def fit(run: Run, trainer: pl.Trainer, task: pl.LightningModule, dm: pl.Lightnin
     if resume:
         step = int(load_checkpoint(last).get("global_step", 0))
         log.info("resuming from %s (step %d)", resume, step)
-        print(f"resuming from {resume} (step {step})", flush=True)
         trim_csv_log(run.out / "csv" / "metrics.csv", before_step=step)
     start = time.perf_counter()
     try:
