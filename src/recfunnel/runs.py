@@ -5,11 +5,12 @@ redacted), ``run_info.json`` (run id, git commit, versions, seed), ``checkpoints
 ``metrics.json``. A *stage* is one model trained or evaluated inside a run ("retriever", "ranker",
 "funnel"); each stage is its own W&B run (``job_type`` = the stage) and all stages of one run share
 a W&B ``group``: the run's name, or the sweep's name for the trials of a sweep
-(see ``wandb_identity``).
+(see ``wandb_identity``). Once a run has loaded its data, ``run_info.json`` also records it
+(``data_name``, ``data_dir``, ``data_fingerprint``: see ``record_data``).
 
 The jobs behind the entry points live here too, so entry points stay thin and library code never
-imports them: ``train`` (``python -m recfunnel.train``) and ``run_funnel``
-(``python -m recfunnel.funnel``).
+imports them: ``train`` (``python -m recfunnel.train``), ``run_funnel`` (``python -m recfunnel.funnel``)
+and ``evaluate`` (``python -m recfunnel.evaluate``).
 """
 
 from __future__ import annotations
@@ -35,8 +36,12 @@ from pytorch_lightning.loggers import Logger, WandbLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from recfunnel.data.datamodule import RecDataModule
+from recfunnel.data.fingerprint import tables_fingerprint
+from recfunnel.data.sources import load_split
 from recfunnel.eval.funnel import evaluate_funnel, rerank_ablation
-from recfunnel.eval.report import print_metrics, write_funnel_report, write_metrics
+from recfunnel.eval.protocol import EvalSet
+from recfunnel.eval.protocol import evaluate as evaluate_protocol
+from recfunnel.eval.report import flatten, print_metrics, write_funnel_report, write_metrics
 from recfunnel.serving.index import ItemIndex, index_fingerprint
 from recfunnel.serving.pipeline import Funnel, item_catalogue
 from recfunnel.serving.rerank import Seen, build_reranker
@@ -47,7 +52,7 @@ from recfunnel.tasks.checkpoints import load_checkpoint
 from recfunnel.utils.config_checks import check_config
 from recfunnel.utils.errors import RecfunnelError, RunStopped
 from recfunnel.utils.io import atomic_path, write_json
-from recfunnel.utils.run_info import read_run_id, redact, run_metadata
+from recfunnel.utils.run_info import DATA_KEYS, data_info, read_run_info, redact, run_metadata, update_run_info
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +67,14 @@ LOCK = ".lock"
 
 @dataclasses.dataclass
 class Run:
-    """An open run: its config, directory, resolved config (secrets redacted) and id (kept across resumes)."""
+    """An open run: its config, directory, resolved config (secrets redacted), id (kept across resumes)
+    and the data an earlier start of it recorded (``DATA_KEYS``; empty for a new run)."""
 
     cfg: DictConfig
     out: Path
     resolved: dict[str, Any]
     run_id: str
+    data_before: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @contextlib.contextmanager
@@ -87,9 +94,27 @@ def open_run(cfg: DictConfig) -> Iterator[Run]:
         pl.seed_everything(cfg.seed, workers=True)
         with atomic_path(out / "config.yaml") as tmp:
             tmp.write_text(OmegaConf.to_yaml(resolved))
-        run_id = read_run_id(out) or uuid.uuid4().hex
-        write_json(out / "run_info.json", {**run_metadata(seed=cfg.seed), "run_id": run_id})
-        yield Run(cfg, out, resolved, run_id)
+        before = read_run_info(out)
+        run_id = before.get("run_id") or uuid.uuid4().hex
+        data_before = {k: before[k] for k in DATA_KEYS if k in before}  # checked by record_data on a resume
+        write_json(out / "run_info.json", {**run_metadata(seed=cfg.seed), "run_id": run_id, **data_before})
+        yield Run(cfg, out, resolved, run_id, data_before)
+
+
+def record_data(run: Run, name: str, data_dir: str | Path, fingerprint: str) -> None:
+    """Record in ``run_info.json`` the data the run loaded: ``data_name``, ``data_dir`` (absolute) and
+    ``data_fingerprint`` (``recfunnel.data.fingerprint``). A resumed run must have loaded the tables
+    it started on: other tables are refused with one line naming both fingerprints and folders."""
+    info = data_info(name, data_dir, fingerprint)
+    old = run.data_before.get("data_fingerprint")
+    if old and old != fingerprint:
+        raise RecfunnelError(
+            f"{run.out} holds a run trained on {run.data_before.get('data_name')} tables with fingerprint {old} "
+            f"(data folder {run.data_before.get('data_dir')}), but this start loaded {name} tables with fingerprint "
+            f"{fingerprint} from {info['data_dir']}; resume it with the data it was trained on, or choose another "
+            "hydra.run.dir for a run on this data")
+    update_run_info(run.out, info)
+    log.info("data %s: tables fingerprint %s (data folder %s)", name, fingerprint, info["data_dir"])
 
 
 @contextlib.contextmanager
@@ -320,6 +345,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     test once, save the item index (retrieval models); returns the flat metrics of ``metrics.json``."""
     with open_run(cfg) as run:
         dm = build_datamodule(cfg)
+        if getattr(dm, "data", None) is not None:
+            record_data(run, cfg.data.name, cfg.paths.data_dir, tables_fingerprint(dm.data.tables))
         task = build_task(cfg.model, dm)
         stage = getattr(task, "stage", "model")
         loggers = build_loggers(run, stage, run.resolved)
@@ -335,6 +362,25 @@ def train(cfg: DictConfig) -> dict[str, float]:
         finish_loggers(loggers, metrics, {f"{stage}-index": ("faiss-index", [index_dir])} if index_dir else None)
     print_metrics(f"{cfg.run_name} ({cfg.data.name})", metrics)
     print(f"run directory: {run.out.resolve()}")
+    return metrics
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    """Fit a non-neural model of ``cfg.model`` (e.g. most popular) on the train split and score valid
+    and test by ``../shared/EVALUATION.md``; returns the flat metrics of ``metrics.json``."""
+    with open_run(cfg) as run:
+        data = load_split(cfg.data, cfg.paths.data_dir)
+        record_data(run, cfg.data.name, cfg.paths.data_dir, tables_fingerprint(data.tables))
+        model = hydra.utils.instantiate(cfg.model).fit(data)
+        results = {}
+        for split in ("valid", "test"):
+            evalset = EvalSet.build(data, split)
+            results[split] = evaluate_protocol(model.scorer(evalset), evalset, data.num_items,
+                                               chunk_size=cfg.eval_chunk_size)
+        metrics = flatten(results)
+        path = write_metrics(run.out, metrics)
+    print_metrics(f"{cfg.model._target_.rsplit('.', 1)[-1]} on {cfg.data.name}", metrics)
+    print(f"metrics: {path.resolve()}")
     return metrics
 
 
@@ -365,7 +411,9 @@ def run_funnel(cfg: DictConfig) -> dict[str, float]:
     """The whole funnel (see ``recfunnel.funnel``); returns the flat metrics of ``metrics.json``."""
     with open_run(cfg) as run:
         retriever_dir = Path(cfg.retriever.run_dir) if cfg.retriever.run_dir else train_retriever(cfg, run.out / "retriever")
-        retriever = Retriever.from_run(retriever_dir, data_dir=cfg.paths.data_dir)
+        # the retriever's own data (checked against its fingerprint), or the folder asked for on the command line
+        retriever = Retriever.from_run(retriever_dir, data_dir=_data_dir_given(cfg))
+        record_data(run, retriever.data_name, retriever.data_dir, retriever.data_fingerprint)
         (run.out / "retriever_run.txt").write_text(str(retriever_dir.resolve()) + "\n")
         dm, task, metrics = train_ranker(run, retriever, retriever_dir)
         metrics.update(evaluate_stages(cfg, retriever, dm, task))
@@ -376,6 +424,17 @@ def run_funnel(cfg: DictConfig) -> dict[str, float]:
     print(report)
     print(f"run directory: {run.out.resolve()}")
     return metrics
+
+
+def _data_dir_given(cfg: DictConfig) -> str | None:
+    """``paths.data_dir`` when the command line sets it (the data a user asks for), else None (a default,
+    which says nothing about the data a given retriever run was trained on)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    keys = {o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task}
+    return str(cfg.paths.data_dir) if "paths.data_dir" in keys else None
 
 
 def train_ranker(run: Run, retriever: Retriever, retriever_dir: Path) -> tuple[Any, pl.LightningModule, dict[str, float]]:

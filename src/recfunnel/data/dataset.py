@@ -1,10 +1,14 @@
-"""Canonical tables + dense indices + the protocol split: what models, features and evaluation read."""
+"""Canonical tables + dense indices + the protocol split: what models, features and evaluation read.
+
+Ids may be integers or strings (tokens); both are mapped to dense indices in sorted-id order.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 
 import numpy as np
+import pandas as pd
 
 from recfunnel.data.split import TEST, TRAIN, VALID, event_order, leave_last_out
 from recfunnel.data.tables import Tables
@@ -42,13 +46,18 @@ class SplitData:
         tables.users = tables.users.sort_values("user_id", kind="stable").reset_index(drop=True)
         tables.items = tables.items.sort_values("item_id", kind="stable").reset_index(drop=True)
         inter = tables.interactions
+        user_idx = _dense_index(inter["user_id"].to_numpy(), tables.users["user_id"].to_numpy(), "user")
+        ts = inter["ts"].to_numpy().astype(np.int64)
+        # dense indices follow the sorted ids, so the protocol's order is the same on them (and string
+        # ids are compared once, here, not again by every sort)
+        timeline = pd.DataFrame({"user_id": user_idx, "ts": ts})
         return cls(
             tables=tables,
-            user_idx=_dense_index(inter["user_id"].to_numpy(), tables.users["user_id"].to_numpy(), "user"),
+            user_idx=user_idx,
             item_idx=_dense_index(inter["item_id"].to_numpy(), tables.items["item_id"].to_numpy(), "item"),
-            ts=inter["ts"].to_numpy().astype(np.int64),
-            split=leave_last_out(inter, min_events=min_events),
-            order=event_order(inter),
+            ts=ts,
+            split=leave_last_out(timeline, min_events=min_events),
+            order=event_order(timeline),
         )
 
     @property

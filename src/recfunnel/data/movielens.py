@@ -1,6 +1,17 @@
-"""MovieLens-100K: the GroupLens layout (``u.data``, ``u.user``, ``u.item``) or the copy carried by
-the ``recbole==1.2.1`` wheel (``ml-100k.inter``/``.user``/``.item``). Both readers give identical
-canonical tables; nothing else in the codebase knows these file formats.
+"""MovieLens releases in their own formats (nothing else in the codebase knows these formats).
+
+- 100K: the GroupLens layout (``u.data`` tab-separated ``user item rating timestamp``; ``u.user``
+  and ``u.item`` pipe-separated, 19 genre flags) or the copy carried by the ``recbole==1.2.1``
+  wheel (``ml-100k.inter``/``.user``/``.item``). Both readers give identical canonical tables.
+- 1M: ``ratings.dat`` ``UserID::MovieID::Rating::Timestamp``, ``users.dat``
+  ``UserID::Gender::Age::Occupation::Zip-code``, ``movies.dat`` ``MovieID::Title::Genres`` (genres
+  split on ``|``, the year taken from the title's "(1995)"), latin-1 as released.
+- 10M: ``ratings.dat`` and ``movies.dat`` as 1M, UTF-8; no users file (the users table holds ids).
+- 20M, 25M, 32M: ``ratings.csv`` (header ``userId,movieId,rating,timestamp``) and ``movies.csv``
+  (header ``movieId,title,genres``; quoted titles may hold commas; "(no genres listed)" is []), UTF-8.
+
+Ratings files are read by pandas' C reader (tens of millions of lines); when it fails, the per-line
+reader names the first bad line, as it does for the small files.
 
 Encodings, decided per format: the GroupLens files are latin-1, as released (``u.item`` has titles
 such as "Café"), and are all read as latin-1, which decodes any byte; RecBole's atomic files are
@@ -13,17 +24,20 @@ file raises one naming the file. Checks of the assembled tables (duplicates, tim
 
 from __future__ import annotations
 
+import csv
 import logging
 import re
 import subprocess
 import sys
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from recfunnel.data.tables import Tables
+from recfunnel.data.table import check_known, column, decode, line_of_row, parse_rows, read_fast, scan_rows
+from recfunnel.data.tables import Tables, id_table
 from recfunnel.utils.errors import RecfunnelError
 from recfunnel.utils.io import atomic_path
 
@@ -38,110 +52,30 @@ GENRES = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy",
           "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
           "Romance", "Sci-Fi", "Thriller", "War", "Western"]
 _TITLE_YEAR = re.compile(r"^(.*?)\s*\((\d{4})\)\s*$")
-
-
-def _parse_rows(path: Path, sep: str, ncols: int, skip_header: bool, encoding: str,
-                what: str) -> tuple[list[list[str]], list[int]]:
-    """Split every non-blank line of ``path`` into ``ncols`` fields; also return their line numbers.
-
-    Lines are decoded one at a time, so a byte the encoding rejects (only UTF-8 can reject one) names
-    its line. A file without a data line is an error: ``what`` says what it should hold.
-    """
-    rows, lines = [], []
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            if skip_header and lineno == 1:
-                continue
-            try:
-                line = raw.decode(encoding).rstrip("\r\n")
-            except UnicodeDecodeError as e:
-                raise RecfunnelError(
-                    f"{path}:{lineno}: byte {raw[e.start:e.start + 1]!r} at column {e.start + 1} is not valid "
-                    f"{encoding}; re-encode the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`).") from None
-            if not line.strip():
-                continue
-            fields = line.split(sep)
-            if len(fields) != ncols:
-                raise RecfunnelError(
-                    f"{path}:{lineno}: expected {ncols} fields separated by {sep!r}, got {len(fields)}: "
-                    f"{line[:80]!r}. Fix or remove that line (or re-fetch the dataset).")
-            rows.append(fields)
-            lines.append(lineno)
-    if not rows:
-        raise RecfunnelError(
-            f"{path} has no {what}{' below its header line' if skip_header else ''}. Restore it from the "
-            f"ml-100k release, or set data.source.local_dir=null to fetch the dataset.")
-    return rows, lines
-
-
-_INT64 = np.iinfo(np.int64)
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
-
-
-def _number(text: str, integer: bool) -> int | float | None:
-    """``text`` as an int within int64 (``integer``) or a finite float within float32; else None.
-
-    RecBole types every number as float, so "3.0" is a valid integer; "3.5" is not.
-    """
-    try:
-        value = float(text)
-    except ValueError:
-        return None
-    if not integer:
-        return value if abs(value) <= _FLOAT32_MAX else None  # False for inf and nan
-    if not value.is_integer():
-        return None
-    try:
-        value = int(text)  # exact, where float() rounds long digit strings
-    except ValueError:
-        value = int(value)
-    return value if _INT64.min <= value <= _INT64.max else None
-
-
-def _column(path: Path, rows: list[list[str]], lines: list[int], col: int, what: str,
-            integer: bool = True) -> np.ndarray:
-    """Field ``col`` of every row as int64 (``integer``) or float32; a bad field names file and line."""
-    values = []
-    for r, lineno in zip(rows, lines):
-        value = _number(r[col], integer)
-        if value is None:
-            kind = "an integer within 64 bits" if integer else "a finite number"
-            raise RecfunnelError(f"{path}:{lineno}: {what} is not {kind}: {r[col][:40]!r}. "
-                                 "Fix or remove that line (or re-fetch the dataset).")
-        values.append(value)
-    return np.array(values, dtype=np.int64 if integer else np.float32)
+HINT_100K = "Restore it from the ml-100k release, or set data.source.local_dir=null to fetch the dataset."
 
 
 def _interactions(path: Path, skip_header: bool, encoding: str) -> tuple[pd.DataFrame, list[int]]:
     """The interactions of ``path`` (tab separated in both layouts) and the line number of each."""
-    rows, lines = _parse_rows(path, "\t", 4, skip_header, encoding, "interactions")
+    rows, lines = parse_rows(path, "\t", 4, skip_header, encoding, "interactions", HINT_100K)
     return pd.DataFrame({
-        "user_id": _column(path, rows, lines, 0, "user_id"),
-        "item_id": _column(path, rows, lines, 1, "item_id"),
-        "ts": _column(path, rows, lines, 3, "timestamp"),
-        "rating": _column(path, rows, lines, 2, "rating", integer=False),
+        "user_id": column(path, rows, lines, 0, "user_id"),
+        "item_id": column(path, rows, lines, 1, "item_id"),
+        "ts": column(path, rows, lines, 3, "timestamp"),
+        "rating": column(path, rows, lines, 2, "rating", integer=False),
     }), lines
 
 
 def _users(path: Path, sep: str, skip_header: bool, encoding: str) -> pd.DataFrame:
-    rows, lines = _parse_rows(path, sep, 5, skip_header, encoding, "users")
+    rows, lines = parse_rows(path, sep, 5, skip_header, encoding, "users", HINT_100K)
     return pd.DataFrame({
-        "user_id": _column(path, rows, lines, 0, "user_id"),
-        "age": _column(path, rows, lines, 1, "age"),
+        "user_id": column(path, rows, lines, 0, "user_id"),
+        "age": column(path, rows, lines, 1, "age"),
         "gender": [r[2] for r in rows],
         "occupation": [r[3] for r in rows],
         "zip": [r[4] for r in rows],
     })
-
-
-def _check_known(path: Path, lines: list[int], ids: pd.Series, known: pd.Series, table: Path) -> None:
-    """Every id of ``ids`` (a column of the interactions in ``path``) must be listed in ``table``."""
-    unknown = ~ids.isin(known).to_numpy()
-    if unknown.any():
-        i = int(np.argmax(unknown))
-        raise RecfunnelError(
-            f"{path}:{lines[i]}: {ids.name} {ids.iat[i]} is not in {table} ({int(unknown.sum())} line(s) "
-            f"of {path.name} name such ids). Add them to {table.name} or remove those lines.")
 
 
 def _year(text: str) -> float:
@@ -154,8 +88,8 @@ def _tables(folder: Path, files: tuple[str, ...], items: pd.DataFrame, sep: str,
     inter_path, users_path, items_path = (folder / f for f in files)
     interactions, lines = _interactions(inter_path, skip_header, encoding)
     users = _users(users_path, sep, skip_header, encoding)
-    _check_known(inter_path, lines, interactions["user_id"], users["user_id"], users_path)
-    _check_known(inter_path, lines, interactions["item_id"], items["item_id"], items_path)
+    check_known(inter_path, lines, interactions["user_id"], users["user_id"], users_path)
+    check_known(inter_path, lines, interactions["item_id"], items["item_id"], items_path)
     return Tables(interactions=interactions, users=users, items=items)
 
 
@@ -163,7 +97,7 @@ def read_grouplens(folder: str | Path) -> Tables:
     """Read the GroupLens release layout: ``u.data`` (tab), ``u.user`` and ``u.item`` (pipe), all latin-1."""
     folder = _require(folder, GROUPLENS_FILES)
     path = folder / "u.item"
-    items_rows, lines = _parse_rows(path, "|", 5 + len(GENRES), False, "latin-1", "items")
+    items_rows, lines = parse_rows(path, "|", 5 + len(GENRES), False, "latin-1", "items", HINT_100K)
     titles, years, genres = [], [], []
     for r in items_rows:
         m = _TITLE_YEAR.match(r[1])
@@ -171,7 +105,7 @@ def read_grouplens(folder: str | Path) -> Tables:
         # The year in the title is the one RecBole keeps; fall back to the release date.
         years.append(float(m.group(2)) if m else _year(r[2][-4:]))
         genres.append([g for g, flag in zip(GENRES, r[5:]) if flag == "1"])
-    items = pd.DataFrame({"item_id": _column(path, items_rows, lines, 0, "item_id"),
+    items = pd.DataFrame({"item_id": column(path, items_rows, lines, 0, "item_id"),
                           "title": titles, "year": years, "genres": genres})
     return _tables(folder, GROUPLENS_FILES, items, "|", False, "latin-1")
 
@@ -180,10 +114,10 @@ def read_recbole(folder: str | Path) -> Tables:
     """Read RecBole's atomic files (UTF-8, tab separated, one header line)."""
     folder = _require(folder, RECBOLE_FILES)
     path = folder / "ml-100k.item"
-    items_rows, lines = _parse_rows(path, "\t", 4, True, "utf-8", "items")
+    items_rows, lines = parse_rows(path, "\t", 4, True, "utf-8", "items", HINT_100K)
     # RecBole spells item 267's missing title and year "unkonwn"; GroupLens says "unknown" and no date.
     items = pd.DataFrame({
-        "item_id": _column(path, items_rows, lines, 0, "item_id"),
+        "item_id": column(path, items_rows, lines, 0, "item_id"),
         "title": ["unknown" if r[1] == "unkonwn" else r[1] for r in items_rows],
         "year": [_year(r[2]) for r in items_rows],
         "genres": [r[3].split(" ") if r[3] else [] for r in items_rows],
@@ -244,3 +178,148 @@ def load_movielens(cache_dir: str | Path, local_dir: str | Path | None = None) -
             return read_recbole(local_dir)
         return read_grouplens(local_dir)
     return read_recbole(fetch_recbole(cache_dir))
+
+
+# --- the other MovieLens releases, in their own formats ----------------------------------------------
+
+VERSIONS = ("100k", "1m", "10m", "20m", "25m", "32m")
+RELEASE_FILES = {"1m": ("ratings.dat", "users.dat", "movies.dat"), "10m": ("ratings.dat", "movies.dat")}
+NO_GENRES = "(no genres listed)"
+
+
+def load_release(version: str, dir: str | Path | None = None, cache_dir: str | Path = "data") -> Tables:
+    """A MovieLens release as canonical tables, read from the unzipped release folder ``dir``.
+
+    ``100k``: as ``load_movielens`` (``dir`` null fetches it). ``1m``: ``ratings.dat``, ``users.dat``,
+    ``movies.dat`` (latin-1). ``10m``: ``ratings.dat``, ``movies.dat`` (UTF-8; no users file, so the
+    users table holds ids only). ``20m``, ``25m``, ``32m``: ``ratings.csv``, ``movies.csv`` (UTF-8).
+    """
+    version = str(version).lower()
+    if version not in VERSIONS:
+        raise RecfunnelError(f"data.source.version={version} is not a MovieLens release this reads; choose one of "
+                             f"{', '.join(VERSIONS)}")
+    if version == "100k":
+        try:
+            return load_movielens(cache_dir, local_dir=dir)
+        except RecfunnelError as e:  # its messages name ml100k.yaml's option; this config calls it dir
+            raise RecfunnelError(str(e).replace("data.source.local_dir", "data.source.dir")) from None
+    files = RELEASE_FILES.get(version, ("ratings.csv", "movies.csv"))
+    folder = Path(dir) if dir else None
+    missing = files if folder is None else [f for f in files if not (folder / f).is_file()]
+    if missing:
+        raise RecfunnelError(
+            f"MovieLens-{version.upper()} needs {', '.join(files)}" + (f"; {folder} lacks {', '.join(missing)}"
+                                                                     if folder else "") +
+            f". Download ml-{version}.zip from https://grouplens.org/datasets/movielens/, unzip it and set "
+            "data.source.dir to the folder holding those files.")
+    hint = f"Restore it from the ml-{version} release (https://grouplens.org/datasets/movielens/)."
+    if version in RELEASE_FILES:
+        return read_dat(folder, version, hint)
+    return read_csv_release(folder, hint)
+
+
+def _title_year(text: str) -> tuple[str, float]:
+    """"Toy Story (1995)" → ("Toy Story", 1995.0); a title without a year keeps it NaN."""
+    m = _TITLE_YEAR.match(text)
+    return (m.group(1), float(m.group(2))) if m else (text.strip(), np.nan)
+
+
+def _genres(text: str) -> list[str]:
+    return [] if text in ("", NO_GENRES) else text.split("|")
+
+
+def _items(ids: np.ndarray, titles: list[str], genres: list[str]) -> pd.DataFrame:
+    split = [_title_year(t) for t in titles]
+    return pd.DataFrame({"item_id": ids, "title": [t for t, _ in split], "year": [y for _, y in split],
+                         "genres": [_genres(g) for g in genres]})
+
+
+def _ratings(path: Path, sep: str, skip_header: bool, encoding: str, hint: str) -> tuple[pd.DataFrame, Callable]:
+    """``user_id, item_id, rating, timestamp`` lines of ``path`` (separated by ``sep``), read by pandas'
+    C reader; a bad line is named (file, line, field) by the per-line reader."""
+    def slow() -> pd.DataFrame:
+        # the first bad line without holding the file's lines in memory (tens of millions of them)
+        scan_rows(path, sep, 4, skip_header, encoding, "ratings", hint,
+                  {0: ("user_id", True), 1: ("item_id", True), 2: ("rating", False), 3: ("timestamp", True)})
+        rows, lines = parse_rows(path, sep, 4, skip_header, encoding, "ratings", hint)  # none: pandas was too strict
+        return pd.DataFrame({"user_id": column(path, rows, lines, 0, "user_id"),
+                             "item_id": column(path, rows, lines, 1, "item_id"),
+                             "ts": column(path, rows, lines, 3, "timestamp"),
+                             "rating": column(path, rows, lines, 2, "rating", integer=False)})
+
+    # "::" is two pandas separators (":") with an empty field between them
+    names = ["user_id", "item_id", "rating", "ts"]
+    if sep == "::":
+        names = ["user_id", "_1", "item_id", "_2", "rating", "_3", "ts"]
+    dtype = {n: "str" if n.startswith("_") else "float64" if n == "rating" else "int64" for n in names}
+
+    def check(df: pd.DataFrame) -> bool:
+        rating = df["rating"].to_numpy()
+        gaps = all((df[n] == "").all() for n in names if n.startswith("_"))
+        return len(df) > 0 and gaps and bool((np.abs(rating) <= _FLOAT32_MAX).all())
+
+    df = read_fast(path, slow, check, sep=sep[0], header=None, names=names, dtype=dtype, skiprows=int(skip_header),
+                   quoting=csv.QUOTE_NONE, na_filter=False, encoding=encoding)
+    df = df[["user_id", "item_id", "ts", "rating"]].reset_index(drop=True)
+    df["rating"] = df["rating"].astype(np.float32)
+    line_of = line_of_row(path, skip_header, encoding)
+    return df, lambda r: f"{path}:{line_of(r)}"
+
+
+def read_dat(folder: Path, version: str, hint: str) -> Tables:
+    """ML-1M / ML-10M: ``ratings.dat`` (``UserID::MovieID::Rating::Timestamp``), ``movies.dat``
+    (``MovieID::Title::Genres``, genres split on ``|``, the year taken from the title) and, for 1m,
+    ``users.dat`` (``UserID::Gender::Age::Occupation::Zip-code``). 1m is latin-1, 10m UTF-8."""
+    encoding = "latin-1" if version == "1m" else "utf-8"
+    inter_path, items_path = folder / "ratings.dat", folder / "movies.dat"
+    interactions, where = _ratings(inter_path, "::", False, encoding, hint)
+    rows, lines = parse_rows(items_path, "::", 3, False, encoding, "movies", hint)
+    items = _items(column(items_path, rows, lines, 0, "item_id"), [r[1] for r in rows], [r[2] for r in rows])
+    if version == "1m":
+        users_path = folder / "users.dat"
+        rows, lines = parse_rows(users_path, "::", 5, False, encoding, "users", hint)
+        users = pd.DataFrame({"user_id": column(users_path, rows, lines, 0, "user_id"),
+                              "age": column(users_path, rows, lines, 2, "age"),
+                              "gender": [r[1] for r in rows], "occupation": [r[3] for r in rows],
+                              "zip": [r[4] for r in rows]})
+        check_known(inter_path, where, interactions["user_id"], users["user_id"], users_path)
+    else:
+        users = id_table(interactions["user_id"], "user_id")
+    check_known(inter_path, where, interactions["item_id"], items["item_id"], items_path)
+    return Tables(interactions=interactions, users=users, items=items)
+
+
+def read_csv_release(folder: Path, hint: str) -> Tables:
+    """ML-20M / 25M / 32M: ``ratings.csv`` (header ``userId,movieId,rating,timestamp``) and
+    ``movies.csv`` (header ``movieId,title,genres``; titles may be quoted and hold commas; genres
+    split on ``|``, "(no genres listed)" is none), both UTF-8. The users table holds ids only."""
+    inter_path, items_path = folder / "ratings.csv", folder / "movies.csv"
+    _check_header(inter_path, "userId,movieId,rating,timestamp")
+    interactions, where = _ratings(inter_path, ",", True, "utf-8", hint)
+    _check_header(items_path, "movieId,title,genres")
+    rows, lines = [], []
+    with open(items_path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            line = decode(items_path, lineno, raw, "utf-8").rstrip("\r\n")
+            if lineno == 1 or not line.strip():
+                continue
+            fields = next(csv.reader([line]))
+            if len(fields) != 3:
+                raise RecfunnelError(f"{items_path}:{lineno}: expected 3 comma-separated fields (movieId,title,genres; "
+                                     f"a title with commas in double quotes), got {len(fields)}: {line[:80]!r}. "
+                                     "Fix or remove that line (or re-fetch the dataset).")
+            rows.append(fields)
+            lines.append(lineno)
+    if not rows:
+        raise RecfunnelError(f"{items_path} has no movies below its header line. {hint}")
+    items = _items(column(items_path, rows, lines, 0, "item_id"), [r[1] for r in rows], [r[2] for r in rows])
+    check_known(inter_path, where, interactions["item_id"], items["item_id"], items_path)
+    return Tables(interactions=interactions, users=id_table(interactions["user_id"], "user_id"), items=items)
+
+
+def _check_header(path: Path, expected: str) -> None:
+    with open(path, "rb") as f:
+        header = decode(path, 1, f.readline(), "utf-8-sig").strip()
+    if header != expected:
+        raise RecfunnelError(f"{path}:1: header is {header[:80]!r}, expected {expected!r}; is this file from the "
+                             "MovieLens release data.source.version names?")

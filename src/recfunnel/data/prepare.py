@@ -1,7 +1,12 @@
 """Fetch / generate a dataset, cache its canonical tables and print their statistics.
 
     python -m recfunnel.data.prepare data=ml100k
+    python -m recfunnel.data.prepare data=ml100k data.source.local_dir=/path/to/ml-100k
     python -m recfunnel.data.prepare data=synthetic data.source.num_interactions=1000000
+
+Prints where the tables came from (the source read, or the cache it reused and why it is still
+valid: see ``recfunnel.data.sources``), their statistics and their fingerprint (the
+``data_fingerprint`` that runs trained on them record in ``run_info.json``).
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ from rich.console import Console
 from rich.table import Table
 
 from recfunnel.data.dataset import SplitData
-from recfunnel.data.sources import load_split
+from recfunnel.data.fingerprint import tables_fingerprint
+from recfunnel.data.sources import open_tables
 from recfunnel.data.split import split_sizes
 from recfunnel.utils.cli import friendly_errors
 
@@ -51,8 +57,12 @@ def print_stats(name: str, stats: dict[str, float]) -> None:
 @hydra.main(version_base="1.3", config_path="../../../configs", config_name="prepare")
 @friendly_errors
 def main(cfg: DictConfig) -> None:
-    data = load_split(cfg.data, cfg.paths.data_dir)
+    tables, origin = open_tables(cfg.data, cfg.paths.data_dir)
+    print(origin)
+    fingerprint = tables_fingerprint(tables)
+    data = SplitData.from_tables(tables, min_events=int(cfg.data.get("min_events", 3)))
     print_stats(cfg.data.name, dataset_stats(data))
+    print(f"{cfg.data.name}: tables fingerprint {fingerprint}")
 
 
 if __name__ == "__main__":

@@ -59,8 +59,9 @@ class CandidateSource(Protocol):
 
 
 def genre_matrix(items_table) -> np.ndarray:
-    """(I, G) float32 multi-hot of the items' genres (catalogue order), G = distinct genres."""
-    genres = items_table["genres"].tolist()
+    """(I, G) float32 multi-hot of the items' genres (catalogue order), G = distinct genres; one
+    all-zero column for a dataset without genres."""
+    genres = items_table["genres"].tolist() if "genres" in items_table else [[] for _ in range(len(items_table))]
     vocab = sorted({g for gs in genres for g in gs})
     col = {g: j for j, g in enumerate(vocab)}
     out = np.zeros((len(genres), max(len(vocab), 1)), np.float32)

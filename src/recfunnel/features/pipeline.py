@@ -30,6 +30,10 @@ from recfunnel.utils.errors import RecfunnelError
 ITEM_SPACE = {"item_id", "history.item_id", "session.item_id", "social.friend_items"}
 NUMERIC_SOURCES = {"user.age", "item.year", "session.position", "history.age"}
 FIXED_VOCAB = {"context.hour": 24, "context.weekday": 7}
+# Sources read from a column of the users / items table: source -> (table, column).
+TABLE_COLUMNS = {"user.age": ("users", "age"), "user.gender": ("users", "gender"),
+                 "user.occupation": ("users", "occupation"), "user.zip": ("users", "zip"),
+                 "item.year": ("items", "year"), "item.genres": ("items", "genres")}
 
 
 def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
@@ -104,7 +108,6 @@ class FeaturePipeline:
     def __init__(self, schema: FeatureSchema, data: SplitData, where: str = "features"):
         self.schema, self.where = schema, where
         self.num_users, self.num_items = data.num_users, data.num_items
-        users, items = data.tables.users, data.tables.items
         self.user_idx, self.item_idx, self.ts = data.user_idx, data.item_idx, data.ts
         self.split = data.split
         n = len(self.ts)
@@ -155,10 +158,11 @@ class FeaturePipeline:
             self.friend_ptr, self.friends = np.zeros(self.num_users + 1, np.int64), np.zeros(0, np.int64)
 
         # --- static attributes and categorical encoders -----------------------------------------
-        self.user_attr = {"user.age": users["age"].to_numpy(), "user.gender": users["gender"].to_numpy(),
-                          "user.occupation": users["occupation"].to_numpy(), "user.zip": users["zip"].to_numpy()}
-        self.item_year = items["year"].to_numpy(dtype=np.float64)
-        genres = items["genres"].tolist()
+        # only the columns the schema reads: a dataset need not have the others
+        cols = {spec.source: self._source_column(spec, data) for spec in schema.features if spec.source in TABLE_COLUMNS}
+        self.user_attr = {s: c.to_numpy() for s, c in cols.items() if TABLE_COLUMNS[s][0] == "users"}
+        self.item_year = cols["item.year"].to_numpy(dtype=np.float64) if "item.year" in cols else None
+        genres = cols["item.genres"].tolist() if "item.genres" in cols else [[]] * self.num_items
         self.genre_ptr = np.r_[0, np.cumsum([len(g) for g in genres])].astype(np.int64)
         flat_genres = np.array([g for gs in genres for g in gs], dtype=object)
         self.encoders: dict[str, _Categorical] = {}
@@ -185,6 +189,21 @@ class FeaturePipeline:
             elif enc.spec.source == "item.year":
                 self.static_codes[name] = enc.encode(self.item_year)
         self._check_shared_tables()
+
+    def _source_column(self, spec: FeatureSpec, data: SplitData):
+        """The users/items column feature ``spec`` reads; absent, an error listing the columns there are."""
+        table, col = TABLE_COLUMNS[spec.source]
+        df = getattr(data.tables, table)
+        if col not in df.columns:
+            raise RecfunnelError(
+                f"{self.where}: feature '{spec.name}' reads {spec.source}, but this dataset's {table} table has no "
+                f"column '{col}' (its columns: {', '.join(map(str, df.columns))}); remove the feature or choose a "
+                f"features config this dataset fits (features=ml100k_seq needs only ids and history)")
+        values = df[col]
+        if spec.source == "item.genres" and not all(isinstance(v, (list, tuple, np.ndarray)) for v in values):
+            raise RecfunnelError(f"{self.where}: feature '{spec.name}' reads {spec.source}, but the items table's "
+                                 f"'{col}' column does not hold lists of strings (a RecBole field genres:token_seq)")
+        return values
 
     # ------------------------------------------------------------------------------------------
     @property

@@ -148,8 +148,10 @@ class ItemIndex:
             if ids.shape != (num_items,):
                 raise RecfunnelError(f"item_ids must have shape ({num_items},) to match item_vectors, "
                                      f"got {ids.shape}")
-            if ids.dtype == object:
-                raise RecfunnelError("item_ids must be a numeric or fixed-width string array, not dtype=object")
+            if ids.dtype == object:  # e.g. string ids from a pandas column: saved without pickle as fixed width
+                if not all(isinstance(i, str) for i in ids):
+                    raise RecfunnelError("item_ids must be numbers or strings (one kind), not mixed Python objects")
+                ids = ids.astype(str)
             if len(np.unique(ids)) != num_items:
                 raise RecfunnelError("item_ids contains duplicates; each row needs its own id")
 

@@ -22,8 +22,11 @@ STAGES = ("retrieval", "ranked", "final")
 
 
 def item_catalogue(items_table, genres: np.ndarray, embeddings: np.ndarray | None) -> ItemCatalogue:
-    """What re-ranking knows of the items: genres, release year, the retriever's vectors."""
-    return ItemCatalogue(genres=genres > 0, year=items_table["year"].to_numpy(dtype=np.float64), embeddings=embeddings)
+    """What re-ranking knows of the items: genres, release year (NaN where unknown, or for a dataset
+    without years), the retriever's vectors."""
+    year = (items_table["year"].to_numpy(dtype=np.float64) if "year" in items_table
+            else np.full(len(items_table), np.nan))
+    return ItemCatalogue(genres=genres > 0, year=year, embeddings=embeddings)
 
 
 class Funnel:

@@ -41,6 +41,7 @@ from recfunnel.serving.retriever import Retriever
 from recfunnel.tasks.checkpoints import check_compatible, load_checkpoint
 from recfunnel.utils.errors import RecfunnelError
 from recfunnel.utils.io import atomic_path
+from recfunnel.utils.run_info import read_run_info
 
 
 class Recommender:
@@ -83,6 +84,12 @@ class Recommender:
         1 per worker process, keeps single-request latency steady on a busy machine (several threads
         per request split latencies into a slow and a fast population); scale out with processes.
         None leaves the process's settings alone.
+
+        ``data_dir``: None (the default) loads the data the funnel's retriever run was trained on (its own
+        data folder); a folder reads that dataset from there instead. Either way the tables must have
+        the fingerprint the retriever run and this run recorded (``data_fingerprint`` in their
+        ``run_info.json``); other tables are refused with one line naming both fingerprints and folders
+        (see ``Retriever.from_run``).
         """
         set_threads(threads)
         run_dir = Path(run_dir)
@@ -90,8 +97,15 @@ class Recommender:
             if not (run_dir / name).exists():
                 raise RecfunnelError(f"{run_dir / name} is missing: run_dir must be a finished `recfunnel.funnel` run")
         cfg = OmegaConf.load(run_dir / "config.yaml")
-        retriever = Retriever.from_run((run_dir / "retriever_run.txt").read_text().strip(),
-                                       data_dir=data_dir or cfg.paths.data_dir)
+        retriever = Retriever.from_run((run_dir / "retriever_run.txt").read_text().strip(), data_dir=data_dir)
+        trained_on = read_run_info(run_dir)
+        if trained_on.get("data_fingerprint") not in (None, retriever.data_fingerprint):
+            raise RecfunnelError(
+                f"{run_dir} was trained on {trained_on.get('data_name')} tables with fingerprint "
+                f"{trained_on['data_fingerprint']} from {trained_on.get('data_dir')}, but its retriever run "
+                f"{retriever.run_dir} loads {retriever.data_name} tables with fingerprint {retriever.data_fingerprint} "
+                f"from {retriever.data_dir}; point retriever_run.txt at the retriever it was trained with, or pass "
+                "data_dir=a folder holding the tables it was trained on")
         schema, pipeline, genres, pairs = ranker_inputs(retriever.data, retriever.item_vectors, cfg.features,
                                                         cfg.pairs.profile_len)
         net = hydra.utils.instantiate(cfg.model.net)(schema=schema, num_embeddings=pipeline.num_embeddings,

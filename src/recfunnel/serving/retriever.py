@@ -8,6 +8,9 @@ The index is the one the run saved (``index/``, inner product over the selected 
 vectors); it is checked against the run's id and checkpoint, so an index copied from another run
 is refused. ``seen`` items are removed from each result list (the user's earlier items), which
 then still holds ``k`` items.
+
+The run is loaded with the data it was trained on: its own data folder by default, and whatever the
+folder, tables whose fingerprint (``run_info.json``'s ``data_fingerprint``) is the run's.
 """
 
 from __future__ import annotations
@@ -22,15 +25,38 @@ from tqdm.auto import tqdm
 
 from recfunnel.data.datamodule import RecDataModule
 from recfunnel.data.dataset import SplitData
+from recfunnel.data.fingerprint import tables_fingerprint
 from recfunnel.features.pipeline import FeaturePipeline
 from recfunnel.models.two_tower import TwoTower
 from recfunnel.serving.index import ItemIndex, index_fingerprint
 from recfunnel.tasks.build import build_datamodule, build_task
 from recfunnel.tasks.checkpoints import check_compatible, load_checkpoint
 from recfunnel.utils.errors import RecfunnelError
-from recfunnel.utils.run_info import read_run_id
+from recfunnel.utils.run_info import read_run_info
 
 log = logging.getLogger(__name__)
+
+
+def check_data(run_dir: Path, info: dict, name: str, data_dir: str, fingerprint: str, own: bool) -> None:
+    """Refuse tables (``fingerprint``, read from ``data_dir``) other than those the run at ``run_dir``
+    trained on (its ``run_info.json``, ``info``), in one line naming both fingerprints and folders.
+    ``own``: ``data_dir`` is the run's own data folder. A run that recorded no fingerprint passes."""
+    expected = info.get("data_fingerprint")
+    if expected is None:
+        log.debug("%s records no data fingerprint (a run from before they were recorded): its data is not checked",
+                  run_dir)
+        return
+    if fingerprint == expected:
+        return
+    where = Path(data_dir).resolve()
+    trained = f"{run_dir} was trained on {info.get('data_name', name)} tables with fingerprint {expected} from {info.get('data_dir')}"
+    if own:
+        raise RecfunnelError(f"{trained}, but that data folder ({where}) now holds {name} tables with fingerprint "
+                             f"{fingerprint} (its source changed since); restore the data it was trained on, or "
+                             f"train a new run on this data")
+    raise RecfunnelError(f"{trained}, but {where} holds {name} tables with fingerprint {fingerprint}; load it with its "
+                         f"own data (leave the data folder unset: data_dir, or the funnel's paths.data_dir) or from a "
+                         f"folder holding the same tables, or train a new run on {where}")
 
 
 class Retriever:
@@ -40,17 +66,31 @@ class Retriever:
         dm: its DataModule (data, split, the retriever's feature pipeline), set up.
         net: the two-tower model with the selected checkpoint's weights, in eval mode.
         index: the run's item index.
+        data_fingerprint: the fingerprint of ``dm``'s tables (computed when not given).
+
+    ``data_name``, ``data_dir`` (absolute) and ``data_fingerprint`` say which data it was loaded with.
     """
 
-    def __init__(self, run_dir: Path, cfg: DictConfig, dm: RecDataModule, net: TwoTower, index: ItemIndex):
+    def __init__(self, run_dir: Path, cfg: DictConfig, dm: RecDataModule, net: TwoTower, index: ItemIndex,
+                 data_fingerprint: str | None = None):
         self.run_dir, self.cfg, self.dm, self.net, self.index = run_dir, cfg, dm, net, index
+        self.data_name = str(cfg.data.name)
+        self.data_dir = str(Path(cfg.paths.data_dir).resolve())
+        self.data_fingerprint = data_fingerprint or tables_fingerprint(dm.data.tables)
         self.pipeline: FeaturePipeline = dm.pipeline
         self.item_vectors = index.index.reconstruct_n(0, index.num_items)  # (I, d), what the index scores
 
     @classmethod
     def from_run(cls, run_dir: str | Path, data_dir: str | None = None) -> Retriever:
         """Load a finished ``recfunnel.train`` run of a retrieval model (``config.yaml``,
-        ``checkpoints/best.ckpt``, ``index/``, ``run_info.json``)."""
+        ``checkpoints/best.ckpt``, ``index/``, ``run_info.json``).
+
+        Data: by default the run's own data folder, its config's ``paths.data_dir`` (or, when that is a
+        relative path, the absolute folder ``run_info.json`` recorded); ``data_dir`` reads the run's
+        dataset from another folder instead. Either way the tables must have the fingerprint the run
+        recorded (``data_fingerprint``); other tables are refused with one line naming both
+        fingerprints and both folders. A run from before fingerprints were recorded loads unchecked.
+        """
 
         run_dir = Path(run_dir)
         cfg_path, ckpt = run_dir / "config.yaml", run_dir / "checkpoints" / "best.ckpt"
@@ -62,19 +102,27 @@ class Retriever:
         if not str(cfg.model.get("_target_", "")).endswith("RetrievalTask"):
             raise RecfunnelError(f"{run_dir} trained {cfg.model.get('_target_')}, not a retrieval model; "
                                  "retriever.run_dir needs a two-tower run")
-        if data_dir is not None:
-            cfg.paths.data_dir = data_dir
+        info = read_run_info(run_dir)
+        own = str(cfg.paths.data_dir)
+        if info.get("data_dir") and not Path(own).is_absolute():  # relative to wherever it was launched from
+            own = info["data_dir"]
+        used = own if data_dir is None else str(data_dir)
+        if OmegaConf.select(cfg, "data.source.cache_dir") == cfg.paths.data_dir:  # the source's downloads move too
+            cfg.data.source.cache_dir = used
+        cfg.paths.data_dir = used
         dm = build_datamodule(cfg)
+        fingerprint = tables_fingerprint(dm.data.tables)
+        check_data(run_dir, info, str(cfg.data.name), used, fingerprint, own=data_dir is None)
         task = build_task(cfg.model, dm)
         checkpoint = load_checkpoint(ckpt)
         check_compatible(task, checkpoint)
         task.load_state_dict(checkpoint["state_dict"])
-        run_id = read_run_id(run_dir)
+        run_id = info.get("run_id")
         index = ItemIndex.load(run_dir / "index", expect_fingerprint=index_fingerprint(run_id, str(ckpt)) if run_id else None)
         if index.num_items != dm.data.num_items:
             raise RecfunnelError(f"{run_dir / 'index'} holds {index.num_items} items but the run's data has "
                                  f"{dm.data.num_items}; rebuild the index (rerun the training command)")
-        return cls(run_dir, cfg, dm, task.net.eval(), index)
+        return cls(run_dir, cfg, dm, task.net.eval(), index, data_fingerprint=fingerprint)
 
     @property
     def data(self) -> SplitData:

@@ -1,4 +1,5 @@
-"""What produced a run: code version, library versions, machine, seed; and secret redaction."""
+"""What produced a run: code version, library versions, machine, seed, the data it read; and secret
+redaction."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from recfunnel.utils.io import write_json
 
 #: Import names whose installed distribution versions :func:`run_metadata` records.
 TRACKED_PACKAGES = (
@@ -60,10 +63,32 @@ def run_metadata(seed: int | None = None, cwd: str | os.PathLike | None = None) 
 
 def read_run_id(run_dir: str | os.PathLike) -> str | None:
     """The id a run directory's ``run_info.json`` records (None for a new directory)."""
+    return read_run_info(run_dir).get("run_id")
+
+
+#: what a run records about its data once loaded (``data_info``); a run from before they were
+#: recorded lacks them
+DATA_KEYS = ("data_name", "data_dir", "data_fingerprint")
+
+
+def read_run_info(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """A run directory's ``run_info.json`` ({} when it has none or it cannot be read)."""
     try:
-        return json.loads((Path(run_dir) / "run_info.json").read_text()).get("run_id")
+        info = json.loads((Path(run_dir) / "run_info.json").read_text())
     except (OSError, ValueError):
-        return None
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def data_info(name: str, data_dir: str | os.PathLike, fingerprint: str) -> dict[str, str]:
+    """The ``DATA_KEYS`` of a run that loaded dataset ``name`` from the data folder ``data_dir``
+    (recorded absolute) with tables of ``fingerprint`` (``recfunnel.data.fingerprint``)."""
+    return {"data_name": str(name), "data_dir": str(Path(data_dir).resolve()), "data_fingerprint": str(fingerprint)}
+
+
+def update_run_info(run_dir: str | os.PathLike, fields: dict[str, Any]) -> None:
+    """Add ``fields`` to a run directory's ``run_info.json`` (rewritten atomically)."""
+    write_json(Path(run_dir) / "run_info.json", {**read_run_info(run_dir), **fields})
 
 
 def redact(obj: Any) -> Any:
