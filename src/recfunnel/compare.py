@@ -32,6 +32,7 @@ import yaml
 from recfunnel.utils.cli import friendly_errors
 from recfunnel.utils.errors import RecfunnelError
 from recfunnel.utils.sweep_summary import natural_key
+from recfunnel.utils.trees import flatten
 
 METRICS = ("valid/ndcg@10", "valid/recall@10", "test/ndcg@10", "test/recall@10", "test/recall@100", "test/mrr")
 SKIP_PREFIXES = ("paths.", "hydra.")
@@ -47,17 +48,6 @@ class Run:
     config: dict[str, Any]  # flat, dotted keys
     metrics: dict[str, float]
     curves: Any = field(default=None, repr=False)  # pandas DataFrame of logged steps, or None
-
-
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested dicts → ``{"a.b.c": leaf}``; lists stay whole leaves."""
-    if not isinstance(tree, dict):
-        return {prefix: tree} if prefix else {}
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        key = f"{prefix}.{k}" if prefix else str(k)
-        out.update(flatten(v, key) if isinstance(v, dict) and v else {key: v})
-    return out
 
 
 def find_run_dirs(paths: Sequence[str | Path]) -> list[Path]:

@@ -53,6 +53,7 @@ from recfunnel.utils.config_checks import check_config
 from recfunnel.utils.errors import RecfunnelError, RunStopped
 from recfunnel.utils.io import atomic_path, write_json
 from recfunnel.utils.run_info import DATA_KEYS, data_info, read_run_info, redact, run_metadata, update_run_info
+from recfunnel.utils.trees import flatten as flatten_config
 
 log = logging.getLogger(__name__)
 
@@ -168,8 +169,8 @@ def check_same_run(out: Path, resolved: Mapping[str, Any], resume: bool) -> None
     if not resume:
         raise RecfunnelError(f"{out} already holds a run and resume=false; choose another hydra.run.dir, or "
                              "resume=true to continue it")
-    before = _flat(OmegaConf.to_container(OmegaConf.load(path)))
-    now = _flat(resolved)
+    before = flatten_config(OmegaConf.to_container(OmegaConf.load(path)))
+    now = flatten_config(resolved)
     # a moved or copied run directory (or data folder) is the same run: compare with its paths replaced
     for key in [k for k in before if k.startswith("paths.")]:
         old, new = before[key], now.get(key)
@@ -178,22 +179,13 @@ def check_same_run(out: Path, resolved: Mapping[str, Any], resume: bool) -> None
                       for k, v in before.items()}
     differ = sorted(k for k in before.keys() | now.keys()
                     if before.get(k, "<absent>") != now.get(k, "<absent>")
-                    and not any(k == r or (r.endswith(".") and k.startswith(r)) for r in RESUMABLE_KEYS))
+                    and not any(k == r.rstrip(".") or (r.endswith(".") and k.startswith(r)) for r in RESUMABLE_KEYS))
     if differ:
         keys = ", ".join(differ[:12]) + (f" and {len(differ) - 12} more" if len(differ) > 12 else "")
         first = differ[0]
         raise RecfunnelError(f"{out} holds a run with another config: {keys} differ (e.g. {first}: "
                              f"{before.get(first, '<absent>')!r} → {now.get(first, '<absent>')!r}). A run directory "
                              "resumes only its own config; choose another hydra.run.dir for a new run")
-
-
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, Mapping):
-        out: dict[str, Any] = {}
-        for k, v in tree.items():
-            out.update(_flat(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: tree}
 
 
 # -- W&B: one run per stage ------------------------------------------------------------------------

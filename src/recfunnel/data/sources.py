@@ -55,7 +55,8 @@ from recfunnel.data import tables as tables_module
 from recfunnel.data.dataset import SplitData
 from recfunnel.data.fingerprint import tables_fingerprint
 from recfunnel.data.tables import Tables
-from recfunnel.utils.io import write_json
+from recfunnel.utils.io import atomic_path, write_json
+from recfunnel.utils.trees import flatten
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ class SourceKey:
         """Why a cache recorded as ``old`` (its ``source.json``) is not this source's, in a few words."""
         if "key" not in old:
             return "the cache records no source: it predates source keys"
-        before, now = _flat(old.get("source", {})), _flat(self.source)
+        before, now = flatten(old.get("source", {})), flatten(self.source)
         for k in sorted(before.keys() | now.keys()):
             if before.get(k, "<absent>") != now.get(k, "<absent>"):
                 return f"the source config changed: {k} {before.get(k, '<absent>')} → {now.get(k, '<absent>')}"
@@ -117,11 +118,11 @@ def source_key(data_cfg: Mapping[str, Any], data_dir: str | Path) -> SourceKey:
     full = _plain(data_cfg["source"])
     source = _without(full, IGNORED_KEYS)
     cache_root = Path(data_dir).resolve()
-    excluded = {cache_root} | {Path(v).resolve() for k, v in _flat(full).items()
+    excluded = {cache_root} | {Path(v).resolve() for k, v in flatten(full).items()
                                if k.split(".")[-1] in IGNORED_KEYS and isinstance(v, str) and v}
     own_cache = cache_root / str(data_cfg["name"])
     named = []
-    for k, v in _flat(source).items():
+    for k, v in flatten(source).items():
         if k.split(".")[-1] == "_target_" or not isinstance(v, str) or not v.strip():
             continue
         path = Path(v).expanduser()
@@ -177,25 +178,11 @@ def load_split(data_cfg: Mapping[str, Any], data_dir: str | Path) -> SplitData:
 
 # -- helpers ---------------------------------------------------------------------------------------
 def _publish(tables: Tables, cache: Path, record: dict[str, Any]) -> None:
-    """Write ``tables`` and ``source.json`` into a folder beside ``cache``, then swap it in by renames.
-
-    Another process publishing the same cache at the same moment wins (its folder is kept)."""
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{cache.name}.", suffix=".tmp", dir=cache.parent))
-    try:
-        new = tmp / cache.name
+    """Write ``tables`` and ``source.json`` into ``cache`` at once (``atomic_path``: a reader sees the
+    old cache or the new one, never half of one)."""
+    with atomic_path(cache) as new:
         tables.save(new)
         write_json(new / SOURCE_JSON, record)
-        try:
-            os.replace(cache, tmp / "old")  # the old cache out of the way in one rename (removed below)
-        except FileNotFoundError:
-            pass
-        try:
-            os.replace(new, cache)
-        except OSError:  # another process published first: keep theirs
-            log.debug("%s was published by another process meanwhile; keeping it", cache)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _read_record(cache: Path) -> dict[str, Any] | None:
@@ -275,17 +262,3 @@ def _without(tree: Any, keys: tuple[str, ...]) -> Any:
     if isinstance(tree, list):
         return [_without(v, keys) for v in tree]
     return tree
-
-
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """Dotted keys of a nested dict/list → leaf values."""
-    if isinstance(tree, Mapping):
-        items = tree.items()
-    elif isinstance(tree, list):
-        items = enumerate(tree)
-    else:
-        return {prefix[:-1]: tree}
-    out: dict[str, Any] = {}
-    for k, v in items:
-        out.update(_flat(v, f"{prefix}{k}."))
-    return out

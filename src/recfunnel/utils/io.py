@@ -16,7 +16,10 @@ from typing import Any
 def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; rename it onto ``final`` only if the block succeeds.
 
-    Works for files and for directories (the block may create either at the yielded path).
+    Works for files and for directories (the block may create either at the yielded path). A directory
+    already at ``final`` is first renamed out of the way (and removed afterwards), so a reader sees
+    the old one or the new one, never neither; if another process publishes ``final`` between the two
+    renames, its directory is kept (writers of one path write the same thing).
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -25,8 +28,12 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     try:
         yield target
         if final.is_dir() and not final.is_symlink():
-            shutil.rmtree(final)
-        os.replace(target, final)
+            os.replace(final, tmp / ".old")
+        try:
+            os.replace(target, final)
+        except OSError:
+            if not (target.is_dir() and final.is_dir()):
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
