@@ -9,6 +9,7 @@ from recfunnel.features.batch import TowerInput, make_kjt
 from recfunnel.features.embedding import (
     BACKENDS,
     DENSE_STD_EPS,
+    SPARSE_GRAD_ROWS,
     FeatureEmbedding,
     build_feature_embedding,
     fbgemm_ops_available,
@@ -189,3 +190,23 @@ def test_optimizer_step_updates_both_backends_identically():
     torch.testing.assert_close(w_rec[[5, 6, 8]], w0[[5, 6, 8]])  # the rest did not
     for name in NUM_EMBEDDINGS:
         torch.testing.assert_close(table(plain, name), table(rec, name), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_large_tables_give_sparse_gradients_equal_to_dense_ones(backend):
+    """Tables of SPARSE_GRAD_ROWS rows or more: sparse gradients (pooled, sequence and lookup reads)
+    whose values are those of the dense gradient; smaller tables keep dense ones."""
+    big = dict(NUM_EMBEDDINGS, item_id=SPARSE_GRAD_ROWS)
+    fe = FeatureEmbedding(SCHEMA, big, backend=backend)
+    dense_twin = FeatureEmbedding(SCHEMA, big, backend=backend)
+    dense_twin.load_state_dict(fe.state_dict())
+    for bag in dense_twin.ebc.embedding_bags.values():
+        bag.sparse = False
+    kjt = batch()["user"].sparse
+    for model in (fe, dense_twin):
+        out = model(batch())
+        loss = sum(o.square().sum() for o in out.values()) + model.sequence("hist_items", kjt)[0].sum()
+        (loss + model.lookup("item_id", torch.tensor([[3, -1], [9, 3]])).sum()).backward()
+    grad = table(fe, "item_id").grad
+    assert grad.is_sparse and not table(fe, "user_id").grad.is_sparse
+    torch.testing.assert_close(grad.to_dense(), table(dense_twin, "item_id").grad, atol=1e-6, rtol=0)

@@ -21,7 +21,9 @@ the zero vector under both, as ``nn.EmbeddingBag`` and torchrec's kernels do):
 * ``"torch"``: ``TorchEmbeddingBagCollection``, plain ``nn.EmbeddingBag`` modules and torch ops, for
   devices where fbgemm's operators are not available (e.g. the CPU-only fbgemm build on a GPU).
 
-Checkpoints move between the backends with ``load_state_dict(strict=True)``.
+Checkpoints move between the backends with ``load_state_dict(strict=True)``. Tables of at least
+``SPARSE_GRAD_ROWS`` rows give *sparse* gradients (the touched rows only, under both backends and in
+``sequence`` / ``lookup``), which ``recfunnel.tasks.optim.SparseAdamW`` updates lazily.
 ``build_feature_embedding(..., backend="auto")`` picks one.
 """
 
@@ -31,6 +33,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
@@ -41,6 +44,9 @@ from recfunnel.features.schema import TOWERS, FeatureSchema
 from recfunnel.utils.errors import RecfunnelError
 
 BACKENDS = ("torchrec", "torch")
+#: tables with at least this many rows get sparse gradients; below it a dense gradient costs less
+#: than sorting and coalescing a sparse one (ML-100K's tables: dense; 100k users or items: sparse)
+SPARSE_GRAD_ROWS = 10_000
 DENSE_STD_EPS = 1e-6  # floor of a dense feature's std, so constant features do not divide by zero
 _POOLING = {"sum": PoolingType.SUM, "mean": PoolingType.MEAN}
 _POOLING_MODE = {PoolingType.SUM: "sum", PoolingType.MEAN: "mean"}
@@ -104,6 +110,9 @@ class FeatureEmbedding(nn.Module):
         self.backend = backend
         tables = _table_configs(schema, num_embeddings)
         self.ebc = EmbeddingBagCollection(tables) if backend == "torchrec" else TorchEmbeddingBagCollection(tables)
+        for bag in self.ebc.embedding_bags.values():
+            # a batch touches few rows of a large table: sparse gradients, updated lazily (tasks/optim.py)
+            bag.sparse = bag.num_embeddings >= SPARSE_GRAD_ROWS
         # every sparse feature key of the collection, in its (table-major) order
         self._keys = [name for cfg in tables for name in cfg.feature_names]
         self._sparse = {t: [f.name for f in schema.tower(t, "sparse")] for t in TOWERS}
@@ -201,7 +210,7 @@ class FeatureEmbedding(nn.Module):
         keep = from_end < seq_len
         slot = row[keep] * seq_len + (seq_len - 1 - from_end[keep])
         emb = weight.new_zeros(batch_size * seq_len, weight.shape[1]).index_copy(
-            0, slot, weight.index_select(0, values[keep]))  # index_add backward: no sort, unlike F.embedding
+            0, slot, self._rows(spec.table_name, values[keep]))
         first_real = seq_len - lengths.clamp(max=seq_len)
         mask = torch.arange(seq_len, device=device)[None, :] >= first_real[:, None]
         return emb.view(batch_size, seq_len, -1), mask
@@ -211,9 +220,14 @@ class FeatureEmbedding(nn.Module):
 
         Negative ids are padding and give zero vectors.
         """
-        weight = self.ebc.embedding_bags[self.schema[name].table_name].weight
-        rows = weight.index_select(0, ids.clamp(min=0).reshape(-1)).view(*ids.shape, -1)
+        rows = self._rows(self.schema[name].table_name, ids.clamp(min=0).reshape(-1)).view(*ids.shape, -1)
         return rows * (ids >= 0).unsqueeze(-1).to(rows.dtype)
+
+    def _rows(self, table: str, ids: Tensor) -> Tensor:
+        """(n,) ids → (n, D) rows of ``table``, with the table's kind of gradient (sparse or dense;
+        the dense one through index_select, whose backward needs no sort, unlike F.embedding's)."""
+        bag = self.ebc.embedding_bags[table]
+        return F.embedding(ids, bag.weight, sparse=True) if bag.sparse else bag.weight.index_select(0, ids)
 
     def _check_tower(self, tower: str) -> None:
         if tower not in TOWERS:

@@ -25,6 +25,7 @@ from recfunnel.eval.metrics import list_metrics
 from recfunnel.features.schema import FeatureSchema
 from recfunnel.models.dlrm import DLRM
 from recfunnel.tasks.base import RecTask
+from recfunnel.tasks.optim import SparseAdamW
 
 
 class RankingTask(RecTask):
@@ -60,7 +61,7 @@ class RankingTask(RecTask):
         return int(batch["mask"].sum())
 
     def configure_optimizers(self):
-        return torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        return SparseAdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
 
     # -- evaluation ----------------------------------------------------------------------------
     def eval_step(self, batch: dict[str, Any], split: str) -> dict[str, Tensor]:

@@ -29,9 +29,12 @@ from recfunnel.models.two_tower import TwoTower
 from recfunnel.tasks.base import RecTask
 from recfunnel.tasks.checkpoints import check_compatible
 from recfunnel.tasks.losses import SampledSoftmaxLoss, StreamingFrequencyEstimator, exact_log_q
+from recfunnel.tasks.optim import SparseAdamW
 from recfunnel.utils.errors import RecfunnelError
 
 log = logging.getLogger(__name__)
+
+SCORES_AT_ONCE = 1 << 24  # evaluation scores held at once (users × items): 64 MiB of float32
 LOGQ_SOURCES = ("exact", "streaming")
 
 
@@ -111,7 +114,7 @@ class RetrievalTask(RecTask):
         # weight decay on the towers only: it would drag a learned temperature towards 1
         groups = [{"params": list(self.net.parameters()), "weight_decay": self.weight_decay},
                   {"params": list(self.loss.parameters()), "weight_decay": 0.0}]
-        opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=self.lr)
+        opt = SparseAdamW([g for g in groups if g["params"]], lr=self.lr)
         if not self.warmup_steps:
             return opt
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / self.warmup_steps))
@@ -139,12 +142,19 @@ class RetrievalTask(RecTask):
         self._catalogue = self.catalogue_vectors()
 
     def eval_step(self, batch: dict[str, Any], split: str) -> dict[str, Tensor]:
+        """Per-user metrics of a batch, scoring ``SCORES_AT_ONCE // I`` users against the catalogue at
+        a time: memory stays bounded whatever the catalogue and batch sizes (no users × items matrix)."""
         evalset = self.trainer.datamodule.evalsets[split]
         pos = batch["eval_pos"].cpu().numpy()
-        scores = self.net.user_vectors(batch).float() @ self._catalogue.float().T
-        exclude = evalset.exclusion_pairs(pos, device=scores.device)
-        targets = torch.as_tensor(evalset.targets[pos], device=self.device)
-        return ranking_metrics(scores, targets, exclude)
+        users, items = self.net.user_vectors(batch).float(), self._catalogue.float()
+        step = max(1, SCORES_AT_ONCE // len(items))
+        parts = []
+        for lo in range(0, len(pos), step):
+            scores = users[lo:lo + step] @ items.T
+            exclude = evalset.exclusion_pairs(pos[lo:lo + step], device=scores.device)
+            targets = torch.as_tensor(evalset.targets[pos[lo:lo + step]], device=self.device)
+            parts.append(ranking_metrics(scores, targets, exclude))
+        return {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
 
     def eval_end(self, split: str) -> None:
         self._catalogue = None
