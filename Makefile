@@ -40,7 +40,8 @@ baseline: $(STAMP)
 	$(PY) -m recfunnel.evaluate model=popularity $(ARGS)
 
 bench: $(STAMP)
-	$(PY) benchmarks/bench_features.py
+	$(PY) benchmarks/bench_data.py
+	$(PY) benchmarks/bench_embedding.py
 
 clean:
 	rm -rf $(VENV) logs outputs multirun .pytest_cache

@@ -140,11 +140,14 @@ def test_friend_items_come_from_friends_train_events_before_ts():
 
 @pytest.mark.parametrize("patch, message", [
     ({"kind": "tensor"}, "kind='tensor' is not valid; choose one of: categorical, multi_hot, sequence, dense"),
-    ({"source": "user.shoe_size"}, "source='user.shoe_size' is not valid; choose one of: .*user.age"),
+    ({"source": "users.shoe_size"}, "source='users.shoe_size' is not valid; choose one of: .*user.age.*, or "
+                                    "user.<column> / item.<column> for a column of the users / items table"),
+    ({"source": "item.year"}, "source item.year describes the item; put it in the item tower"),
     ({"pooling": "max"}, "pooling='max' is not valid; choose one of: sum, mean"),
     ({"colour": 3}, r"unknown key\(s\) \['colour'\]"),
     ({"table": "nope"}, "shares table 'nope', which is not a feature"),
-    ({"kind": "dense"}, "kind \\(for source user.gender\\)='dense' is not valid"),
+    ({"kind": "sequence"}, "kind \\(for source user.gender\\)='sequence' is not valid; choose one of: categorical, "
+                           "multi_hot, dense"),
 ])
 def test_schema_errors_name_the_key_and_the_choices(patch, message):
     cfg = copy.deepcopy(SCHEMA)
@@ -166,3 +169,45 @@ def test_ml100k_schema_builds_on_real_data(ml100k_data, ml100k_schema):
     assert "hist_items" not in pipe.num_embeddings  # shares the item_id table
     cat = pipe.items(np.arange(1682), pipe.catalogue_time())
     assert cat.dense[:, 0].exp().sub(1).round().sum().item() == pytest.approx(98_114)  # all train events counted
+
+
+def test_generic_column_sources_read_any_users_or_items_column():
+    """``user.<column>`` / ``item.<column>``: any column, categorical / multi_hot (lists, also on the user
+    side) / dense; a token column under a numeric name (ML-1M's age:token) takes a vocabulary."""
+    tables = random_tables()
+    rng = np.random.default_rng(2)
+    tables.users["langs"] = [list(rng.choice(["en", "fr", "de"], rng.integers(0, 3), replace=False)) for _ in range(30)]
+    tables.users["age"] = [f"{a // 10 * 10}s" for a in tables.users["age"]]
+    tables.items["price"] = np.where(rng.random(40) < 0.2, np.nan, rng.random(40) * 20)
+    cfg = {"name": "cols", "features": {
+        "age": {"tower": "user", "kind": "categorical", "source": "user.age"},
+        "langs": {"tower": "user", "kind": "multi_hot", "source": "user.langs", "pooling": "sum"},
+        "item_id": {"tower": "item", "kind": "categorical", "source": "item_id"},
+        "price": {"tower": "item", "kind": "dense", "source": "item.price", "transform": "log1p"},
+        "price_bucket": {"tower": "item", "kind": "categorical", "source": "item.price", "buckets": [5, 10]},
+        "year": {"tower": "item", "kind": "dense", "source": "item.year"},
+    }}
+    d = SplitData.from_tables(tables)
+    pipe = FeaturePipeline(FeatureSchema.from_config(cfg), d)
+    assert pipe.num_embeddings["age"] == 1 + tables.users["age"].nunique() and pipe.num_embeddings["langs"] == 4
+    rows = np.arange(len(d.ts))
+    user, item = pipe.query(rows, "user"), pipe.items(d.item_idx[rows], d.ts[rows])
+    langs = d.tables.users["langs"]
+    assert user.sparse["langs"].lengths().tolist() == [len(langs[u]) for u in d.user_idx[rows]]
+    vocab = {"de": 1, "en": 2, "fr": 3}
+    assert user.sparse["langs"].values().tolist() == [vocab[x] for u in d.user_idx[rows] for x in langs[u]]
+    price = d.tables.items["price"].to_numpy()[d.item_idx[rows]]
+    assert np.allclose(item.dense[:, 0].numpy(), np.log1p(np.nan_to_num(price)), atol=1e-6)  # NaN → 0
+    assert np.allclose(item.dense[:, 1].numpy(), np.nan_to_num(d.tables.items["year"].to_numpy()[d.item_idx[rows]]))
+    expected = np.where(np.isnan(price), 0, 1 + (price >= 5) + (price >= 10))
+    assert (item.sparse["price_bucket"].values().numpy() == expected).all()
+
+
+def test_a_column_source_is_checked_against_the_table():
+    cfg = copy.deepcopy(SCHEMA)
+    cfg["features"]["gender"]["source"] = "user.shoe_size"  # valid in the schema: any column may be read
+    schema = FeatureSchema.from_config(cfg)
+    with pytest.raises(RecfunnelError, match=r"^features: feature 'gender' reads user.shoe_size, but this dataset's "
+                                             r"users table has no column 'shoe_size' \(its columns: user_id, age, gender, "
+                                             r"occupation, zip\); remove the feature"):
+        FeaturePipeline(schema, SplitData.from_tables(random_tables()))

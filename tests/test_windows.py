@@ -13,7 +13,7 @@ def test_window_pass_matches_per_event_pass_at_window_ends(tmp_path, ml100k_data
     cfg = compose_cfg(tmp_path, "data.train_windows=8", "data.batch_size=64", "model.net.history_encoder=attention")
     dm = build_datamodule(cfg)
     task = build_task(cfg.model, dm).eval()
-    ds = WindowBatches(dm.pipeline, dm.data.split == 0, 8, 50)
+    ds = WindowBatches(dm.store, dm.data.split == 0, 8, 50)
     starts = np.flatnonzero(ds.win_start == ds.user_start)[:4]  # includes events with no history at all
     batch = ds[list(range(12)) + list(starts)]
     per_event = {k: v for k, v in batch.items() if k != "window"}
@@ -38,4 +38,4 @@ def test_windows_longer_than_history_are_refused(tmp_path, ml100k_data):
     cfg = compose_cfg(tmp_path)
     dm = build_datamodule(cfg)
     with pytest.raises(RecfunnelError, match="data.train_windows=64 exceeds the history length 50"):
-        WindowBatches(dm.pipeline, dm.data.split == 0, 64, 50)
+        WindowBatches(dm.store, dm.data.split == 0, 64, 50)

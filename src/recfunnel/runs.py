@@ -36,7 +36,6 @@ from pytorch_lightning.loggers import Logger, WandbLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from recfunnel.data.datamodule import RecDataModule
-from recfunnel.data.fingerprint import tables_fingerprint
 from recfunnel.data.sources import load_split
 from recfunnel.eval.funnel import evaluate_funnel, rerank_ablation
 from recfunnel.eval.protocol import EvalSet
@@ -53,6 +52,7 @@ from recfunnel.utils.config_checks import check_config
 from recfunnel.utils.errors import RecfunnelError, RunStopped
 from recfunnel.utils.io import atomic_path, write_json
 from recfunnel.utils.run_info import DATA_KEYS, data_info, read_run_info, redact, run_metadata, update_run_info
+from recfunnel.utils.timing import timed
 from recfunnel.utils.trees import flatten as flatten_config
 
 log = logging.getLogger(__name__)
@@ -338,19 +338,22 @@ def train(cfg: DictConfig) -> dict[str, float]:
     with open_run(cfg) as run:
         dm = build_datamodule(cfg)
         if getattr(dm, "data", None) is not None:
-            record_data(run, cfg.data.name, cfg.paths.data_dir, tables_fingerprint(dm.data.tables))
+            record_data(run, cfg.data.name, cfg.paths.data_dir, dm.data.fingerprint)
         task = build_task(cfg.model, dm)
         stage = getattr(task, "stage", "model")
         loggers = build_loggers(run, stage, run.resolved)
         trainer, callbacks = build_trainer(run, stage, loggers)
-        fit_s = fit(run, trainer, task, dm)
+        with timed("fit"):
+            fit_s = fit(run, trainer, task, dm)
 
         ckpt = best_checkpoint(callbacks)  # None (callbacks=none): evaluate the final weights
-        metrics = score(cfg, task, dm, ckpt)
+        with timed("score (valid and test, full corpus)"):
+            metrics = score(cfg, task, dm, ckpt)
         metrics["train/fit_seconds"] = fit_s
         metrics["train/epochs"] = trainer.current_epoch
         write_metrics(run.out, metrics)
-        index_dir = save_index(task, dm, run.out, fingerprint=index_fingerprint(run.run_id, ckpt))
+        with timed("index"):
+            index_dir = save_index(task, dm, run.out, fingerprint=index_fingerprint(run.run_id, ckpt))
         finish_loggers(loggers, metrics, {f"{stage}-index": ("faiss-index", [index_dir])} if index_dir else None)
     print_metrics(f"{cfg.run_name} ({cfg.data.name})", metrics)
     print(f"run directory: {run.out.resolve()}")
@@ -362,7 +365,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     and test by ``../shared/EVALUATION.md``; returns the flat metrics of ``metrics.json``."""
     with open_run(cfg) as run:
         data = load_split(cfg.data, cfg.paths.data_dir)
-        record_data(run, cfg.data.name, cfg.paths.data_dir, tables_fingerprint(data.tables))
+        record_data(run, cfg.data.name, cfg.paths.data_dir, data.fingerprint)
         model = hydra.utils.instantiate(cfg.model).fit(data)
         results = {}
         for split in ("valid", "test"):

@@ -1,7 +1,8 @@
 """Lightning DataModule: train events → per-tower inputs; valid/test targets → query-side inputs.
 
-Every batch is built by ``FeaturePipeline`` from a list of event rows (vectorised, no per-example
-collate). A training batch is a dict::
+Every batch is gathered from the materialised features of its events (``FeatureStore``: each
+event's as-of-time features computed once by ``FeaturePipeline`` and memory-mapped from the data
+cache); no per-example collate. A training batch is a dict::
 
     {"user": TowerInput, "context": TowerInput, "item": TowerInput,   # item = the event's item as of its time
      "user_idx": (B,) long, "item_idx": (B,) long, "rows": (B,) long,
@@ -15,6 +16,7 @@ inputs for every item as of the end of the train split.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
@@ -27,9 +29,12 @@ from recfunnel.data.loaders import evaluation_loader, training_loader, unpack_ke
 from recfunnel.data.sources import load_split
 from recfunnel.eval.protocol import EvalSet
 from recfunnel.features.batch import TowerInput
-from recfunnel.features.pipeline import FeaturePipeline, _ranges
-from recfunnel.features.schema import FeatureSchema
+from recfunnel.features.pipeline import FeaturePipeline
+from recfunnel.features.auto import resolve_schema
+from recfunnel.features.store import FeatureStore, store_key
+from recfunnel.utils.arrays import concat_ranges
 from recfunnel.utils.errors import RecfunnelError
+from recfunnel.utils.timing import timed
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +42,10 @@ log = logging.getLogger(__name__)
 class EventBatches(Dataset):
     """Indexed by a *list* of positions (from a BatchSampler); returns one whole batch."""
 
-    def __init__(self, pipeline: FeaturePipeline, rows: np.ndarray, with_items: bool,
+    def __init__(self, store: FeatureStore, rows: np.ndarray, with_items: bool,
                  eval_positions: bool = False, num_negatives: int = 0):
-        self.pipeline, self.rows, self.with_items, self.eval_positions = pipeline, rows, with_items, eval_positions
+        self.store, self.rows, self.with_items, self.eval_positions = store, rows, with_items, eval_positions
+        self.pipeline = store.pipeline
         self.num_negatives = num_negatives
 
     def __len__(self) -> int:
@@ -54,11 +60,11 @@ class EventBatches(Dataset):
 
     def batch_for_rows(self, rows: np.ndarray, rng: np.random.Generator | None = None) -> dict[str, Any]:
         p = self.pipeline
-        batch: dict[str, Any] = p.queries(rows)
+        batch: dict[str, Any] = self.store.queries(rows)
         batch["user_idx"] = torch.from_numpy(p.user_idx[rows])
         batch["rows"] = torch.from_numpy(rows)
         if self.with_items:
-            batch["item"] = p.items(p.item_idx[rows], p.ts[rows])
+            batch["item"] = self.store.event_items(rows)
             batch["item_idx"] = torch.from_numpy(p.item_idx[rows])
         if self.num_negatives:
             # uniform negatives, each as of the time of a random event of the batch (so their
@@ -81,12 +87,12 @@ class WindowBatches(EventBatches):
     event's history from one pass per window. Needs L ≥ window_length.
     """
 
-    def __init__(self, pipeline: FeaturePipeline, train_rows_mask: np.ndarray, window_length: int, tokens: int,
+    def __init__(self, store: FeatureStore, train_rows_mask: np.ndarray, window_length: int, tokens: int,
                  num_negatives: int = 0):
         if tokens < window_length:
             raise RecfunnelError(f"data.train_windows={window_length} exceeds the history length {tokens}; "
                                  "use windows no longer than the history feature's max_len")
-        p = pipeline
+        p = store.pipeline
         is_train = train_rows_mask[p.order]  # per position of `order`
         counts = np.add.reduceat(is_train.astype(np.int64), p.timeline_ptr[:-1]) if len(is_train) else np.zeros(0, int)
         counts = np.where(np.diff(p.timeline_ptr) > 0, counts, 0)
@@ -97,17 +103,17 @@ class WindowBatches(EventBatches):
         self.win_end = np.minimum(self.win_start + window_length, p.timeline_ptr[user] + counts[user])
         self.user_start = p.timeline_ptr[user]
         self.tokens = tokens
-        super().__init__(pipeline, np.arange(len(user)), with_items=True, num_negatives=num_negatives)
+        super().__init__(store, np.arange(len(user)), with_items=True, num_negatives=num_negatives)
 
     def __getitem__(self, key) -> dict[str, Any]:
         w, rng = unpack_key(key)
         ws, we, us, L = self.win_start[w], self.win_end[w], self.user_start[w], self.tokens
         p = self.pipeline
-        event_pos = _ranges(ws, we)  # positions in `order`
+        event_pos = concat_ranges(ws, we)  # positions in `order`
         batch = self.batch_for_rows(p.order[event_pos], rng)
         first = we - 1 - L  # position in `order` of token slot 0 (may be before the user's start)
         tok_lo = np.maximum(us, first)
-        tok_pos = _ranges(tok_lo, we - 1)
+        tok_pos = concat_ranges(tok_lo, we - 1)
         win_of_tok = np.repeat(np.arange(len(w)), we - 1 - tok_lo)
         tokens = np.full((len(w) + 1, L), -1, dtype=np.int64)
         tokens[win_of_tok, tok_pos - first[win_of_tok]] = p.item_idx[p.order[tok_pos]]
@@ -155,9 +161,16 @@ class RecDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.data is not None:
             return
-        self.data = load_split(self.data_cfg, self.data_dir)
-        self.schema = FeatureSchema.from_config(self.features_cfg, where=f"features ({self.features_cfg.get('name')})")
-        self.pipeline = FeaturePipeline(self.schema, self.data, where=f"features ({self.schema.name})")
+        with timed("data (tables and split)"):
+            self.data = load_split(self.data_cfg, self.data_dir)
+        with timed("features (schema and pipeline)"):
+            self.schema = resolve_schema(self.features_cfg, self.data,
+                                         where=f"features ({self.features_cfg.get('name')})")
+            self.pipeline = FeaturePipeline(self.schema, self.data, where=f"features ({self.schema.name})")
+        with timed("features (materialised store)"):
+            key = store_key(self.pipeline, self.data.fingerprint, self.data_cfg["min_events"])
+            self.store = FeatureStore.open(self.pipeline, Path(self.data_dir) / self.data_cfg["name"] / "features",
+                                           key, progress=len(self.data.ts) > 1_000_000)
         self.train_rows = np.flatnonzero(self.data.split == TRAIN)
         self.evalsets = {name: EvalSet.build(self.data, name) for name in ("valid", "test")}
         log.info("data %s: %d users, %d items, %d train events", self.data_cfg["name"],
@@ -169,8 +182,9 @@ class RecDataModule(pl.LightningDataModule):
         return self.pipeline.num_embeddings
 
     def dense_stats(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """Per tower (mean, std) of dense features over the train split."""
-        return self.pipeline.tower_dense_stats(self.train_rows)
+        """Per tower (mean, std) of dense features over the train split (the item tower's: of each train
+        event's own item as of the event), from the materialised features."""
+        return self.store.dense_stats(self.train_rows)
 
     def catalogue(self) -> TowerInput:
         """Item-tower inputs for all items, as of just after the last train event."""
@@ -183,17 +197,17 @@ class RecDataModule(pl.LightningDataModule):
 
     # -- loaders ---------------------------------------------------------------------------------
     def eval_dataloader(self, split: str) -> DataLoader:
-        ds = EventBatches(self.pipeline, self.evalsets[split].rows, with_items=False, eval_positions=True)
+        ds = EventBatches(self.store, self.evalsets[split].rows, with_items=False, eval_positions=True)
         return evaluation_loader(ds, self.eval_batch_size, num_workers=self.num_workers, pin_memory=self.pin_memory,
                                  persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
         if self.train_windows:
-            ds = WindowBatches(self.pipeline, self.data.split == TRAIN, self.train_windows, self.window_tokens,
+            ds = WindowBatches(self.store, self.data.split == TRAIN, self.train_windows, self.window_tokens,
                                num_negatives=self.num_negatives)
             batch_size, drop = max(1, self.batch_size // self.train_windows), False
         else:
-            ds = EventBatches(self.pipeline, self.train_rows, with_items=True, num_negatives=self.num_negatives)
+            ds = EventBatches(self.store, self.train_rows, with_items=True, num_negatives=self.num_negatives)
             batch_size, drop = self.batch_size, self.drop_last and len(self.train_rows) >= self.batch_size
         return training_loader(self, ds, batch_size, self.seed, drop, num_workers=self.num_workers,
                                pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0)

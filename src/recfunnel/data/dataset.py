@@ -6,10 +6,12 @@ Ids may be integers or strings (tokens); both are mapped to dense indices in sor
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 import pandas as pd
 
+from recfunnel.data.fingerprint import tables_fingerprint
 from recfunnel.data.split import TEST, TRAIN, VALID, event_order, leave_last_out
 from recfunnel.data.tables import Tables
 from recfunnel.utils.errors import RecfunnelError
@@ -59,6 +61,11 @@ class SplitData:
             split=leave_last_out(timeline, min_events=min_events),
             order=event_order(timeline),
         )
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """``tables_fingerprint`` of these tables (computed once)."""
+        return tables_fingerprint(self.tables)
 
     @property
     def num_users(self) -> int:

@@ -38,6 +38,7 @@ from recfunnel.data.dataset import TRAIN, SplitData
 from recfunnel.data.loaders import evaluation_loader, training_loader, unpack_key
 from recfunnel.eval.protocol import EvalSet
 from recfunnel.features.pipeline import FeaturePipeline
+from recfunnel.features.auto import resolve_schema
 from recfunnel.features.schema import FeatureSchema
 from recfunnel.utils.errors import RecfunnelError
 
@@ -134,7 +135,7 @@ def ranker_inputs(data: SplitData, item_vectors: np.ndarray, features_cfg: Mappi
     """The ranker's schema, its feature pipeline over the first stage's data, the (I, G) genre matrix
     and the pair features over the first stage's (I, d) ``item_vectors``: everything needed to
     build ranker batches (training or serving)."""
-    schema = FeatureSchema.from_config(features_cfg, where=f"features ({features_cfg.get('name')})")
+    schema = resolve_schema(features_cfg, data, where=f"features ({features_cfg.get('name')})")
     pipeline = FeaturePipeline(schema, data, where=f"features ({schema.name})")
     genres = genre_matrix(data.tables.items)
     return schema, pipeline, genres, PairFeatures(item_vectors, genres, profile_len)

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from recfunnel.data.dataset import TEST, TRAIN, VALID, SplitData
 from recfunnel.eval.metrics import ranking_metrics
+from recfunnel.utils.arrays import concat_ranges, sorted_unique
 
 SPLIT_CODES = {"valid": VALID, "test": TEST}
 
@@ -45,12 +46,12 @@ class EvalSet:
         seen = np.isin(data.split, seen_codes)
         # seen items per user as CSR aligned with `users`
         su, si = data.user_idx[seen], data.item_idx[seen]
-        pairs = np.unique(su * data.num_items + si)
+        pairs = sorted_unique(su * data.num_items + si)
         su, si = pairs // data.num_items, pairs % data.num_items
         starts = np.searchsorted(su, users, side="left")
         ends = np.searchsorted(su, users, side="right")
         ptr = np.r_[0, np.cumsum(ends - starts)]
-        items = np.concatenate([si[s:e] for s, e in zip(starts, ends)]) if len(users) else np.zeros(0, np.int64)
+        items = si[concat_ranges(starts, ends)]
         return cls(name, rows, users, data.item_idx[rows], ptr, items)
 
     def __len__(self) -> int:
@@ -61,7 +62,7 @@ class EvalSet:
         positions = np.asarray(positions)
         lo, hi = self.exclude_ptr[positions], self.exclude_ptr[positions + 1]
         rows = np.repeat(np.arange(len(positions)), hi - lo)
-        cols = self.exclude_items[np.concatenate([np.arange(a, b) for a, b in zip(lo, hi)])] if len(rows) else rows
+        cols = self.exclude_items[concat_ranges(lo, hi)]
         return torch.as_tensor(rows, device=device), torch.as_tensor(cols, device=device)
 
 

@@ -10,40 +10,37 @@ What "as of" means here (see ``../shared/EVALUATION.md``):
   (ts, then source position) — any split, since earlier validation events are known at test time;
 - item popularity, and the friends' recent items: *train-split* events with a timestamp strictly
   earlier than the event's, so no other user's validation or test event ever leaks in;
-- static attributes (demographics, genres, year) are known at all times.
+- static attributes (demographics, genres, year: any column of the users / items table read by a
+  ``user.<column>`` / ``item.<column>`` source) are known at all times. Each is encoded once per user
+  / item (``static_codes``; list-valued columns as a CSR, ``list_ptr``), so a batch only gathers rows.
 """
 
 from __future__ import annotations
 
 import copy
 import zlib
+from itertools import chain
 
 import numpy as np
+import pandas as pd
 import torch
 
 from recfunnel.data.dataset import SplitData
 from recfunnel.features.batch import TowerInput, make_kjt
-from recfunnel.features.schema import QUERY_TOWERS, FeatureSchema, FeatureSpec
+from recfunnel.features.schema import QUERY_TOWERS, FeatureSchema, FeatureSpec, table_column
+from recfunnel.utils.arrays import concat_ranges, searchsorted_segments, sorted_unique
 from recfunnel.utils.errors import RecfunnelError
 
 # Sources whose ids are dense item indices: features of these may share the item-id table.
 ITEM_SPACE = {"item_id", "history.item_id", "session.item_id", "social.friend_items"}
+# Numeric sources a categorical feature must bucket (user.age / item.year: when their column is numeric).
 NUMERIC_SOURCES = {"user.age", "item.year", "session.position", "history.age"}
 FIXED_VOCAB = {"context.hour": 24, "context.weekday": 7}
-# Sources read from a column of the users / items table: source -> (table, column).
+# The named sources read from a column of the users / items table: source -> (table, column). Any
+# other ``user.<column>`` / ``item.<column>`` reads its column too: ``schema.table_column(source)``.
 TABLE_COLUMNS = {"user.age": ("users", "age"), "user.gender": ("users", "gender"),
                  "user.occupation": ("users", "occupation"), "user.zip": ("users", "zip"),
                  "item.year": ("items", "year"), "item.genres": ("items", "genres")}
-
-
-def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """Concatenation of ``arange(s, e)`` for each pair: (sum(e - s),) int64."""
-    lengths = ends - starts
-    total = int(lengths.sum())
-    if total == 0:
-        return np.zeros(0, dtype=np.int64)
-    offsets = np.repeat(starts - np.r_[0, np.cumsum(lengths)[:-1]], lengths)
-    return offsets + np.arange(total, dtype=np.int64)
 
 
 def _session_starts(users: np.ndarray, ts: np.ndarray, gap_s: int) -> np.ndarray:
@@ -57,10 +54,46 @@ def _segments(keys: np.ndarray, size: int) -> np.ndarray:
     return np.searchsorted(keys, np.arange(size + 1), side="left").astype(np.int64)
 
 
+def column_shape(values: pd.Series) -> str:
+    """How a users/items column is shaped: "list" when every non-missing value is a list (a RecBole
+    ``token_seq`` / ``float_seq`` field), "numeric" for a numeric dtype (bool excluded), "mixed" when
+    only some values are lists, else "scalar" (strings, objects)."""
+    if pd.api.types.is_bool_dtype(values.dtype):
+        return "scalar"
+    if pd.api.types.is_numeric_dtype(values.dtype):
+        return "numeric"
+    if values.dtype != object:
+        return "scalar"
+    is_list = np.fromiter((isinstance(v, (list, tuple, np.ndarray)) for v in values), bool, len(values))
+    present = ~values.isna().to_numpy() | is_list
+    if is_list.any():
+        return "list" if is_list[present].all() else "mixed"
+    return "scalar"
+
+
+def column_lists(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """A list-valued column as CSR: (E+1,) int64 pointer and (nnz,) object values; missing rows are empty."""
+    lists = [v if isinstance(v, (list, tuple, np.ndarray)) else () for v in values]
+    lengths = np.fromiter((len(v) for v in lists), np.int64, len(lists))
+    flat = np.empty(int(lengths.sum()), dtype=object)
+    flat[:] = list(chain.from_iterable(lists))
+    return np.r_[0, np.cumsum(lengths)].astype(np.int64), flat
+
+
+def as_numbers(raw: np.ndarray | pd.Series) -> np.ndarray | None:
+    """(n,) float64 of numeric values (missing → NaN), or None when some value is not a number."""
+    try:
+        return pd.to_numeric(pd.Series(raw, dtype=object), errors="raise").to_numpy(dtype=np.float64, na_value=np.nan)
+    except (ValueError, TypeError):
+        return None
+
+
 class _Categorical:
     """Maps raw values of one categorical source to embedding rows (0 = missing / unknown)."""
 
-    def __init__(self, spec: FeatureSpec, raw: np.ndarray | None, where: str):
+    def __init__(self, spec: FeatureSpec, raw: np.ndarray | None, where: str, numeric: bool = True):
+        """``raw``: the values a vocabulary is built from; ``numeric``: False for a column of a
+        ``NUMERIC_SOURCES`` name that holds tokens (e.g. RecBole ML-1M's age:token), which may use one."""
         self.spec = spec
         if spec.source in ("user_id", "item_id") or spec.source in ITEM_SPACE:
             self.mode, self.size = "dense", None  # set by the pipeline (num_users / num_items)
@@ -69,14 +102,15 @@ class _Categorical:
         elif spec.buckets is not None:
             self.mode, self.size = "buckets", len(spec.buckets) + 2
             self.edges = np.asarray(spec.buckets, dtype=np.float64)
-        elif spec.source in NUMERIC_SOURCES:
+        elif spec.source in NUMERIC_SOURCES and numeric:
             raise RecfunnelError(f"{where}: feature '{spec.name}' reads numeric source {spec.source}; "
                                  "give it 'buckets: [edges...]' (or make it kind: dense where allowed)")
         elif spec.hash_size is not None:
             self.mode, self.size = "hash", spec.hash_size
         else:
             self.mode = "vocab"
-            vocab = sorted({self._clean(v) for v in raw})
+            _, text = self._distinct(raw)
+            vocab = sorted({t for t in text if t})
             self.lookup = {v: i + 1 for i, v in enumerate(vocab)}
             self.size = len(vocab) + 1
 
@@ -84,16 +118,25 @@ class _Categorical:
         v = str(v)
         return v[: self.spec.prefix] if self.spec.prefix else v
 
+    def _distinct(self, raw: np.ndarray) -> tuple[np.ndarray, list[str]]:
+        """(n,) index of each value among the distinct ones (-1 = missing), and each distinct value as
+        the cleaned string it is encoded by ("" = missing: None, NaN, or an empty string)."""
+        codes, uniques = pd.factorize(np.asarray(raw, dtype=object), use_na_sentinel=True)
+        return codes, [self._clean(v) if str(v) else "" for v in uniques]
+
     def encode(self, raw: np.ndarray) -> np.ndarray:
-        """(n,) raw values → (n,) int64 rows in [0, size)."""
+        """(n,) raw values → (n,) int64 rows in [0, size); a missing value is row 0 (but in dense/fixed modes)."""
         if self.mode in ("dense", "fixed"):
             return raw.astype(np.int64)
         if self.mode == "buckets":
             raw = raw.astype(np.float64)
             return np.where(np.isnan(raw), 0, 1 + np.digitize(raw, self.edges)).astype(np.int64)
+        codes, text = self._distinct(raw)
         if self.mode == "hash":
-            return np.array([zlib.crc32(self._clean(v).encode()) % self.size for v in raw], dtype=np.int64)
-        return np.array([self.lookup.get(self._clean(v), 0) for v in raw], dtype=np.int64)
+            rows = [zlib.crc32(t.encode()) % self.size if t else 0 for t in text]
+        else:
+            rows = [self.lookup.get(t, 0) if t else 0 for t in text]
+        return np.r_[np.asarray(rows, dtype=np.int64), 0][codes]  # code -1 (missing) → the appended 0
 
 
 class FeaturePipeline:
@@ -142,7 +185,6 @@ class FeaturePipeline:
         by_user = train[np.lexsort((self.ts[train], self.user_idx[train]))]
         self.user_train_ts, self.user_train_item = self.ts[by_user], self.item_idx[by_user]
         self.user_train_ptr = _segments(self.user_idx[by_user], self.num_users)
-        self.user_train_key = self._key(self.user_idx[by_user], self.user_train_ts)
 
         # --- social graph (CSR of friends, both directions) --------------------------------------
         edges = data.tables.edges
@@ -151,59 +193,86 @@ class FeaturePipeline:
             src = np.searchsorted(uid, edges["src"].to_numpy())
             dst = np.searchsorted(uid, edges["dst"].to_numpy())
             a, b = np.r_[src, dst], np.r_[dst, src]
-            pairs = np.unique(a * self.num_users + b)
+            pairs = sorted_unique(a * self.num_users + b)
             a, b = pairs // self.num_users, pairs % self.num_users
             self.friend_ptr, self.friends = _segments(a, self.num_users), b
         else:
             self.friend_ptr, self.friends = np.zeros(self.num_users + 1, np.int64), np.zeros(0, np.int64)
 
-        # --- static attributes and categorical encoders -----------------------------------------
-        # only the columns the schema reads: a dataset need not have the others
-        cols = {spec.source: self._source_column(spec, data) for spec in schema.features if spec.source in TABLE_COLUMNS}
-        self.user_attr = {s: c.to_numpy() for s, c in cols.items() if TABLE_COLUMNS[s][0] == "users"}
-        self.item_year = cols["item.year"].to_numpy(dtype=np.float64) if "item.year" in cols else None
-        genres = cols["item.genres"].tolist() if "item.genres" in cols else [[]] * self.num_items
-        self.genre_ptr = np.r_[0, np.cumsum([len(g) for g in genres])].astype(np.int64)
-        flat_genres = np.array([g for gs in genres for g in gs], dtype=object)
+        # --- static attributes (users / items columns) and categorical encoders ------------------
+        # only the columns the schema reads: a dataset need not have the others. Per user / item:
         self.encoders: dict[str, _Categorical] = {}
+        self.static_codes: dict[str, np.ndarray] = {}  # feature → (E,) rows, or (nnz,) rows of a list column
+        self.list_ptr: dict[str, np.ndarray] = {}  # list-valued source → (E+1,) CSR pointer into those rows
+        self.dense_values: dict[str, np.ndarray] = {}  # dense column feature → (E,) float64, NaN → 0
+        columns: dict[str, pd.Series] = {}
         for spec in schema.features:
-            if spec.kind == "dense":
-                continue
-            if spec.source in self.user_attr:
-                raw = self.user_attr[spec.source]
-            elif spec.source == "item.genres":
-                raw = flat_genres
-            else:
-                raw = None
-            enc = _Categorical(spec, raw, where)
-            if enc.mode == "dense":
-                enc.size = self.num_users if spec.source == "user_id" else self.num_items
-            self.encoders[spec.name] = enc
-        # static attributes are encoded once per user / item; a batch only gathers rows
-        self.static_codes = {}
-        for name, enc in self.encoders.items():
-            if enc.spec.source in self.user_attr:
-                self.static_codes[name] = enc.encode(self.user_attr[enc.spec.source])
-            elif enc.spec.source == "item.genres":
-                self.static_codes[name] = enc.encode(flat_genres)
-            elif enc.spec.source == "item.year":
-                self.static_codes[name] = enc.encode(self.item_year)
+            if table_column(spec.source) is not None:
+                if spec.source not in columns:
+                    columns[spec.source] = self._source_column(spec, data)
+                self._column_feature(spec, columns[spec.source])
+            elif spec.kind != "dense":
+                enc = _Categorical(spec, None, where)
+                if enc.mode == "dense":
+                    enc.size = self.num_users if spec.source == "user_id" else self.num_items
+                self.encoders[spec.name] = enc
+        # item.genres' CSR under its historical name (every feature of item.genres shares it)
+        self.genre_ptr = self.list_ptr.get("item.genres", np.zeros(self.num_items + 1, np.int64))
         self._check_shared_tables()
 
-    def _source_column(self, spec: FeatureSpec, data: SplitData):
-        """The users/items column feature ``spec`` reads; absent, an error listing the columns there are."""
-        table, col = TABLE_COLUMNS[spec.source]
+    def _source_column(self, spec: FeatureSpec, data: SplitData) -> pd.Series:
+        """The users/items column feature ``spec`` reads, in dense-index order; absent, an error listing
+        the columns there are."""
+        table, col = table_column(spec.source)
         df = getattr(data.tables, table)
         if col not in df.columns:
             raise RecfunnelError(
                 f"{self.where}: feature '{spec.name}' reads {spec.source}, but this dataset's {table} table has no "
                 f"column '{col}' (its columns: {', '.join(map(str, df.columns))}); remove the feature or choose a "
-                f"features config this dataset fits (features=ml100k_seq needs only ids and history)")
-        values = df[col]
-        if spec.source == "item.genres" and not all(isinstance(v, (list, tuple, np.ndarray)) for v in values):
-            raise RecfunnelError(f"{self.where}: feature '{spec.name}' reads {spec.source}, but the items table's "
-                                 f"'{col}' column does not hold lists of strings (a RecBole field genres:token_seq)")
-        return values
+                f"features config this dataset fits (features=ml100k_seq needs only ids and history; features=auto "
+                f"builds one from the columns there are)")
+        return df[col]
+
+    def _column_feature(self, spec: FeatureSpec, values: pd.Series) -> None:
+        """Encode one ``user.<column>`` / ``item.<column>`` feature once per user / item: its
+        ``static_codes`` (and ``list_ptr`` for multi_hot), or its ``dense_values``."""
+        at = f"{self.where}: feature '{spec.name}' reads {spec.source}"
+        shape = column_shape(values)
+        if shape == "mixed":
+            raise RecfunnelError(f"{at}, whose column holds lists in some rows only; make every value a list "
+                                 f"(a RecBole field NAME:token_seq) or none")
+        if spec.kind == "multi_hot":
+            if shape != "list":
+                raise RecfunnelError(f"{at}, but that column does not hold lists (a RecBole field NAME:token_seq, "
+                                     f"e.g. genres:token_seq); make the feature kind: categorical")
+            self.list_ptr[spec.source], raw = column_lists(values)
+        elif shape == "list":
+            raise RecfunnelError(f"{at}, whose column holds lists; make the feature kind: multi_hot")
+        else:
+            raw = values.to_numpy(dtype=object)
+        if spec.kind == "dense" or spec.buckets is not None:
+            numbers = as_numbers(raw)
+            if numbers is None:
+                what = "kind: dense" if spec.kind == "dense" else "buckets"
+                raise RecfunnelError(f"{at}, whose values are not all numbers; {what} needs a numeric column (a "
+                                     f"RecBole field NAME:float): drop '{what}' to use a vocabulary of its values")
+            raw = numbers
+        if spec.kind == "dense":
+            x = np.nan_to_num(raw, nan=0.0)
+            if spec.transform == "log1p" and (x <= -1).any():
+                raise RecfunnelError(f"{at} with transform: log1p, but the column has values <= -1 (min {x.min():g}); "
+                                     f"use transform: none")
+            self.dense_values[spec.name] = x
+            return
+        enc = _Categorical(spec, raw, self.where, numeric=shape == "numeric")
+        self.encoders[spec.name] = enc
+        self.static_codes[spec.name] = enc.encode(raw)
+
+    def _entity(self, table: str, rows, item_idx) -> np.ndarray:
+        """(B,) users (of event ``rows``) or items (``item_idx``, else the events' own items)."""
+        if table == "users":
+            return self.user_idx[rows]
+        return self.item_idx[rows] if item_idx is None else item_idx
 
     # ------------------------------------------------------------------------------------------
     @property
@@ -244,7 +313,7 @@ class FeaturePipeline:
         end = start_of_user + self.timeline_pos[rows]  # exclusive, index into `order`
         first = self.session_start[rows] if session_only else start_of_user
         start = np.maximum(first, end - max_len)
-        return self.order[_ranges(start, end)], end - start
+        return self.order[concat_ranges(start, end)], end - start
 
     def for_request(self, user_idx: int, extra_items: np.ndarray, extra_ts: np.ndarray, now: int) -> tuple[FeaturePipeline, int]:
         """A view of this pipeline in which user ``user_idx`` has, after all their known events, the
@@ -309,7 +378,10 @@ class FeaturePipeline:
         return np.stack(cols, 1).astype(np.float32) if cols else np.zeros((b, 0), np.float32)
 
     def _dense_raw(self, spec: FeatureSpec, rows, item_idx, ts) -> np.ndarray:
+        """(B,) raw values (before ``transform``) of one dense feature for events ``rows`` or items ``item_idx``."""
         s = spec.source
+        if spec.name in self.dense_values:
+            return self.dense_values[spec.name][self._entity(table_column(s)[0], rows, item_idx)]
         if s == "user.activity":
             return self.timeline_pos[rows]
         if s == "session.position":
@@ -340,8 +412,13 @@ class FeaturePipeline:
         s, enc = spec.source, self.encoders[spec.name]
         if s == "user_id":
             return self.user_idx[rows], np.ones(len(rows), np.int64)
-        if s in self.user_attr:
-            return self.static_codes[spec.name][self.user_idx[rows]], np.ones(len(rows), np.int64)
+        if spec.name in self.static_codes:  # a users / items column
+            idx = self._entity(table_column(s)[0], rows, item_idx)
+            codes = self.static_codes[spec.name]
+            if spec.kind == "multi_hot":
+                lo, hi = self.list_ptr[s][idx], self.list_ptr[s][idx + 1]
+                return codes[concat_ranges(lo, hi)], hi - lo
+            return codes[idx], np.ones(len(idx), np.int64)
         if s in ("context.hour", "context.weekday"):
             t = self.ts[rows]
             v = (t // 3600) % 24 if s == "context.hour" else (t // 86400 + 3) % 7  # 1970-01-01 was a Thursday
@@ -359,26 +436,21 @@ class FeaturePipeline:
             item_idx = self.item_idx[rows]
         if s == "item_id":
             return item_idx, np.ones(len(item_idx), np.int64)
-        if s == "item.year":
-            return self.static_codes[spec.name][item_idx], np.ones(len(item_idx), np.int64)
-        if s == "item.genres":
-            lo, hi = self.genre_ptr[item_idx], self.genre_ptr[item_idx + 1]
-            return self.static_codes[spec.name][_ranges(lo, hi)], hi - lo
         raise RecfunnelError(f"{self.where}: feature '{spec.name}': source {s} cannot be {spec.kind}")
 
     def _friend_items(self, spec: FeatureSpec, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Each friend's last few train items strictly before the event (at most ``max_len`` in all)."""
         users, ts = self.user_idx[rows], self.ts[rows]
         f_lo, f_hi = self.friend_ptr[users], self.friend_ptr[users + 1]
-        friend = self.friends[_ranges(f_lo, f_hi)]  # (sum F,)
+        friend = self.friends[concat_ranges(f_lo, f_hi)]  # (sum F,)
         when = np.repeat(ts, f_hi - f_lo)
-        end = np.searchsorted(self.user_train_key, self._key(friend, when), side="left")
+        end = searchsorted_segments(self.user_train_ts, self.user_train_ptr[friend], self.user_train_ptr[friend + 1], when)
         start = np.maximum(self.user_train_ptr[friend], end - self.schema.friend_items_per_friend)
         per_friend = end - start
-        items = self.user_train_item[_ranges(start, end)]
+        items = self.user_train_item[concat_ranges(start, end)]
         # regroup per event and keep at most max_len
         event_of_friend = np.repeat(np.arange(len(rows)), f_hi - f_lo)
         per_event = np.bincount(event_of_friend, weights=per_friend, minlength=len(rows)).astype(np.int64)
         ev_lo = np.r_[0, np.cumsum(per_event)[:-1]]
         keep = np.minimum(per_event, spec.max_len)
-        return items[_ranges(ev_lo + per_event - keep, ev_lo + per_event)], keep
+        return items[concat_ranges(ev_lo + per_event - keep, ev_lo + per_event)], keep

@@ -13,9 +13,16 @@ sequence        an ordered list of ids, oldest first (e.g. the user's history); 
 dense           one float per event, normalised with train-split statistics
 ==============  ==================================================================================
 
+Besides the computed sources below (``SOURCES``), ``user.<column>`` and ``item.<column>`` read any
+column of the users / items table (``table_column``): categorical (one value per user / item),
+multi_hot (a list-valued column, e.g. a RecBole ``token_seq`` field) or dense (a numeric column).
+Whether the column exists, and holds what the kind needs, is checked by the pipeline against the
+dataset's table. A feature of the user / context towers reads only query-side sources, one of the
+item tower only item-side sources (an item attribute on the query side would leak the target).
+
 Sparse features own an embedding table (``dim``, ``pooling``) or share another feature's table
 (``table: item_id``): shared tables must agree on pooling. Ids are made dense by ``vocab: auto``
-(values seen in the users/items tables, 0 = unknown), by ``buckets`` (numeric edges), by
+(values seen in the users/items tables, 0 = unknown or missing: empty, NaN), by ``buckets`` (numeric edges), by
 ``hash_size`` (string hashing), or are already dense indices (``user_id``, ``item_id``).
 """
 
@@ -34,13 +41,16 @@ KINDS = ("categorical", "multi_hot", "sequence", "dense")
 POOLINGS = ("sum", "mean")
 TRANSFORMS = ("none", "log1p")
 
-# source -> (tower it describes, kinds it can feed)
+COLUMN_KINDS = ("categorical", "multi_hot", "dense")  # what a user.<column> / item.<column> source can feed
+
+# source -> (tower it describes, kinds it can feed). The user.* / item.* ones named here are columns
+# as any other (listed for the record: the ML-100K demographics, genres and year).
 SOURCES: dict[str, tuple[str, tuple[str, ...]]] = {
     "user_id": ("user", ("categorical",)),
-    "user.age": ("user", ("categorical",)),
-    "user.gender": ("user", ("categorical",)),
-    "user.occupation": ("user", ("categorical",)),
-    "user.zip": ("user", ("categorical",)),
+    "user.age": ("user", COLUMN_KINDS),
+    "user.gender": ("user", COLUMN_KINDS),
+    "user.occupation": ("user", COLUMN_KINDS),
+    "user.zip": ("user", COLUMN_KINDS),
     "user.activity": ("user", ("dense",)),
     "history.item_id": ("user", ("sequence", "multi_hot")),
     "history.age": ("user", ("sequence", "multi_hot")),
@@ -50,13 +60,40 @@ SOURCES: dict[str, tuple[str, tuple[str, ...]]] = {
     "context.weekday": ("context", ("categorical",)),
     "social.friend_items": ("user", ("multi_hot", "sequence")),
     "item_id": ("item", ("categorical",)),
-    "item.genres": ("item", ("multi_hot",)),
-    "item.year": ("item", ("categorical",)),
+    "item.genres": ("item", COLUMN_KINDS),
+    "item.year": ("item", COLUMN_KINDS),
     "item.pop_count": ("item", ("dense",)),
     "item.pop_decayed": ("item", ("dense",)),
 }
+# computed sources that look like table columns: they are not read from the users / items table
+COMPUTED = {"user.activity", "item.pop_count", "item.pop_decayed"}
+COLUMN_PREFIXES = {"user.": "users", "item.": "items"}
 _FIELDS = {"tower", "kind", "source", "dim", "pooling", "table", "vocab", "buckets", "hash_size",
            "max_len", "prefix", "transform"}
+
+
+def table_column(source: str) -> tuple[str, str] | None:
+    """("users" | "items", column) a source reads from a table, or None for a computed source.
+
+    ``user.age`` → ("users", "age"), ``item.brand`` → ("items", "brand"); ``user.activity``,
+    ``item.pop_count``, ``item.pop_decayed``, ``user_id``, ``history.*``... → None.
+    """
+    if source in COMPUTED:
+        return None
+    for prefix, table in COLUMN_PREFIXES.items():
+        if source.startswith(prefix) and len(source) > len(prefix):
+            return table, source[len(prefix):]
+    return None
+
+
+def source_info(source: str) -> tuple[str, tuple[str, ...]] | None:
+    """(tower it describes, kinds it can feed) of a known source or a ``user.``/``item.`` column; else None."""
+    if source in SOURCES:
+        return SOURCES[source]
+    col = table_column(source)
+    if col is None:
+        return None
+    return ("user" if col[0] == "users" else "item"), COLUMN_KINDS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,6 +188,9 @@ def _choice(where: str, key: str, value: Any, valid: tuple[str, ...] | list[str]
 
 def _parse_feature(name: str, fc: dict[str, Any], where: str) -> FeatureSpec:
     at = f"{where}: feature '{name}'"
+    if not str(name) or "." in str(name):
+        raise RecfunnelError(f"{at}: a feature name must be non-empty and without '.' (it names an embedding table); "
+                             "rename it, e.g. with '_'")
     unknown = set(fc) - _FIELDS
     if unknown:
         raise RecfunnelError(f"{at}: unknown key(s) {sorted(unknown)}; valid keys: {', '.join(sorted(_FIELDS))}")
@@ -159,9 +199,16 @@ def _parse_feature(name: str, fc: dict[str, Any], where: str) -> FeatureSpec:
             raise RecfunnelError(f"{at}: missing '{key}'")
     _choice(at, "kind", fc["kind"], KINDS)
     _choice(at, "tower", fc["tower"], TOWERS)
-    _choice(at, "source", fc["source"], sorted(SOURCES))
-    _, kinds = SOURCES[fc["source"]]
+    info = source_info(str(fc["source"]))
+    if info is None:
+        raise RecfunnelError(f"{at}: source={fc['source']!r} is not valid; choose one of: {', '.join(sorted(SOURCES))}, "
+                             "or user.<column> / item.<column> for a column of the users / items table")
+    side, kinds = info
     _choice(at, f"kind (for source {fc['source']})", fc["kind"], kinds)
+    if (side == "item") != (fc["tower"] == "item"):
+        towers = "item" if side == "item" else " or ".join(QUERY_TOWERS)
+        raise RecfunnelError(f"{at}: source {fc['source']} describes the {'item' if side == 'item' else 'query'}; "
+                             f"put it in the {towers} tower (it is in tower {fc['tower']})")
     _choice(at, "pooling", fc.get("pooling", "mean"), POOLINGS)
     _choice(at, "transform", fc.get("transform", "none"), TRANSFORMS)
     if "buckets" in fc:

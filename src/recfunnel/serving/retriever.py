@@ -25,7 +25,6 @@ from tqdm.auto import tqdm
 
 from recfunnel.data.datamodule import RecDataModule
 from recfunnel.data.dataset import SplitData
-from recfunnel.data.fingerprint import tables_fingerprint
 from recfunnel.features.pipeline import FeaturePipeline
 from recfunnel.models.two_tower import TwoTower
 from recfunnel.serving.index import ItemIndex, index_fingerprint
@@ -76,7 +75,7 @@ class Retriever:
         self.run_dir, self.cfg, self.dm, self.net, self.index = run_dir, cfg, dm, net, index
         self.data_name = str(cfg.data.name)
         self.data_dir = str(Path(cfg.paths.data_dir).resolve())
-        self.data_fingerprint = data_fingerprint or tables_fingerprint(dm.data.tables)
+        self.data_fingerprint = data_fingerprint or dm.data.fingerprint
         self.pipeline: FeaturePipeline = dm.pipeline
         self.item_vectors = index.index.reconstruct_n(0, index.num_items)  # (I, d), what the index scores
 
@@ -111,7 +110,7 @@ class Retriever:
             cfg.data.source.cache_dir = used
         cfg.paths.data_dir = used
         dm = build_datamodule(cfg)
-        fingerprint = tables_fingerprint(dm.data.tables)
+        fingerprint = dm.data.fingerprint
         check_data(run_dir, info, str(cfg.data.name), used, fingerprint, own=data_dir is None)
         task = build_task(cfg.model, dm)
         checkpoint = load_checkpoint(ckpt)

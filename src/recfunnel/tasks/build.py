@@ -22,7 +22,8 @@ def build_datamodule(cfg: DictConfig) -> RecDataModule:
     factory = hydra.utils.instantiate(cfg.data, _partial_=True, _recursive_=False)
     dm = factory(features=cfg.features, data_dir=cfg.paths.data_dir, seed=cfg.seed,
                  num_negatives=OmegaConf.select(cfg, "model.loss.num_uniform_negatives", default=0),
-                 window_tokens=cfg.features.features[history].max_len if history in cfg.features.features else 50)
+                 window_tokens=OmegaConf.select(cfg, f"features.features.{history}.max_len", default=None)
+                 or cfg.features.get("history_len", 50))  # features=auto: its history_len
     dm.setup()
     return dm
 
