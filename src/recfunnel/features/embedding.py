@@ -44,9 +44,11 @@ from recfunnel.features.schema import TOWERS, FeatureSchema
 from recfunnel.utils.errors import RecfunnelError
 
 BACKENDS = ("torchrec", "torch")
-#: tables with at least this many rows get sparse gradients; below it a dense gradient costs less
-#: than sorting and coalescing a sparse one (ML-100K's tables: dense; 100k users or items: sparse)
-SPARSE_GRAD_ROWS = 10_000
+#: tables with at least this many rows get sparse gradients; below it a dense gradient (and a dense
+#: AdamW update) costs less than sorting and coalescing a sparse one. Measured on 2 CPU cores, batch
+#: 1024, synthetic schema: 100k users and items, 10M events: sparse 24.5k vs dense 18.2k events/s per
+#: training step; 50k users and 20k items, 1M events: sparse 27.6k vs dense 32.0k events/s.
+SPARSE_GRAD_ROWS = 100_000
 DENSE_STD_EPS = 1e-6  # floor of a dense feature's std, so constant features do not divide by zero
 _POOLING = {"sum": PoolingType.SUM, "mean": PoolingType.MEAN}
 _POOLING_MODE = {PoolingType.SUM: "sum", PoolingType.MEAN: "mean"}
