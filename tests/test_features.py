@@ -71,15 +71,15 @@ def all_features(pipe: FeaturePipeline, rows: np.ndarray) -> dict[str, list]:
     return out
 
 
-def test_no_feature_sees_the_future():
+def changed_after_T() -> tuple[SplitData, SplitData, np.ndarray, np.ndarray]:
+    """The same random tables before and after every event at or after a time T changed (items,
+    ratings, times still >= T); returns (before, after, event rows before T, rows at or after T)."""
     tables = random_tables()
-    schema = FeatureSchema.from_config(SCHEMA)
     before = SplitData.from_tables(copy.deepcopy(tables))
     T = int(np.quantile(before.ts, 0.6))
     changed = copy.deepcopy(tables)
     late = changed.interactions["ts"].to_numpy() >= T
     rng = np.random.default_rng(1)
-    # Everything at or after T changes: items, ratings, and times (still >= T).
     changed.interactions.loc[late, "item_id"] = rng.integers(1, 41, late.sum())
     changed.interactions.loc[late, "rating"] = 9.0
     changed.interactions.loc[late, "ts"] = T + rng.integers(0, 5 * 86400, late.sum())
@@ -87,13 +87,18 @@ def test_no_feature_sees_the_future():
     early = np.flatnonzero(before.ts < T)
     assert len(early) > 100
     assert (before.split[early] == after.split[early]).all()  # the event counts per user did not change
+    return before, after, early, np.flatnonzero(late)
+
+
+def test_no_feature_sees_the_future():
+    schema = FeatureSchema.from_config(SCHEMA)
+    before, after, early, late_rows = changed_after_T()
     a = all_features(FeaturePipeline(schema, before), early)
     b = all_features(FeaturePipeline(schema, after), early)
     assert a.keys() == b.keys()
     for k in a:
         assert a[k] == b[k], f"feature {k} of an event before T changed when only later events changed"
     # and the check can fail: the item features of late events do change
-    late_rows = np.flatnonzero(late)
     assert all_features(FeaturePipeline(schema, before), late_rows)["item_id"] != \
         all_features(FeaturePipeline(schema, after), late_rows)["item_id"]
 
