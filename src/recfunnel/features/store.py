@@ -29,9 +29,9 @@ arbitrary (item, time) pairs (negatives, the catalogue) is the pipeline's as wel
 On disk the arrays live in ``<data_dir>/<dataset>/features/<key>/`` as ``.npy`` files, memory-mapped
 when read: resident memory then holds the pages a run touches, not a copy per process (DataLoader
 workers map the same files). ``key`` hashes the tables' fingerprint, the schema, the split's
-``min_events`` and the text of this module and of the pipeline: other data, another schema or
-changed feature code give another folder; a folder is published whole (``atomic_path``), never
-half-written.
+``min_events`` and the text of this module, of the pipeline and of ``utils/arrays.py``: other data,
+another schema or changed feature code give another folder; a folder is published whole
+(``atomic_path``), never half-written.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ from recfunnel.features import pipeline as pipeline_module
 from recfunnel.features.batch import TowerInput, make_kjt
 from recfunnel.features.pipeline import FeaturePipeline
 from recfunnel.features.schema import QUERY_TOWERS, TOWERS, FeatureSpec
+from recfunnel.utils import arrays as arrays_module
 from recfunnel.utils.arrays import concat_ranges
 from recfunnel.utils.io import atomic_path, write_json
 
@@ -66,7 +67,7 @@ _FIRST, _END, _SESSION = 0, 1, 2  # columns of ``bounds``
 
 def store_key(pipeline: FeaturePipeline, fingerprint: str, min_events: int) -> str:
     """Hash of what the materialised arrays depend on (see the module docstring), 16 hex digits."""
-    code = [hashlib.sha256(Path(m.__file__).read_bytes()).hexdigest() for m in (pipeline_module,)]
+    code = [hashlib.sha256(Path(m.__file__).read_bytes()).hexdigest() for m in (pipeline_module, arrays_module)]
     code.append(hashlib.sha256(Path(__file__).read_bytes()).hexdigest())
     payload = {"version": STORE_VERSION, "fingerprint": fingerprint, "min_events": min_events, "code": code,
                "schema": dataclasses.asdict(pipeline.schema)}
@@ -182,7 +183,6 @@ class FeatureStore:
             age = np.repeat(since_t0, lengths) - self.arrays["timeline_ts"][positions]
             return self._age_codes(spec, age), lengths
         return self.arrays["timeline_item"][positions], lengths
-
 
     def _age_codes(self, spec: FeatureSpec, age: np.ndarray) -> np.ndarray:
         """``encoders[spec.name].encode(age)`` for integer ages, without the float conversion: for an
