@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from recfunnel.data.datamodule import RecDataModule
 from recfunnel.data.dataset import SplitData
 from recfunnel.features.pipeline import FeaturePipeline
+from recfunnel.features.store import FeatureStore
 from recfunnel.models.two_tower import TwoTower
 from recfunnel.serving.index import ItemIndex, index_fingerprint
 from recfunnel.tasks.build import build_datamodule, build_task
@@ -77,6 +78,7 @@ class Retriever:
         self.data_dir = str(Path(cfg.paths.data_dir).resolve())
         self.data_fingerprint = data_fingerprint or dm.data.fingerprint
         self.pipeline: FeaturePipeline = dm.pipeline
+        self.store: FeatureStore = dm.store  # the dataset's events, materialised: the same inputs, gathered
         self.item_vectors = index.index.reconstruct_n(0, index.num_items)  # (I, d), what the index scores
 
     @classmethod
@@ -136,15 +138,16 @@ class Retriever:
         for lo in tqdm(range(0, len(rows), chunk), desc=f"retrieving for {what}", leave=False,
                        disable=len(rows) <= chunk):
             part = rows[lo:lo + chunk]
-            q = self.query_vectors(self.pipeline, part)
+            q = self.query_vectors(self.store, part)
             items, s = self.search(q, k, seen=self.seen_before(self.pipeline, part))
             queries.append(q), lists.append(items), scores.append(s)
         return np.concatenate(queries), np.concatenate(lists), np.concatenate(scores)
 
     @torch.no_grad()
-    def query_vectors(self, pipeline: FeaturePipeline, rows: np.ndarray, batch_size: int = 2048) -> np.ndarray:
+    def query_vectors(self, pipeline: FeaturePipeline | FeatureStore, rows: np.ndarray,
+                      batch_size: int = 2048) -> np.ndarray:
         """(B, d) float32 user-tower outputs as of each event row of ``pipeline`` (this retriever's
-        pipeline or a request view of it)."""
+        pipeline or store, or a request view of the pipeline)."""
         out = []
         for lo in range(0, len(rows), batch_size):
             chunk = rows[lo:lo + batch_size]
