@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from recfunnel.tasks.optim import SparseAdamW
+from recfunnel.tasks.optim import SparseAdamW, clip_gradients
 from recfunnel.utils.errors import RecfunnelError
 
 
@@ -91,3 +91,23 @@ def test_amsgrad_is_refused_for_sparse_gradients():
     _loss(table, head, torch.tensor([0]), sparse=True).backward()
     with pytest.raises(RecfunnelError, match="amsgrad"):
         opt.step()
+
+
+@pytest.mark.parametrize("algorithm", ["norm", "value"])
+def test_clipping_sparse_gradients_equals_clipping_their_dense_form(algorithm):
+    table_a, head_a = _model()
+    table_b, head_b = copy.deepcopy(table_a), copy.deepcopy(head_a)
+    rows = torch.tensor([1, 3, 3, 7])
+    _loss(table_a, head_a, rows, sparse=False).mul(50).backward()
+    _loss(table_b, head_b, rows, sparse=True).mul(50).backward()
+    dense_params, mixed_params = [table_a, *head_a.parameters()], [table_b, *head_b.parameters()]
+    before = torch.cat([p.grad.flatten() for p in dense_params])
+    assert before.norm() > 0.5 and before.abs().max() > 0.01  # so both algorithms do clip
+    if algorithm == "norm":
+        torch.nn.utils.clip_grad_norm_(dense_params, 0.5)
+    else:
+        torch.nn.utils.clip_grad_value_(dense_params, 0.01)
+    clip_gradients(mixed_params, 0.5 if algorithm == "norm" else 0.01, algorithm)
+    assert table_b.grad.is_sparse
+    for a, b in zip(dense_params, mixed_params):
+        torch.testing.assert_close(b.grad.to_dense(), a.grad, atol=1e-6, rtol=1e-5)

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from recfunnel.tasks.checkpoints import check_compatible
+from recfunnel.tasks.optim import clip_gradients
 from recfunnel.utils.errors import RecfunnelError
 
 
@@ -55,6 +56,12 @@ class RecTask(pl.LightningModule):
         self.guard_finite(loss)
         self.log("train/loss", loss, prog_bar=True, batch_size=self.train_batch_size(batch))
         return loss
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """``trainer.gradient_clip_val`` / ``gradient_clip_algorithm``, also for the sparse gradients of
+        large embedding tables (``recfunnel.tasks.optim.clip_gradients``)."""
+        if gradient_clip_val:
+            clip_gradients(self.parameters(), float(gradient_clip_val), gradient_clip_algorithm or "norm")
 
     def guard_finite(self, loss: Tensor) -> None:
         """Stop training with one clear error when the loss is NaN or infinite."""

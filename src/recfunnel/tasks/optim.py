@@ -83,3 +83,28 @@ class SparseAdamW(torch.optim.AdamW):
         if decay:
             update.add_(p.index_select(0, rows), alpha=-lr * decay)
         p.index_add_(0, rows, update)
+
+
+@torch.no_grad()
+def clip_gradients(params: Iterable[torch.Tensor], clip_val: float, algorithm: str = "norm") -> None:
+    """``torch.nn.utils.clip_grad_norm_`` / ``clip_grad_value_`` for gradients that may be sparse
+    (torch's own refuse sparse tensors). ``algorithm``: "norm" scales every gradient so that their
+    joint L2 norm is at most ``clip_val``; "value" clamps each entry to [-clip_val, clip_val]."""
+    grads = []
+    for p in params:
+        if p.grad is not None:
+            if p.grad.is_sparse:
+                p.grad = p.grad.coalesce()  # duplicates summed, so the values are the gradient's entries
+            grads.append(p.grad)
+    values = [g.values() if g.is_sparse else g for g in grads]
+    if algorithm == "value":
+        for v in values:
+            v.clamp_(-clip_val, clip_val)
+        return
+    if algorithm != "norm":
+        raise RecfunnelError(f"trainer.gradient_clip_algorithm={algorithm!r} is not valid; use norm or value")
+    total = torch.sqrt(sum(v.double().square().sum() for v in values)) if values else torch.tensor(0.0)
+    scale = clip_val / (float(total) + 1e-6)
+    if scale < 1.0:
+        for v in values:
+            v.mul_(scale)
