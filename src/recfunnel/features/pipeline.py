@@ -36,11 +36,6 @@ ITEM_SPACE = {"item_id", "history.item_id", "session.item_id", "social.friend_it
 # Numeric sources a categorical feature must bucket (user.age / item.year: when their column is numeric).
 NUMERIC_SOURCES = {"user.age", "item.year", "session.position", "history.age"}
 FIXED_VOCAB = {"context.hour": 24, "context.weekday": 7}
-# The named sources read from a column of the users / items table: source -> (table, column). Any
-# other ``user.<column>`` / ``item.<column>`` reads its column too: ``schema.table_column(source)``.
-TABLE_COLUMNS = {"user.age": ("users", "age"), "user.gender": ("users", "gender"),
-                 "user.occupation": ("users", "occupation"), "user.zip": ("users", "zip"),
-                 "item.year": ("items", "year"), "item.genres": ("items", "genres")}
 
 
 def _session_starts(users: np.ndarray, ts: np.ndarray, gap_s: int) -> np.ndarray:
@@ -102,6 +97,8 @@ class _Categorical:
         elif spec.buckets is not None:
             self.mode, self.size = "buckets", len(spec.buckets) + 2
             self.edges = np.asarray(spec.buckets, dtype=np.float64)
+            # for an integer x: x >= e exactly when x >= ceil(e)
+            self.int_edges = np.clip(np.ceil(self.edges), -2.0**62, 2.0**62).astype(np.int64)
         elif spec.source in NUMERIC_SOURCES and numeric:
             raise RecfunnelError(f"{where}: feature '{spec.name}' reads numeric source {spec.source}; "
                                  "give it 'buckets: [edges...]' (or make it kind: dense where allowed)")
@@ -129,6 +126,8 @@ class _Categorical:
         if self.mode in ("dense", "fixed"):
             return raw.astype(np.int64)
         if self.mode == "buckets":
+            if np.issubdtype(raw.dtype, np.integer):  # ages, positions: no float copy, no NaN
+                return 1 + np.searchsorted(self.int_edges, raw, side="right")
             raw = raw.astype(np.float64)
             return np.where(np.isnan(raw), 0, 1 + np.digitize(raw, self.edges)).astype(np.int64)
         codes, text = self._distinct(raw)
@@ -180,8 +179,6 @@ class FeaturePipeline:
         growth = np.exp((self.item_train_ts - self.t0) / tau)
         # decayed_cumsum[k] = sum over the first k train events (item-major order) of exp((ts - t0) / tau)
         self.decayed_cumsum = np.r_[0.0, np.cumsum(growth)]
-        self.key_span = int(self.ts.max() - self.t0) + 3 if n else 3
-        self.item_train_key = self._key(self.item_idx[by_item], self.item_train_ts)
         by_user = train[np.lexsort((self.ts[train], self.user_idx[train]))]
         self.user_train_ts, self.user_train_item = self.ts[by_user], self.item_idx[by_user]
         self.user_train_ptr = _segments(self.user_idx[by_user], self.num_users)
@@ -400,12 +397,9 @@ class FeaturePipeline:
 
     def _train_before(self, item_idx: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per (item, ts): number of train events of the item strictly before ts, and the end offset."""
-        ends = np.searchsorted(self.item_train_key, self._key(item_idx, ts), side="left")
-        return ends - self.item_train_ptr[item_idx], ends
-
-    def _key(self, segment: np.ndarray, ts: np.ndarray) -> np.ndarray:
-        """Sort key (segment, time) shared by the per-item and per-user train arrays."""
-        return segment * self.key_span + np.clip(ts - self.t0, -1, self.key_span - 1)
+        lo = self.item_train_ptr[item_idx]
+        ends = searchsorted_segments(self.item_train_ts, lo, self.item_train_ptr[item_idx + 1], ts)
+        return ends - lo, ends
 
     def _sparse(self, spec: FeatureSpec, rows, item_idx, ts) -> tuple[np.ndarray, np.ndarray]:
         """(values, lengths) of one sparse feature for the batch."""

@@ -181,16 +181,9 @@ class FeatureStore:
         if spec.source == "history.age":
             since_t0 = self.pipeline.ts[rows] - self.pipeline.t0
             age = np.repeat(since_t0, lengths) - self.arrays["timeline_ts"][positions]
-            return self._age_codes(spec, age), lengths
+            return self.pipeline.encoders[spec.name].encode(age), lengths
         return self.arrays["timeline_item"][positions], lengths
 
-    def _age_codes(self, spec: FeatureSpec, age: np.ndarray) -> np.ndarray:
-        """``encoders[spec.name].encode(age)`` for integer ages, without the float conversion: for an
-        integer x, ``x >= edge`` exactly when ``x >= ceil(edge)``."""
-        enc = self.pipeline.encoders[spec.name]
-        if enc.mode != "buckets":
-            return enc.encode(age)
-        return 1 + np.searchsorted(np.ceil(enc.edges).astype(np.int64), age, side="right")
 
 
 def _layout(pipeline: FeaturePipeline) -> dict[str, tuple[tuple[int, ...], type]]:

@@ -30,12 +30,9 @@ class SparseAdamW(torch.optim.AdamW):
     """``torch.optim.AdamW`` that accepts sparse gradients (updated lazily, row by row).
 
     Args: those of ``torch.optim.AdamW``; ``amsgrad`` and ``maximize`` are refused for parameters
-    whose gradient is sparse.
+    whose gradient is sparse. AdamW's own (foreach or fused) step only ever sees the dense gradients:
+    the sparse ones are applied first and hidden from it.
     """
-
-    def __init__(self, params: Iterable[Any], **kwargs: Any):
-        kwargs.setdefault("foreach", False)  # the foreach kernels would refuse a group with sparse members
-        super().__init__(params, **kwargs)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
