@@ -135,6 +135,9 @@ BAD_VALUES = [
     ("trainer.max_epochs=0", "trainer.max_epochs=0 is not valid: use an integer ≥ 1 (or -1: until early stopping); "
                              "0 would score an untrained model"),
     ("model.net.dropout=1.5", "model.net.dropout=1.5 is not valid: use a number in [0, 1)"),
+    ("+trainer.gradient_clip_algorithm=foo",
+     "trainer.gradient_clip_algorithm='foo' is not valid: use null, norm or value"),
+    ("+trainer.gradient_clip_val=-1", "trainer.gradient_clip_val=-1 is not valid: use null or a number > 0"),
 ]
 
 

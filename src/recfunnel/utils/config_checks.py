@@ -53,6 +53,8 @@ RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "model.loss.num_uniform_negatives": COUNT_OR_ZERO,
     "model.loss.label_smoothing": PROBABILITY,
     "trainer.max_epochs": EPOCHS,
+    "trainer.gradient_clip_val": ("null or a number > 0", lambda v: v is None or (_number(v) and v > 0)),
+    "trainer.gradient_clip_algorithm": ("null, norm or value", lambda v: v in (None, "norm", "value")),
     "pairs.candidates": COUNT,
     "pairs.hard_pool": COUNT,
     "pairs.hard_negatives": COUNT_OR_ZERO,
