@@ -48,7 +48,9 @@ from recfunnel.serving.retriever import Retriever
 from recfunnel.tasks.build import build_datamodule, build_task
 from recfunnel.tasks.callbacks import AppendingCSVLogger, EpochSummary, SaveOnSigterm
 from recfunnel.tasks.checkpoints import load_checkpoint
+from recfunnel.tasks.sharding import ShardedStrategy, check_sharding
 from recfunnel.utils.config_checks import check_config
+from recfunnel.utils.dist import is_main_process
 from recfunnel.utils.errors import RecfunnelError, RunStopped
 from recfunnel.utils.io import atomic_path, write_json
 from recfunnel.utils.run_info import DATA_KEYS, data_info, read_run_info, redact, run_metadata, update_run_info
@@ -87,9 +89,15 @@ def open_run(cfg: DictConfig) -> Iterator[Run]:
     block ends, so a second run started into the same directory is refused.
     """
     check_config(cfg)
+    check_strategy(cfg.trainer)
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     resolved = redact(OmegaConf.to_container(cfg, resolve=True))
+    if not is_main_process():  # another process of a multi-process run: the main one owns the directory
+        pl.seed_everything(cfg.seed, workers=True)
+        before = read_run_info(out)
+        yield Run(cfg, out, resolved, before.get("run_id") or "", {k: before[k] for k in DATA_KEYS if k in before})
+        return
     with run_lock(out):
         check_same_run(out, resolved, resume=bool(cfg.get("resume", True)))
         pl.seed_everything(cfg.seed, workers=True)
@@ -114,7 +122,8 @@ def record_data(run: Run, name: str, data_dir: str | Path, fingerprint: str) -> 
             f"(data folder {run.data_before.get('data_dir')}), but this start loaded {name} tables with fingerprint "
             f"{fingerprint} from {info['data_dir']}; resume it with the data it was trained on, or choose another "
             "hydra.run.dir for a run on this data")
-    update_run_info(run.out, info)
+    if is_main_process():
+        update_run_info(run.out, info)
     log.info("data %s: tables fingerprint %s (data folder %s)", name, fingerprint, info["data_dir"])
 
 
@@ -249,12 +258,50 @@ def finish_loggers(loggers: list[Logger], metrics: Mapping[str, float],
 
 
 # -- training --------------------------------------------------------------------------------------
+def make_trainer(trainer_cfg: DictConfig, run_dir: Path | None = None, **kwargs: Any) -> pl.Trainer:
+    """The Trainer of a ``trainer`` config (``kwargs`` override its keys). ``strategy: sharded`` is
+    ``recfunnel.tasks.sharding.ShardedStrategy`` with the config's ``sharding`` node, recording its
+    plan in ``run_dir``."""
+    args = OmegaConf.to_container(trainer_cfg, resolve=True)
+    trainer_class = hydra.utils.get_class(args.pop("_target_"))
+    sharding = args.pop("sharding", None) or {}
+    if args.get("strategy") == "sharded":
+        args["strategy"] = ShardedStrategy(**sharding, run_dir=run_dir)
+    return trainer_class(**{**args, **kwargs})
+
+
+def check_strategy(trainer_cfg: DictConfig) -> None:
+    """With ``strategy: sharded``, one clear error for a sharding config that cannot run (before
+    anything is written): see ``recfunnel.tasks.sharding.check_sharding``."""
+    if trainer_cfg.get("strategy") != "sharded":
+        return
+    import torch
+
+    accelerator = str(trainer_cfg.get("accelerator", "auto"))
+    cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    devices = trainer_cfg.get("devices", "auto")
+    nodes = int(trainer_cfg.get("num_nodes", 1) or 1)
+    if "WORLD_SIZE" in os.environ:  # torchrun / SLURM set it: the processes exist already
+        world = int(os.environ["WORLD_SIZE"])
+    elif isinstance(devices, int):
+        world = devices * nodes
+    elif isinstance(devices, str) and devices != "auto":
+        world = len([d for d in devices.split(",") if d.strip()]) * nodes
+    elif not isinstance(devices, str):  # a list of device indices
+        world = len(devices) * nodes
+    else:
+        world = (torch.cuda.device_count() if cuda else 1) * nodes
+    sharding = trainer_cfg.get("sharding") or {}
+    check_sharding(list(sharding.get("types", ["table_wise"])), dict(sharding.get("tables") or {}),
+                   sharding.get("optimizer", "rowwise_adagrad"), "cuda" if cuda else "cpu", world)
+
+
 def build_trainer(run: Run, stage: str, loggers: list[Logger]) -> tuple[pl.Trainer, list[pl.Callback]]:
     """The Trainer of ``cfg.trainer`` with the configured callbacks, a one-line-per-epoch summary for
     ``stage``, and ``loggers``."""
     callbacks = [hydra.utils.instantiate(c) for c in (run.cfg.callbacks or {}).values()]
     callbacks += [EpochSummary(stage, monitor=run.cfg.monitor), SaveOnSigterm(run.out / "checkpoints" / "last.ckpt")]
-    return hydra.utils.instantiate(run.cfg.trainer, callbacks=callbacks, logger=loggers), callbacks
+    return make_trainer(run.cfg.trainer, run_dir=run.out, callbacks=callbacks, logger=loggers), callbacks
 
 
 def fit(run: Run, trainer: pl.Trainer, task: pl.LightningModule, dm: pl.LightningDataModule) -> float:
@@ -269,7 +316,8 @@ def fit(run: Run, trainer: pl.Trainer, task: pl.LightningModule, dm: pl.Lightnin
     if resume:
         step = int(load_checkpoint(last).get("global_step", 0))
         log.info("resuming from %s (step %d)", resume, step)
-        trim_csv_log(run.out / "csv" / "metrics.csv", before_step=step)
+        if is_main_process():
+            trim_csv_log(run.out / "csv" / "metrics.csv", before_step=step)
     start = time.perf_counter()
     try:
         trainer.fit(task, datamodule=dm, ckpt_path=resume, weights_only=True)
@@ -303,7 +351,7 @@ def best_checkpoint(callbacks: list) -> str | None:
 def score(cfg: DictConfig, task: pl.LightningModule, dm: pl.LightningDataModule, ckpt: str | None) -> dict[str, float]:
     """``valid/...`` and ``test/...`` metrics of ``task`` with the weights of ``ckpt`` (None: as they
     are), which stay loaded. A quiet trainer: scoring adds no epoch to the logged curves."""
-    scorer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[], enable_progress_bar=False)
+    scorer = make_trainer(cfg.trainer, logger=False, callbacks=[], enable_progress_bar=False)
     metrics: dict[str, float] = {}
     for split, check in (("valid", scorer.validate), ("test", scorer.test)):
         for k, v in check(task, datamodule=dm, ckpt_path=ckpt, verbose=False, weights_only=True)[0].items():
@@ -322,10 +370,13 @@ def monitored(cfg: DictConfig, metrics: dict[str, float]) -> float:
 
 def save_index(task: pl.LightningModule, dm: RecDataModule, out: Path, fingerprint: str) -> Path | None:
     """Exact inner-product FAISS index over the selected model's item vectors, saved in ``out/index``
-    with the item-id map (retrieval models only)."""
+    with the item-id map (retrieval models only). Every process embeds the catalogue (a sharded
+    model's forward is collective); the main one saves it."""
     if not hasattr(task, "catalogue_vectors"):
         return None
     vectors = task.catalogue_vectors().float().cpu().numpy()
+    if not is_main_process():
+        return out / "index"
     index = ItemIndex.build(vectors, dm.data.tables.items["item_id"].to_numpy(), kind="flat", fingerprint=fingerprint)
     index.save(out / "index")
     return out / "index"
@@ -351,9 +402,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
             metrics = score(cfg, task, dm, ckpt)
         metrics["train/fit_seconds"] = fit_s
         metrics["train/epochs"] = trainer.current_epoch
-        write_metrics(run.out, metrics)
         with timed("index"):
             index_dir = save_index(task, dm, run.out, fingerprint=index_fingerprint(run.run_id, ckpt))
+        if not is_main_process():
+            return metrics
+        write_metrics(run.out, metrics)
         finish_loggers(loggers, metrics, {f"{stage}-index": ("faiss-index", [index_dir])} if index_dir else None)
     print_metrics(f"{cfg.run_name} ({cfg.data.name})", metrics)
     print(f"run directory: {run.out.resolve()}")
@@ -409,9 +462,11 @@ def run_funnel(cfg: DictConfig) -> dict[str, float]:
         # the retriever's own data (checked against its fingerprint), or the folder asked for on the command line
         retriever = Retriever.from_run(retriever_dir, data_dir=_data_dir_given(cfg))
         record_data(run, retriever.data_name, retriever.data_dir, retriever.data_fingerprint)
-        (run.out / "retriever_run.txt").write_text(str(retriever_dir.resolve()) + "\n")
         dm, task, metrics = train_ranker(run, retriever, retriever_dir)
         metrics.update(evaluate_stages(cfg, retriever, dm, task))
+        if not is_main_process():
+            return metrics
+        (run.out / "retriever_run.txt").write_text(str(retriever_dir.resolve()) + "\n")
         write_metrics(run.out, metrics)
         report = write_funnel_report(run.out, metrics, cfg.funnel.top_n)
         finish_loggers(build_loggers(run, "funnel", run.resolved, csv=False), metrics,
@@ -447,10 +502,11 @@ def train_ranker(run: Run, retriever: Retriever, retriever_dir: Path) -> tuple[A
     fit_s = fit(run, trainer, task, dm)
     ranker = {**score(cfg, task, dm, best_checkpoint(callbacks)), "train/fit_seconds": fit_s,
               "train/epochs": trainer.current_epoch}
-    finish_loggers(loggers, ranker)
+    if is_main_process():
+        finish_loggers(loggers, ranker)
     metrics = {"ranker/fit_seconds": fit_s, "ranker/epochs": trainer.current_epoch}
     for k, v in ranker.items():
-        if k.endswith(("/auc", "/logloss")):
+        if k.endswith(("/auc", "/logloss", "/users")):
             split, name = k.split("/", 1)
             metrics[f"{split}/ranker/{name}"] = v
     return dm, task, metrics

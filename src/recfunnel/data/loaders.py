@@ -13,7 +13,9 @@ from typing import Any, Callable
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
+from torch.utils.data import DataLoader, Dataset
+
+from recfunnel.utils.dist import rank_world
 
 
 def unpack_key(key) -> tuple[np.ndarray, np.random.Generator | None]:
@@ -32,19 +34,59 @@ def whole_batch(batch: Any) -> Any:
 
 class EpochBatchSampler:
     """Shuffled batches whose order depends only on (seed, epoch): epoch e of a resumed run sees
-    exactly the batches it would have seen uninterrupted."""
+    exactly the batches it would have seen uninterrupted.
+
+    In a multi-process run (``torch.distributed`` initialised) rank r of W trains batches r, r + W,
+    r + 2W, ... of the epoch's sequence, and every rank the same number of them (the last
+    ``batches % W`` are dropped), so ``batch_size`` is per process, as Lightning has it.
+    """
 
     def __init__(self, size: int, batch_size: int, seed: int, drop_last: bool):
         self.size, self.batch_size, self.seed, self.drop_last = size, batch_size, seed, drop_last
         self.epoch, self.skip = 0, 0
 
-    def __len__(self) -> int:
+    def _batches(self) -> int:
         return self.size // self.batch_size if self.drop_last else -(-self.size // self.batch_size)
 
+    def __len__(self) -> int:
+        return self._batches() // rank_world()[1]
+
     def __iter__(self):
+        rank, world = rank_world()
         perm = np.random.default_rng((self.seed, self.epoch)).permutation(self.size)
-        for index in range(self.skip, len(self)):
+        for local in range(self.skip, len(self)):
+            index = local * world + rank
             yield (self.seed, self.epoch, index, perm[index * self.batch_size:(index + 1) * self.batch_size].tolist())
+
+
+class RankBlockBatches:
+    """Evaluation batches of consecutive positions. With W processes, rank r scores the r-th of W
+    near-equal blocks of ``range(size)``, so every position is scored exactly once; each rank's block
+    is cut into the same number of near-equal batches (at most ``batch_size`` each), since a sharded
+    model's every forward is a collective call of all ranks."""
+
+    def __init__(self, size: int, batch_size: int):
+        self.size, self.batch_size = size, batch_size
+
+    def _blocks(self) -> tuple[np.ndarray, int]:
+        rank, world = rank_world()
+        block = np.array_split(np.arange(self.size), world)[rank]
+        largest = -(-self.size // world)
+        return block, -(-largest // self.batch_size)
+
+    def __len__(self) -> int:
+        block, batches = self._blocks()
+        return min(batches, len(block))
+
+    def __iter__(self):
+        block, batches = self._blocks()
+        if rank_world()[1] == 1:  # one process: full batches, the last one shorter
+            parts = [block[i:i + self.batch_size] for i in range(0, len(block), self.batch_size)]
+        else:
+            parts = np.array_split(block, batches) if len(block) else []
+        for part in parts:
+            if len(part):
+                yield part.tolist()
 
 
 class ResumableLoader(DataLoader):
@@ -88,6 +130,7 @@ def training_loader(dm: pl.LightningDataModule, dataset: Dataset, batch_size: in
 
 
 def evaluation_loader(dataset: Dataset, batch_size: int, **kw) -> DataLoader:
-    """Batches of consecutive positions of ``dataset``, in order."""
-    return DataLoader(dataset, sampler=BatchSampler(SequentialSampler(dataset), batch_size, drop_last=False),
+    """Batches of consecutive positions of ``dataset``, in order; with several processes, each scores
+    its own block (``RankBlockBatches``)."""
+    return DataLoader(dataset, sampler=RankBlockBatches(len(dataset), batch_size),
                       batch_size=None, collate_fn=whole_batch, **kw)

@@ -30,6 +30,7 @@ Checkpoints move between the backends with ``load_state_dict(strict=True)``. Tab
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -117,6 +118,7 @@ class FeatureEmbedding(nn.Module):
             bag.sparse = bag.num_embeddings >= SPARSE_GRAD_ROWS
         # every sparse feature key of the collection, in its (table-major) order
         self._keys = [name for cfg in tables for name in cfg.feature_names]
+        self.table_features = {cfg.name: list(cfg.feature_names) for cfg in tables}
         self._sparse = {t: [f.name for f in schema.tower(t, "sparse")] for t in TOWERS}
         self._dims = {f.name: schema[f.table_name].dim for f in schema.features if f.is_sparse}
         for tower in TOWERS:
@@ -166,17 +168,28 @@ class FeatureEmbedding(nn.Module):
         Towers with the same batch size share one collection call; every call gets a KJT holding all
         of the collection's keys, those of absent towers with zero lengths (pooled to zeros, unused).
         """
-        by_batch: dict[int, list[str]] = {}
+        groups: dict[Any, list[str]] = {}
         for tower, inp in inputs.items():
             self._check_input(tower, inp)
-            by_batch.setdefault(inp.batch_size, []).append(tower)
+            # sharded, every rank must make the same calls whatever its batch sizes: group by tower
+            key = ("query" if tower in ("user", "context") else tower) if self.sharded else inp.batch_size
+            groups.setdefault(key, []).append(tower)
         pooled: dict[str, Tensor] = {}
-        for batch_size, towers in by_batch.items():
-            kjt = self._merge([inputs[t] for t in towers], batch_size)
-            out = self.ebc(kjt)
-            out = out if isinstance(out, dict) else out.to_dict()
+        for towers in groups.values():
+            batch_size = inputs[towers[0]].batch_size
+            if any(inputs[t].batch_size != batch_size for t in towers):
+                raise RecfunnelError(f"towers {towers} have batch sizes {[inputs[t].batch_size for t in towers]}; "
+                                     "the query towers (user, context) must have one batch size")
+            out = self._call_collection(self._merge([inputs[t] for t in towers], batch_size))
             pooled.update((name, out[name]) for t in towers for name in self._sparse[t])
         return pooled
+
+    def _call_collection(self, kjt: KeyedJaggedTensor) -> dict[str, Tensor]:
+        """{feature: (B, dim)} pooled by ``ebc``. Sharded, the gradient that reaches a table from every
+        rank is divided by the number of ranks (TorchRec's all-to-all does it), so the update follows
+        the mean of the ranks' losses, as the data-parallel parameters' does."""
+        out = self.ebc(kjt)
+        return out if isinstance(out, dict) else out.to_dict()
 
     def sequence(self, name: str, kjt: KeyedJaggedTensor, max_len: int | None = None) -> tuple[Tensor, Tensor]:
         """Unpooled embeddings of sparse feature ``name`` for a sequence encoder.
@@ -201,7 +214,6 @@ class FeatureEmbedding(nn.Module):
                                  f"choose one of: {', '.join(self._keys)}")
         if name not in kjt.keys():
             raise RecfunnelError(f"sequence(): the KJT has no key '{name}' (it has {kjt.keys()})")
-        weight = self.ebc.embedding_bags[spec.table_name].weight
         i, batch_size = kjt.keys().index(name), kjt.stride()
         lengths = kjt.lengths().view(len(kjt.keys()), batch_size)[i].long()
         values = kjt.values().split(kjt.length_per_key())[i].long()
@@ -211,8 +223,8 @@ class FeatureEmbedding(nn.Module):
         from_end = lengths.cumsum(0)[row] - 1 - torch.arange(values.numel(), device=device)  # newest id: 0
         keep = from_end < seq_len
         slot = row[keep] * seq_len + (seq_len - 1 - from_end[keep])
-        emb = weight.new_zeros(batch_size * seq_len, weight.shape[1]).index_copy(
-            0, slot, self._rows(spec.table_name, values[keep]))
+        rows = self._rows(spec.table_name, values[keep])
+        emb = rows.new_zeros(batch_size * seq_len, rows.shape[1]).index_copy(0, slot, rows)
         first_real = seq_len - lengths.clamp(max=seq_len)
         mask = torch.arange(seq_len, device=device)[None, :] >= first_real[:, None]
         return emb.view(batch_size, seq_len, -1), mask
@@ -225,11 +237,34 @@ class FeatureEmbedding(nn.Module):
         rows = self._rows(self.schema[name].table_name, ids.clamp(min=0).reshape(-1)).view(*ids.shape, -1)
         return rows * (ids >= 0).unsqueeze(-1).to(rows.dtype)
 
+    @property
+    def sharded(self) -> bool:
+        """True once TorchRec's ``DistributedModelParallel`` has replaced ``ebc`` by its sharded form
+        (``recfunnel.tasks.sharding``): its tables then live on several ranks and every lookup is a
+        collective call of the collection."""
+        return not isinstance(self.ebc, (EmbeddingBagCollection, TorchEmbeddingBagCollection))
+
     def _rows(self, table: str, ids: Tensor) -> Tensor:
         """(n,) ids → (n, D) rows of ``table``, with the table's kind of gradient (sparse or dense;
-        the dense one through index_select, whose backward needs no sort, unlike F.embedding's)."""
+        the dense one through index_select, whose backward needs no sort, unlike F.embedding's).
+        A sharded collection has no weight to index: each id is then looked up as a bag of one."""
+        if self.sharded:
+            return self._rows_as_bags(table, ids)
         bag = self.ebc.embedding_bags[table]
         return F.embedding(ids, bag.weight, sparse=True) if bag.sparse else bag.weight.index_select(0, ids)
+
+    def _rows_as_bags(self, table: str, ids: Tensor) -> Tensor:
+        """(n,) ids → (n, D) through the collection itself, one bag of one id per row (its pooled value,
+        sum or mean, is the row). Every rank makes this call, also with no ids (a bag of row 0 is
+        looked up and dropped): a sharded collection's call is collective."""
+        name, n = self.table_features[table][0], len(ids)
+        ids = ids.long() if n else ids.new_zeros(1, dtype=torch.long)
+        rows = len(ids)
+        lengths = [torch.ones(rows, dtype=torch.int32, device=ids.device) if key == name
+                   else torch.zeros(rows, dtype=torch.int32, device=ids.device) for key in self._keys]
+        kjt = KeyedJaggedTensor(keys=self._keys, values=ids, lengths=torch.cat(lengths), stride=rows,
+                                length_per_key=[rows if key == name else 0 for key in self._keys])
+        return self._call_collection(kjt)[name][:n]
 
     def _check_tower(self, tower: str) -> None:
         if tower not in TOWERS:

@@ -98,8 +98,16 @@ class RecTask(pl.LightningModule):
         self._count += size
 
     def _log_means(self, split: str) -> None:
-        for k, v in self._sums.items():
-            self.log(f"{split}/{k}", v / max(self._count, 1), prog_bar=k == "ndcg@10", sync_dist=True)
+        """Log each metric's mean over every user scored, on all ranks together: sums and counts are
+        added across processes first (a mean of per-rank means would weigh ranks, not users), and
+        ``{split}/users`` is the number of users scored."""
+        keys = sorted(self._sums)
+        totals = torch.tensor([self._sums[k] for k in keys] + [self._count], dtype=torch.float64, device=self.device)
+        totals = self.trainer.strategy.reduce(totals, reduce_op="sum").cpu()
+        count = max(float(totals[-1]), 1.0)
+        for k, v in zip(keys, totals[:-1].tolist()):
+            self.log(f"{split}/{k}", v / count, prog_bar=k == "ndcg@10")
+        self.log(f"{split}/users", float(totals[-1]))
         self.eval_end(split)
         self._sums, self._count = {}, 0
 

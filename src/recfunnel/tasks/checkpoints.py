@@ -14,11 +14,14 @@ from recfunnel.utils.errors import RecfunnelError
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A checkpoint's contents, loaded with ``weights_only=True`` on the CPU.
+    """A checkpoint's contents, loaded with ``weights_only=True`` on the CPU. A folder is a sharded
+    checkpoint (``trainer=sharded``): see ``load_sharded_checkpoint``.
 
     Raises one ``RecfunnelError`` naming the file when it is missing, truncated or not a checkpoint.
     """
     path = Path(path)
+    if path.is_dir():
+        return load_sharded_checkpoint(path)
     if not path.is_file():
         raise RecfunnelError(f"checkpoint {path} does not exist")
     try:
@@ -52,3 +55,29 @@ def check_compatible(module: torch.nn.Module, checkpoint: dict[str, Any]) -> Non
                              f"model's: {', '.join(p for p in parts if p)}. Use the same model/features config as the "
                              "run that wrote it (its config.yaml), or a fresh run directory.")
 
+
+
+SHARDED_META = "meta.pt"  # rank 0's part of a sharded checkpoint (``recfunnel.tasks.sharding``)
+
+
+def load_sharded_checkpoint(path: Path) -> dict[str, Any]:
+    """A sharded checkpoint folder (``torch.distributed.checkpoint`` shards + ``meta.pt``) read in this
+    one process into an ordinary checkpoint: ``state_dict`` holds whole tensors, whatever the number
+    of ranks that wrote it, so every loader of a finished run reads sharded runs too. The fused
+    optimizer's state is left out (only resuming the sharded run needs it)."""
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.format_utils import _EmptyStateDictLoadPlanner
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+
+    if not (path / SHARDED_META).is_file():
+        raise RecfunnelError(f"checkpoint {path} is a folder without {SHARDED_META}: not a sharded checkpoint written "
+                             "by trainer=sharded (or one whose save did not finish)")
+    try:
+        meta = torch.load(path / SHARDED_META, map_location="cpu", weights_only=True)
+        state: dict[str, Any] = {}
+        _load_state_dict(state, storage_reader=FileSystemReader(str(path)),
+                         planner=_EmptyStateDictLoadPlanner(keys={"state_dict"}), no_dist=True)
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, pickle.UnpicklingError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RecfunnelError(f"sharded checkpoint {path} is damaged ({first[:160]}); delete it to start over") from None
+    return {**meta, "state_dict": state.get("state_dict", {})}

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.functional.classification import binary_auroc
@@ -76,8 +77,13 @@ class RankingTask(RecTask):
         return list_metrics(ranked, targets)
 
     def eval_end(self, split: str) -> None:
-        if self._pairs:
-            logits, labels = (torch.cat(x) for x in zip(*self._pairs))
+        pairs = self._pairs
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            gathered: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, pairs)  # every rank's pairs: AUC is not a mean of per-rank AUCs
+            pairs = [p for part in gathered for p in part]
+        if pairs:
+            logits, labels = (torch.cat(x) for x in zip(*pairs))
             if labels.numel() and 0 < labels.sum() < labels.numel():
                 self.log(f"{split}/auc", binary_auroc(logits, labels.long()).item())
                 self.log(f"{split}/logloss", F.binary_cross_entropy_with_logits(logits, labels).item())
