@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: install train test test-slow test-gpu lint prepare baseline bench clean
+.PHONY: install train test test-slow test-gpu lint prepare baseline bench gpu-check clean
 
 $(STAMP): pyproject.toml constraints.txt scripts/install.sh
 	bash scripts/install.sh
@@ -42,6 +42,11 @@ baseline: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_data.py
 	$(PY) benchmarks/bench_embedding.py
+	$(PY) benchmarks/bench_distributed.py --json logs/bench_distributed.json
+
+## On a lent GPU machine (see scripts/gpu_check.sh; prepare with `bash scripts/gpu_bundle.sh` here).
+gpu-check:
+	bash scripts/gpu_check.sh
 
 clean:
 	rm -rf $(VENV) logs outputs multirun .pytest_cache

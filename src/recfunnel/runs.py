@@ -50,7 +50,7 @@ from recfunnel.tasks.callbacks import AppendingCSVLogger, EpochSummary, SaveOnSi
 from recfunnel.tasks.checkpoints import load_checkpoint
 from recfunnel.tasks.sharding import ShardedStrategy, check_sharding
 from recfunnel.utils.config_checks import check_config
-from recfunnel.utils.dist import is_main_process
+from recfunnel.utils.dist import barrier, is_main_process
 from recfunnel.utils.errors import RecfunnelError, RunStopped
 from recfunnel.utils.io import atomic_path, write_json
 from recfunnel.utils.run_info import DATA_KEYS, data_info, read_run_info, redact, run_metadata, update_run_info
@@ -404,12 +404,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
         metrics["train/epochs"] = trainer.current_epoch
         with timed("index"):
             index_dir = save_index(task, dm, run.out, fingerprint=index_fingerprint(run.run_id, ckpt))
-        if not is_main_process():
-            return metrics
-        write_metrics(run.out, metrics)
-        finish_loggers(loggers, metrics, {f"{stage}-index": ("faiss-index", [index_dir])} if index_dir else None)
-    print_metrics(f"{cfg.run_name} ({cfg.data.name})", metrics)
-    print(f"run directory: {run.out.resolve()}")
+        if is_main_process():
+            write_metrics(run.out, metrics)
+            finish_loggers(loggers, metrics, {f"{stage}-index": ("faiss-index", [index_dir])} if index_dir else None)
+        barrier()  # the other processes read this run (the funnel's next stage) only once it is written
+    if is_main_process():
+        print_metrics(f"{cfg.run_name} ({cfg.data.name})", metrics)
+        print(f"run directory: {run.out.resolve()}")
     return metrics
 
 

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import csv
 import time
 from pathlib import Path
 from typing import Any
@@ -75,7 +76,12 @@ class SaveOnSigterm(pl.Callback):
 
 class _AppendingWriter(ExperimentWriter):
     def _check_log_dir_exists(self) -> None:
-        """Keep an existing ``metrics.csv`` (Lightning deletes it): a resumed run appends to it."""
+        """Keep an existing ``metrics.csv`` (Lightning deletes it): a resumed run appends to it, under
+        the columns it already has (else the first new column would rewrite the file with this
+        start's columns only, and its older rows would no longer fit)."""
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+                self.metrics_keys = sorted(next(csv.reader(f), []))
 
 
 class AppendingCSVLogger(CSVLogger):

@@ -208,14 +208,21 @@ class ShardedStrategy(DDPStrategy):
                                                **({"min_partition": self.min_partition} if self.min_partition else {}))
                        for t in tables}
         planner = EmbeddingShardingPlanner(topology=topology, constraints=constraints)
-        try:  # every rank plans (the planner is deterministic): an error is raised on all of them alike
-            return planner.plan(module, sharders)
-        except PlannerError as e:
-            first = str(e).strip().splitlines()[0][:300]
+        # rank 0 plans and sends the plan, or its error, to every rank (plans made apart can differ: the
+        # planner reads the free memory), so that all ranks shard alike or all stop with the same line
+        found: list[Any] = [None]
+        if self.global_rank == 0:
+            try:
+                found = [planner.plan(module, sharders)]
+            except PlannerError as e:
+                found = [str(e).strip().splitlines()[0][:300]]
+        dist.broadcast_object_list(found, src=0)
+        if isinstance(found[0], str):
             raise RecfunnelError(f"trainer=sharded: TorchRec's planner found no plan for these tables with "
                                  f"{self.world_size} ranks{f' and {self.memory_gb} GB each' if cap else ''} "
-                                 f"({first}); allow more sharding types (trainer.sharding.types), more memory "
-                                 "(trainer.sharding.memory_gb) or more processes") from None
+                                 f"({found[0]}); allow more sharding types (trainer.sharding.types), more memory "
+                                 "(trainer.sharding.memory_gb) or more processes")
+        return found[0]
 
     def _record_plan(self) -> None:
         if self.run_dir is None or not self.is_global_zero:
