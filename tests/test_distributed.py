@@ -136,3 +136,34 @@ def test_ddp_and_sharded_train_the_funnel_and_score_every_user_once(tmp_path, ml
         assert funnel["valid/ranker/users"] == funnel["test/ranker/users"] == 943
         assert 0 < funnel["test/ndcg@10"] < 1
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_the_slurm_launcher_config_runs_one_task_per_device():
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=["hydra/launcher=submitit_slurm", "trainer=sharded", "trainer.accelerator=gpu",
+                                          "trainer.devices=8", "trainer.num_nodes=2"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    assert launcher.tasks_per_node == launcher.gpus_per_node == 8 and launcher.nodes == 2
+
+
+@pytest.mark.parametrize("env, main", [
+    ({}, True),
+    ({"RANK": "0", "LOCAL_RANK": "0"}, True),
+    ({"RANK": "3", "LOCAL_RANK": "1"}, False),                       # torchrun, second node
+    ({"LOCAL_RANK": "1"}, False),                                    # Lightning's launcher, second process
+    ({"LOCAL_RANK": "0", "NODE_RANK": "1"}, False),
+    ({"SLURM_NTASKS": "16", "SLURM_PROCID": "0"}, True),
+    ({"SLURM_NTASKS": "16", "SLURM_PROCID": "5", "LOCAL_RANK": "5"}, False),
+    ({"SLURM_NTASKS": "1", "SLURM_PROCID": "0"}, True),              # an interactive srun of one task
+])
+def test_which_process_writes_the_run(monkeypatch, env, main):
+    from recfunnel.utils.dist import is_main_process
+
+    for key in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_NTASKS", "SLURM_PROCID"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert is_main_process() is main

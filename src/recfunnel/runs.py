@@ -89,7 +89,7 @@ def open_run(cfg: DictConfig) -> Iterator[Run]:
     block ends, so a second run started into the same directory is refused.
     """
     check_config(cfg)
-    check_strategy(cfg.trainer)
+    check_strategy(cfg.get("trainer") or {})
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     resolved = redact(OmegaConf.to_container(cfg, resolve=True))
@@ -270,9 +270,10 @@ def make_trainer(trainer_cfg: DictConfig, run_dir: Path | None = None, **kwargs:
     return trainer_class(**{**args, **kwargs})
 
 
-def check_strategy(trainer_cfg: DictConfig) -> None:
+def check_strategy(trainer_cfg: Mapping[str, Any]) -> None:
     """With ``strategy: sharded``, one clear error for a sharding config that cannot run (before
-    anything is written): see ``recfunnel.tasks.sharding.check_sharding``."""
+    anything is written): see ``recfunnel.tasks.sharding.check_sharding``. ``trainer_cfg`` may be
+    empty (the evaluate job has no trainer)."""
     if trainer_cfg.get("strategy") != "sharded":
         return
     import torch

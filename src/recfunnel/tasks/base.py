@@ -106,8 +106,9 @@ class RecTask(pl.LightningModule):
         totals = self.trainer.strategy.reduce(totals, reduce_op="sum").cpu()
         count = max(float(totals[-1]), 1.0)
         for k, v in zip(keys, totals[:-1].tolist()):
-            self.log(f"{split}/{k}", v / count, prog_bar=k == "ndcg@10")
-        self.log(f"{split}/users", float(totals[-1]))
+            # the same value on every rank already; sync_dist averages equal values (and says so to Lightning)
+            self.log(f"{split}/{k}", v / count, prog_bar=k == "ndcg@10", sync_dist=True)
+        self.log(f"{split}/users", float(totals[-1]), sync_dist=True)
         self.eval_end(split)
         self._sums, self._count = {}, 0
 

@@ -85,6 +85,6 @@ class RankingTask(RecTask):
         if pairs:
             logits, labels = (torch.cat(x) for x in zip(*pairs))
             if labels.numel() and 0 < labels.sum() < labels.numel():
-                self.log(f"{split}/auc", binary_auroc(logits, labels.long()).item())
-                self.log(f"{split}/logloss", F.binary_cross_entropy_with_logits(logits, labels).item())
+                self.log(f"{split}/auc", binary_auroc(logits, labels.long()).item(), sync_dist=True)
+                self.log(f"{split}/logloss", F.binary_cross_entropy_with_logits(logits, labels).item(), sync_dist=True)
         self._pairs = []

@@ -108,7 +108,7 @@ class RetrievalTask(RecTask):
         return len(batch["item_idx"])
 
     def on_train_epoch_end(self) -> None:
-        self.log("train/temperature", self.loss.temperature)
+        self.log("train/temperature", self.loss.temperature, sync_dist=True)
 
     def configure_optimizers(self):
         # weight decay on the towers only: it would drag a learned temperature towards 1
