@@ -9,7 +9,8 @@ what the test asserts on to ``OUT_DIR/result.json``.
 * ``equality TYPES [TABLE=TYPE,...]``: the same initial weights and the same global batches, trained (a) sharded by 2
   processes, each on its half of every global batch, with SGD (fused SGD for the tables), and (b) by
   one process on whole batches with plain SGD; writes the largest weight difference.
-* ``untouched``: fused row-wise Adagrad; writes how many item-table rows no batch touched and how
+* ``untouched``: fused row-wise Adagrad (a learning rate of its own); writes it as the fused
+  optimizer holds it, and how many item-table rows no batch touched and how
   many of them changed, and how many touched rows changed.
 * ``roundtrip``: trains with fused Adagrad, saves a sharded checkpoint, restores it into a fresh
   model through ``trainer.fit(ckpt_path=...)``, and writes the largest difference of the weights'
@@ -37,6 +38,7 @@ from recfunnel.tasks.sharding import ShardedStrategy
 
 ROOT = Path(__file__).resolve().parents[1]
 GLOBAL_BATCH, STEPS, LR = 256, 6, 0.05
+FUSED_LR = 0.07  # the untouched case's fused learning rate: not the task's, so a dropped setting shows
 RANK = int(os.environ.get("RANK", "0"))  # torchrun's; the process group starts with the Trainer
 
 
@@ -87,8 +89,8 @@ def setup(seed: int = 0):
 
 
 def sharded_trainer(out: Path, optimizer: str, types: list[str], steps: int = STEPS,
-                    tables: dict[str, str] | None = None) -> pl.Trainer:
-    strategy = ShardedStrategy(types=types, tables=tables, optimizer=optimizer, lr=LR, min_partition=8, run_dir=out)
+                    tables: dict[str, str] | None = None, lr: float = LR) -> pl.Trainer:
+    strategy = ShardedStrategy(types=types, tables=tables, optimizer=optimizer, lr=lr, min_partition=8, run_dir=out)
     return pl.Trainer(accelerator="cpu", devices=2, strategy=strategy, max_steps=steps, logger=False,
                       enable_checkpointing=False, enable_progress_bar=False, use_distributed_sampler=False,
                       enable_model_summary=False)
@@ -128,9 +130,11 @@ def case_equality(out: Path, types: str, tables: str = "") -> dict:
 def case_untouched(out: Path) -> dict:
     net, events, rows = setup()
     before = net.embedding.ebc.embedding_bags["item_id"].weight.detach().clone()
-    trainer = sharded_trainer(out, "rowwise_adagrad", ["table_wise"])
-    trainer.fit(PointwiseTask(net, LR), train_dataloaders=loader(events, rows, RANK))
+    trainer = sharded_trainer(out, "rowwise_adagrad", ["table_wise"], lr=FUSED_LR)
+    task = PointwiseTask(net, LR)
+    trainer.fit(task, train_dataloaders=loader(events, rows, RANK))
     trainer.save_checkpoint(out / "final.ckpt")
+    groups = task.__dict__["_dmp"].fused_optimizer.param_groups
     if trainer.global_rank != 0:
         return {}
     after = load_checkpoint(out / "final.ckpt")["state_dict"]["net.embedding.ebc.embedding_bags.item_id.weight"]
@@ -143,7 +147,8 @@ def case_untouched(out: Path) -> dict:
             if key in kjt.keys():
                 touched[kjt[key].values().long()] = True
     changed = (after != before).any(1)
-    return {"untouched": int((~touched).sum()), "untouched_changed": int((changed & ~touched).sum()),
+    return {"fused_lr": sorted({g["lr"] for g in groups}),
+            "untouched": int((~touched).sum()), "untouched_changed": int((changed & ~touched).sum()),
             "touched": int(touched.sum()), "touched_changed": int((changed & touched).sum())}
 
 

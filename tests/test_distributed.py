@@ -46,6 +46,7 @@ def test_sharded_training_equals_single_process_training(tmp_path, ml100k_data):
 
 def test_fused_optimizer_leaves_rows_no_batch_touched_unchanged(tmp_path, ml100k_data):
     result = worker(tmp_path, "untouched")
+    assert result["fused_lr"] == [pytest.approx(0.07)]  # trainer.sharding.lr reached the fused optimizer
     assert result["untouched"] > 0 and result["touched"] > 0
     assert result["untouched_changed"] == 0
     assert result["touched_changed"] == result["touched"]

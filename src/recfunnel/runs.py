@@ -64,7 +64,7 @@ log = logging.getLogger(__name__)
 #: from the run's ``config.yaml`` is refused, so a finished run is never silently changed
 RESUMABLE_KEYS = ("run_name", "group", "tags", "resume", "paths.", "logger.", "trainer.max_epochs",
                   "trainer.min_epochs", "trainer.enable_progress_bar", "trainer.log_every_n_steps",
-                  "trainer.accelerator", "trainer.devices", "data.num_workers", "funnel.timing_users")
+                  "trainer.accelerator", "trainer.devices", "trainer.num_nodes", "data.num_workers", "funnel.timing_users")
 LOCK = ".lock"
 
 

@@ -101,7 +101,7 @@ class ShardedStrategy(DDPStrategy):
         types: sharding types the planner may choose from for every table.
         tables: {table: sharding type} overrides.
         optimizer: the fused optimizer of the sharded tables; ``lr`` its learning rate (None: the
-            task's ``lr``); ``weight_decay`` its decay.
+            task's ``lr``).
         memory_gb: memory per rank the planner may fill (None: the device's); a plan that does not
             fit is one clear error.
         min_partition: the narrowest column shard of a column-wise table (None: TorchRec's 128, so
@@ -113,12 +113,12 @@ class ShardedStrategy(DDPStrategy):
     strategy_name = "recfunnel_sharded"
 
     def __init__(self, types: Sequence[str] = ("table_wise",), tables: Mapping[str, str] | None = None,
-                 optimizer: str = "rowwise_adagrad", lr: float | None = None, weight_decay: float = 0.0,
+                 optimizer: str = "rowwise_adagrad", lr: float | None = None,
                  memory_gb: float | None = None, min_partition: int | None = None, run_dir: str | Path | None = None,
                  **kwargs: Any):
         super().__init__(**kwargs)
         self.types, self.tables = list(types), dict(tables or {})
-        self.optimizer_name, self.optimizer_lr, self.optimizer_weight_decay = optimizer, lr, weight_decay
+        self.optimizer_name, self.optimizer_lr = optimizer, lr
         self.memory_gb, self.min_partition = memory_gb, min_partition
         self.run_dir = Path(run_dir) if run_dir else None
         self.plan: Any = None
@@ -168,11 +168,8 @@ class ShardedStrategy(DDPStrategy):
             raise RecfunnelError(f"trainer.sharding.tables names {', '.join(unknown)}, not tables of this model; its "
                                  f"tables are {', '.join(sorted(tables))}")
         lr = self.optimizer_lr if self.optimizer_lr is not None else getattr(module, "lr", 0.01)
-        fused_kwargs: dict[str, Any] = {"lr": lr}
-        if self.optimizer_weight_decay:
-            fused_kwargs["weight_decay"] = self.optimizer_weight_decay
         for e in embeddings:
-            apply_optimizer_in_backward(_optimizer_class(self.optimizer_name), e.ebc.parameters(), fused_kwargs)
+            apply_optimizer_in_backward(_optimizer_class(self.optimizer_name), e.ebc.parameters(), {"lr": lr})
         sharders = [EmbeddingBagCollectionSharder()]
         self.plan = self._plan(module, sharders, tables)
         weights = {k: v.detach().clone() for k, v in module.state_dict().items()}
