@@ -47,7 +47,7 @@ from recfunnel.serving.rerank import Seen, build_reranker
 from recfunnel.serving.retriever import Retriever
 from recfunnel.tasks.build import build_datamodule, build_task
 from recfunnel.tasks.callbacks import AppendingCSVLogger, EpochSummary, SaveOnSigterm
-from recfunnel.tasks.checkpoints import load_checkpoint
+from recfunnel.tasks.checkpoints import checkpoint_step
 from recfunnel.tasks.sharding import ShardedStrategy, check_sharding
 from recfunnel.utils.config_checks import check_config
 from recfunnel.utils.dist import barrier, is_main_process
@@ -315,7 +315,7 @@ def fit(run: Run, trainer: pl.Trainer, task: pl.LightningModule, dm: pl.Lightnin
     last = run.out / "checkpoints" / "last.ckpt"
     resume = str(last) if run.cfg.resume and last.exists() else None
     if resume:
-        step = int(load_checkpoint(last).get("global_step", 0))
+        step = checkpoint_step(last)
         log.info("resuming from %s (step %d)", resume, step)
         if is_main_process():
             trim_csv_log(run.out / "csv" / "metrics.csv", before_step=step)

@@ -60,6 +60,19 @@ def check_compatible(module: torch.nn.Module, checkpoint: dict[str, Any]) -> Non
 SHARDED_META = "meta.pt"  # rank 0's part of a sharded checkpoint (``recfunnel.tasks.sharding``)
 
 
+def checkpoint_step(path: str | Path) -> int:
+    """The global step a checkpoint was saved at; of a sharded folder, read from its ``meta.pt``
+    alone (not the shards)."""
+    path = Path(path)
+    if path.is_dir() and (path / SHARDED_META).is_file():
+        try:
+            return int(torch.load(path / SHARDED_META, map_location="cpu", weights_only=True).get("global_step", 0))
+        except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile):
+            raise RecfunnelError(f"sharded checkpoint {path} is damaged ({SHARDED_META} unreadable); delete it to "
+                                 "start over") from None
+    return int(load_checkpoint(path).get("global_step", 0))
+
+
 def load_sharded_checkpoint(path: Path) -> dict[str, Any]:
     """A sharded checkpoint folder (``torch.distributed.checkpoint`` shards + ``meta.pt``) read in this
     one process into an ordinary checkpoint: ``state_dict`` holds whole tensors, whatever the number
