@@ -48,7 +48,7 @@ from recfunnel.serving.retriever import Retriever
 from recfunnel.tasks.build import build_datamodule, build_task
 from recfunnel.tasks.callbacks import AppendingCSVLogger, EpochSummary, SaveOnSigterm
 from recfunnel.tasks.checkpoints import checkpoint_step
-from recfunnel.tasks.sharding import ShardedStrategy, check_sharding
+from recfunnel.tasks.sharding import DEFAULT_OPTIMIZER, DEFAULT_TYPES, ShardedStrategy, check_sharding
 from recfunnel.utils.config_checks import check_config
 from recfunnel.utils.dist import barrier, is_main_process
 from recfunnel.utils.errors import RecfunnelError, RunStopped
@@ -293,8 +293,8 @@ def check_strategy(trainer_cfg: Mapping[str, Any]) -> None:
     else:
         world = (torch.cuda.device_count() if cuda else 1) * nodes
     sharding = trainer_cfg.get("sharding") or {}
-    check_sharding(list(sharding.get("types", ["table_wise"])), dict(sharding.get("tables") or {}),
-                   sharding.get("optimizer", "rowwise_adagrad"), "cuda" if cuda else "cpu", world)
+    check_sharding(list(sharding.get("types", DEFAULT_TYPES)), dict(sharding.get("tables") or {}),
+                   sharding.get("optimizer", DEFAULT_OPTIMIZER), "cuda" if cuda else "cpu", world)
 
 
 def build_trainer(run: Run, stage: str, loggers: list[Logger]) -> tuple[pl.Trainer, list[pl.Callback]]:

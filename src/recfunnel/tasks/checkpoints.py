@@ -56,7 +56,6 @@ def check_compatible(module: torch.nn.Module, checkpoint: dict[str, Any]) -> Non
                              "run that wrote it (its config.yaml), or a fresh run directory.")
 
 
-
 SHARDED_META = "meta.pt"  # rank 0's part of a sharded checkpoint (``recfunnel.tasks.sharding``)
 
 
@@ -64,13 +63,22 @@ def checkpoint_step(path: str | Path) -> int:
     """The global step a checkpoint was saved at; of a sharded folder, read from its ``meta.pt``
     alone (not the shards)."""
     path = Path(path)
-    if path.is_dir() and (path / SHARDED_META).is_file():
-        try:
-            return int(torch.load(path / SHARDED_META, map_location="cpu", weights_only=True).get("global_step", 0))
-        except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile):
-            raise RecfunnelError(f"sharded checkpoint {path} is damaged ({SHARDED_META} unreadable); delete it to "
-                                 "start over") from None
+    if path.is_dir():
+        return int(sharded_meta(path).get("global_step", 0))
     return int(load_checkpoint(path).get("global_step", 0))
+
+
+def sharded_meta(path: Path) -> dict[str, Any]:
+    """The ``meta.pt`` of a sharded checkpoint folder (step, loops, world size, plan, ...), with one
+    clear error for a folder that lacks it or holds a damaged one."""
+    if not (path / SHARDED_META).is_file():
+        raise RecfunnelError(f"checkpoint {path} is a folder without {SHARDED_META}: not a sharded checkpoint written "
+                             "by trainer=sharded (or one whose save did not finish)")
+    try:
+        return torch.load(path / SHARDED_META, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile):
+        raise RecfunnelError(f"sharded checkpoint {path} is damaged ({SHARDED_META} unreadable); delete it to "
+                             "start over") from None
 
 
 def load_sharded_checkpoint(path: Path) -> dict[str, Any]:
@@ -82,11 +90,8 @@ def load_sharded_checkpoint(path: Path) -> dict[str, Any]:
     from torch.distributed.checkpoint.format_utils import _EmptyStateDictLoadPlanner
     from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
-    if not (path / SHARDED_META).is_file():
-        raise RecfunnelError(f"checkpoint {path} is a folder without {SHARDED_META}: not a sharded checkpoint written "
-                             "by trainer=sharded (or one whose save did not finish)")
+    meta = sharded_meta(path)
     try:
-        meta = torch.load(path / SHARDED_META, map_location="cpu", weights_only=True)
         state: dict[str, Any] = {}
         _load_state_dict(state, storage_reader=FileSystemReader(str(path)),
                          planner=_EmptyStateDictLoadPlanner(keys={"state_dict"}), no_dist=True)

@@ -27,6 +27,7 @@ from recfunnel.features.schema import FeatureSchema
 from recfunnel.models.dlrm import DLRM
 from recfunnel.tasks.base import RecTask
 from recfunnel.tasks.optim import SparseAdamW
+from recfunnel.utils.dist import rank_world
 
 
 class RankingTask(RecTask):
@@ -77,9 +78,9 @@ class RankingTask(RecTask):
         return list_metrics(ranked, targets)
 
     def eval_end(self, split: str) -> None:
-        pairs = self._pairs
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            gathered: list[Any] = [None] * dist.get_world_size()
+        pairs, world = self._pairs, rank_world()[1]
+        if world > 1:
+            gathered: list[Any] = [None] * world
             dist.all_gather_object(gathered, pairs)  # every rank's pairs: AUC is not a mean of per-rank AUCs
             pairs = [p for part in gathered for p in part]
         if pairs:

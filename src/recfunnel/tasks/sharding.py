@@ -42,16 +42,18 @@ from pytorch_lightning.trainer.states import TrainerFn
 from torch import nn
 
 from recfunnel.features.embedding import FeatureEmbedding
+from recfunnel.tasks.checkpoints import SHARDED_META as META
+from recfunnel.tasks.checkpoints import sharded_meta
 from recfunnel.utils.errors import RecfunnelError
 from recfunnel.utils.run_info import update_run_info
 
 log = logging.getLogger(__name__)
 
+DEFAULT_TYPES, DEFAULT_OPTIMIZER = ("table_wise",), "rowwise_adagrad"  # ShardedStrategy's, without a config
 SHARDING_TYPES = ("data_parallel", "table_wise", "column_wise", "table_column_wise", "row_wise")
 CUDA_ONLY_TYPES = ("row_wise",)
 FUSED_OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad", "adam")
 CUDA_ONLY_OPTIMIZERS = ("adam",)
-META = "meta.pt"  # rank 0's part of a sharded checkpoint folder: everything but the sharded tensors
 PLAN_FILE = "sharding_plan.txt"
 
 
@@ -112,8 +114,8 @@ class ShardedStrategy(DDPStrategy):
 
     strategy_name = "recfunnel_sharded"
 
-    def __init__(self, types: Sequence[str] = ("table_wise",), tables: Mapping[str, str] | None = None,
-                 optimizer: str = "rowwise_adagrad", lr: float | None = None,
+    def __init__(self, types: Sequence[str] = DEFAULT_TYPES, tables: Mapping[str, str] | None = None,
+                 optimizer: str = DEFAULT_OPTIMIZER, lr: float | None = None,
                  memory_gb: float | None = None, min_partition: int | None = None, run_dir: str | Path | None = None,
                  **kwargs: Any):
         super().__init__(**kwargs)
@@ -276,10 +278,10 @@ class ShardedStrategy(DDPStrategy):
         import torch.distributed.checkpoint as dcp
 
         path = Path(checkpoint_path)
-        if not (path / META).is_file():
-            raise RecfunnelError(f"{path} is not a sharded checkpoint (a folder written by trainer=sharded, with {META}); "
-                                 "a run resumes only with the strategy it was trained with")
-        meta = torch.load(path / META, map_location="cpu", weights_only=True)
+        if not path.is_dir():
+            raise RecfunnelError(f"{path} is not a sharded checkpoint (a folder written by trainer=sharded); a run "
+                                 "resumes only with the strategy it was trained with")
+        meta = sharded_meta(path)
         if meta.get("world_size") != self.world_size:
             raise RecfunnelError(f"{path} was written by {meta.get('world_size')} processes and this run has "
                                  f"{self.world_size}: resume it with trainer.devices (× trainer.num_nodes) = "
