@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from recfunnel.data.dataset import SplitData
-from recfunnel.eval.metrics import ranking_metrics
+from recfunnel.eval.metrics import count_where, ranking_metrics
 from recfunnel.eval.protocol import EvalSet, evaluate
 from recfunnel.models.popularity import Popularity
 
@@ -76,3 +76,16 @@ def test_exclusions_follow_protocol(ml100k_data: SplitData):
     tu = int(np.flatnonzero(test.users == valid.users[u])[0])
     seen_test = set(d.item_idx[(d.user_idx == test.users[tu]) & (d.split <= 1)])
     assert set(test.exclude_items[test.exclude_ptr[tu]:test.exclude_ptr[tu + 1]]) == seen_test
+
+
+def test_counts_through_a_reused_float_buffer_equal_bool_mask_sums():
+    torch.manual_seed(0)
+    scores = torch.randint(0, 50, (40, 3000)).float()  # many exact ties
+    threshold = scores[:, 7:8]
+    work = torch.full_like(scores, 123.0)  # stale contents from an earlier chunk must not matter
+    for compare in (torch.gt, torch.eq):
+        want = compare(scores, threshold).sum(1)
+        assert torch.equal(count_where(compare, scores, threshold, work), want)
+        assert torch.equal(count_where(compare, scores, threshold), want)
+    targets = torch.full((40,), 7)
+    assert torch.equal(ranking_metrics(scores, targets, work=work)["mrr"], ranking_metrics(scores, targets)["mrr"])

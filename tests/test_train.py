@@ -12,7 +12,7 @@ import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
 
-from recfunnel.runs import save_index
+from recfunnel.runs import save_index, score
 from recfunnel.serving.index import ItemIndex
 from recfunnel.tasks.base import NonFiniteLossError
 from recfunnel.tasks.build import build_datamodule, build_task
@@ -62,6 +62,29 @@ def test_exact_index_top_k_equals_score_matrix_top_k(tmp_path, ml100k_data):
     _, got = index.search(users.numpy(), 20)
     want = torch.topk(scores, 20).indices.numpy()
     assert (np.sort(got, 1) == np.sort(want, 1)).mean() > 0.999  # ties at float precision aside
+
+
+def test_scoring_the_best_checkpoint_reuses_its_validation_which_equals_validating_again(tmp_path, ml100k_data):
+    cfg = compose_cfg(tmp_path, "trainer.limit_val_batches=3", "trainer.limit_test_batches=3")
+    dm = build_datamodule(cfg)
+    task = build_task(cfg.model, dm)
+    best = pl.callbacks.ModelCheckpoint(dirpath=tmp_path, filename="best", monitor="valid/ndcg@10", mode="max")
+    trainer = pl.Trainer(max_epochs=2, limit_train_batches=3, limit_val_batches=3, logger=False, callbacks=[best],
+                         enable_progress_bar=False, num_sanity_val_steps=0)
+    trainer.fit(task, datamodule=dm)
+    metrics = score(cfg, task, dm, best.best_model_path)
+    reused = task.checkpoint_valid_metrics
+    assert reused and set(reused) == {k for k in metrics if k.startswith("valid/")} and reused["valid/users"] > 0
+    validated = pl.Trainer(limit_val_batches=3, logger=False, enable_progress_bar=False).validate(
+        task, datamodule=dm, ckpt_path=best.best_model_path, verbose=False, weights_only=True)[0]
+    assert {k: metrics[k] for k in validated} == validated  # the same values, to the bit
+    assert {"test/ndcg@10", "test/users"} <= set(metrics)
+    # a checkpoint saved at another step than its validation (mid-epoch) is validated again
+    ckpt = torch.load(best.best_model_path, weights_only=True)
+    ckpt["global_step"] += 1
+    torch.save(ckpt, tmp_path / "mid_epoch.ckpt")
+    again = score(cfg, task, dm, str(tmp_path / "mid_epoch.ckpt"))
+    assert task.checkpoint_valid_metrics is None and again == metrics
 
 
 def test_nan_loss_names_step_and_lr_and_keeps_last_checkpoint(tmp_path, ml100k_data):

@@ -19,9 +19,24 @@ RECALL_KS = (10, 20, 50, 100)
 NDCG_KS = (10, 20)
 
 
+def count_where(compare, scores: torch.Tensor, threshold: torch.Tensor, work: torch.Tensor | None = None) -> torch.Tensor:
+    """(B,) long: per row, how many of ``scores`` (B, I) satisfy ``compare(scores, threshold)``
+    (``torch.gt`` or ``torch.eq``; ``threshold`` (B, 1)).
+
+    The comparison is written as 0/1 into a float buffer (``work``, the shape of ``scores``; made
+    when not given) and summed as floats: on CPU that is ~5x faster than summing the bool mask
+    (whose int32 sum is not vectorised; 16.7M scores: 6.5 vs 32 ms). Float32 counts integers
+    exactly below 2^24, so longer rows use float64.
+    """
+    dtype = torch.float32 if scores.shape[1] < 1 << 24 else torch.float64
+    if work is None or work.shape != scores.shape or work.dtype != dtype:
+        work = torch.empty(scores.shape, dtype=dtype, device=scores.device)
+    return compare(scores, threshold, out=work).sum(1).long()
+
+
 def target_rank_counts(scores: torch.Tensor, targets: torch.Tensor,
                        exclude: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None,
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
+                       work: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Count competitors of each target.
 
     Args:
@@ -30,15 +45,16 @@ def target_rank_counts(scores: torch.Tensor, targets: torch.Tensor,
         exclude: items removed from the candidates, either a (B, I) bool mask or unique
             (row, item) index pairs (two (E,) long tensors), which is far cheaper on large
             catalogues. The target is never removed, whatever ``exclude`` says.
+        work: optional (B, I) float buffer for the comparisons (see ``count_where``), so that a
+            caller scoring many chunks allocates it once.
     Returns:
         greater: (B,) number of candidates scoring strictly above the target.
         ties: (B,) number of other candidates scoring exactly the same as the target.
     """
     B = scores.shape[0]
     target_score = scores[torch.arange(B, device=scores.device), targets]
-    # summing the bool masks as int32 is ~4x faster on CPU than the default (int64) bool sum
-    greater = (scores > target_score[:, None]).sum(1, dtype=torch.int32).long()
-    ties = (scores == target_score[:, None]).sum(1, dtype=torch.int32).long() - 1
+    greater = count_where(torch.gt, scores, target_score[:, None], work)
+    ties = count_where(torch.eq, scores, target_score[:, None], work) - 1
     if exclude is None:
         return greater, ties
     rows, cols = exclude.nonzero(as_tuple=True) if isinstance(exclude, torch.Tensor) else exclude
@@ -76,9 +92,10 @@ def metrics_from_counts(greater: torch.Tensor, ties: torch.Tensor, num_items: in
 
 def ranking_metrics(scores: torch.Tensor, targets: torch.Tensor,
                     exclude: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None,
-                    recall_ks=RECALL_KS, ndcg_ks=NDCG_KS) -> dict[str, torch.Tensor]:
-    """Per-user metrics for one chunk of users: (B, I) scores → {name: (B,) tensor}."""
-    greater, ties = target_rank_counts(scores, targets, exclude)
+                    recall_ks=RECALL_KS, ndcg_ks=NDCG_KS, work: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Per-user metrics for one chunk of users: (B, I) scores → {name: (B,) tensor}. ``work``: see
+    ``target_rank_counts``."""
+    greater, ties = target_rank_counts(scores, targets, exclude, work)
     return metrics_from_counts(greater, ties, scores.shape[1], recall_ks, ndcg_ks)
 
 

@@ -41,6 +41,8 @@ class RecTask(pl.LightningModule):
         super().__init__()
         self._sums: dict[str, float] = {}
         self._count = 0
+        self._valid_record: dict[str, Any] | None = None  # the latest validation: its step and means
+        self.checkpoint_valid_metrics: dict[str, float] | None = None  # see on_load_checkpoint
 
     # -- training ------------------------------------------------------------------------------
     def compute_loss(self, batch: dict[str, Any]) -> Tensor:
@@ -109,6 +111,11 @@ class RecTask(pl.LightningModule):
             # the same value on every rank already; sync_dist averages equal values (and says so to Lightning)
             self.log(f"{split}/{k}", v / count, prog_bar=k == "ndcg@10", sync_dist=True)
         self.log(f"{split}/users", float(totals[-1]), sync_dist=True)
+        if split == "valid" and not self.trainer.sanity_checking:
+            # as logged (float32), so that they equal what validating these weights again returns
+            logged = totals.float().tolist()
+            means = {f"valid/{k}": float(torch.tensor(v / count, dtype=torch.float32)) for k, v in zip(keys, totals[:-1].tolist())}
+            self._valid_record = {"step": self.trainer.global_step, "metrics": {**means, "valid/users": logged[-1]}}
         self.eval_end(split)
         self._sums, self._count = {}, 0
 
@@ -133,5 +140,16 @@ class RecTask(pl.LightningModule):
         self._log_means("test")
 
     # -- checkpoints ---------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # the validation means of these very weights, when the checkpoint is saved right after its
+        # validation (best.ckpt, an epoch's last.ckpt): scoring it later need not validate again
+        if self._valid_record is not None:
+            checkpoint["valid_metrics"] = self._valid_record
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Checks the weights fit; sets ``checkpoint_valid_metrics`` to the validation means computed
+        with exactly the loaded weights (validation at the checkpoint's own step), else None."""
         check_compatible(self, checkpoint)
+        record = checkpoint.get("valid_metrics")
+        same_step = record is not None and record.get("step") == checkpoint.get("global_step")
+        self.checkpoint_valid_metrics = dict(record["metrics"]) if same_step else None
