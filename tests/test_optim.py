@@ -111,3 +111,16 @@ def test_clipping_sparse_gradients_equals_clipping_their_dense_form(algorithm):
     assert table_b.grad.is_sparse
     for a, b in zip(dense_params, mixed_params):
         torch.testing.assert_close(b.grad.to_dense(), a.grad, atol=1e-6, rtol=1e-5)
+
+
+def test_coalesce_rows_equals_torch_coalesce():
+    from recfunnel.tasks.optim import coalesce_rows
+    gen = torch.Generator().manual_seed(0)
+    index = torch.randint(0, 50, (400,), generator=gen)  # many duplicates, unsorted
+    values = torch.randn(400, 3, generator=gen)
+    grad = torch.sparse_coo_tensor(index[None], values, (60, 3))
+    rows, summed = coalesce_rows(grad)
+    want = grad.coalesce()
+    assert torch.equal(rows, want.indices()[0]) and torch.allclose(summed, want.values(), atol=1e-6)
+    done = coalesce_rows(want)  # an already coalesced gradient is returned as it is
+    assert torch.equal(done[0], want.indices()[0]) and torch.equal(done[1], want.values())

@@ -58,8 +58,7 @@ class SparseAdamW(torch.optim.AdamW):
         if group["amsgrad"] or group["maximize"]:
             raise RecfunnelError("the optimizer's amsgrad / maximize options do not support sparse embedding "
                                  "gradients; leave them off")
-        grad = p.grad.coalesce()  # one entry per touched row, duplicates summed
-        rows, values = grad.indices()[0], grad.values()
+        rows, values = coalesce_rows(p.grad)
         if rows.numel() == 0:
             return
         state = self.state[p]
@@ -82,6 +81,19 @@ class SparseAdamW(torch.optim.AdamW):
         p.index_add_(0, rows, update)
 
 
+def coalesce_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A sparse row gradient (N, D) → (rows (U,) sorted unique, values (U, D) with duplicates summed).
+
+    What ``grad.coalesce()`` gives, computed as ``torch.unique`` + ``index_add_``: on CPU ~2.5x
+    faster than torch's coalesce (80k looked-up rows of a 100k × 32 table: 5.7 vs 14 ms).
+    """
+    if grad.is_coalesced():
+        return grad.indices()[0], grad.values()
+    index, values = grad._indices()[0], grad._values()
+    rows, inverse = torch.unique(index, return_inverse=True)
+    return rows, values.new_zeros((len(rows), *values.shape[1:])).index_add_(0, inverse, values)
+
+
 @torch.no_grad()
 def clip_gradients(params: Iterable[torch.Tensor], clip_val: float, algorithm: str = "norm") -> None:
     """``torch.nn.utils.clip_grad_norm_`` / ``clip_grad_value_`` for gradients that may be sparse
@@ -90,8 +102,9 @@ def clip_gradients(params: Iterable[torch.Tensor], clip_val: float, algorithm: s
     grads = []
     for p in params:
         if p.grad is not None:
-            if p.grad.is_sparse:
-                p.grad = p.grad.coalesce()  # duplicates summed, so the values are the gradient's entries
+            if p.grad.is_sparse:  # duplicates summed, so the values are the gradient's entries
+                rows, values = coalesce_rows(p.grad)
+                p.grad = torch.sparse_coo_tensor(rows[None], values, p.grad.shape, is_coalesced=True)
             grads.append(p.grad)
     values = [g.values() if g.is_sparse else g for g in grads]
     if algorithm == "value":
