@@ -87,14 +87,14 @@ class RetrievalTask(RecTask):
     def compute_loss(self, batch: dict[str, Any]) -> Tensor:
         """The sampled-softmax loss of one training batch (towers, negatives, log q); with
         ``full_softmax`` the exact softmax over the whole catalogue instead."""
-        user = self.net.user_vectors(batch)
         ids = batch["item_idx"]
         if self.full_softmax:
+            user = self.net.user_vectors(batch)
             if self._train_items is None:  # item inputs as of the end of train: use static item features
                 self._train_items = self.trainer.datamodule.catalogue().to(self.device)
             logits = (user @ self.net.item_vectors(self._train_items).T).float() / self.loss._temperature()
             return F.cross_entropy(logits, ids, label_smoothing=self.loss.label_smoothing)
-        item = self.net.item_vectors(batch["item"])
+        user, item = self.net.pair_vectors(batch)
         if self.estimator is not None:
             self.estimator.update(ids, self.global_step)
         extra = {}
