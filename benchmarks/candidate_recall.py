@@ -1,0 +1,180 @@
+"""Recall@K of the funnel's candidate sources: the two-tower retriever, item-to-item co-occurrence, and
+their unions, on the valid and test targets of a finished retriever run's own data.
+
+    .venv/bin/python benchmarks/candidate_recall.py RUN_DIR [--k 100] [--json OUT] [--set key=value ...]
+
+RUN_DIR is a finished ``recfunnel.train`` run of a retrieval model, e.g.
+``python -m recfunnel.train experiment=ml100k_two_tower hydra.run.dir=RUN_DIR logger=csv``. For each
+split (one target per user, ``../shared/EVALUATION.md``), with the user's earlier items excluded from
+every list (as the funnel's retriever excludes them):
+
+- ``retriever``: the top K of the run's FAISS index (``Retriever.retrieve``, as the funnel's ranker gets them);
+- ``co-occurrence``: the top K of ``recfunnel.models.cooccurrence.Cooccurrence`` fitted on the run's
+  train split, with ``configs/model/cooccurrence.yaml``'s settings (``--set window=3`` etc. override them);
+- ``union <=2K``: both lists, deduplicated (up to 2K candidates; the table gives the mean count);
+- ``union of K``: exactly K candidates: the top K/2 of each source, and where the two halves
+  overlap, the next items of the two lists taken in turn (retriever first) until K are distinct.
+
+Recall@K here is the share of targets found in the list (a target missing from it counts 0). The
+retriever's row can be compared with the run's own ``test/recall@100`` (scored over the full
+catalogue, the same thing up to ties). ``--json OUT`` writes the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+import hydra  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from recfunnel.eval.protocol import EvalSet  # noqa: E402
+from recfunnel.serving.retriever import Retriever  # noqa: E402
+from recfunnel.utils.cli import friendly_errors  # noqa: E402
+from recfunnel.utils.errors import RecfunnelError  # noqa: E402
+
+SOURCES = ("retriever", "co-occurrence", "union <=2K", "union of K")
+
+
+def merge_lists(lists: np.ndarray, limit: int) -> np.ndarray:
+    """(B, L) item lists in priority order (−1 = empty) → (B, limit): the first ``limit`` distinct
+    items of each row in that order, −1 padded. Vectorised over rows."""
+    B, L = lists.shape
+    order = np.argsort(lists, axis=1, kind="stable")  # equal items adjacent, the earliest first
+    in_order = np.take_along_axis(lists, order, 1)
+    repeat_sorted = np.zeros((B, L), dtype=bool)
+    repeat_sorted[:, 1:] = in_order[:, 1:] == in_order[:, :-1]
+    repeat = np.empty_like(repeat_sorted)
+    np.put_along_axis(repeat, order, repeat_sorted, 1)
+    drop = repeat | (lists < 0)
+    keep = np.argsort(drop, axis=1, kind="stable")[:, :limit]
+    out = np.take_along_axis(lists, keep, 1)
+    out[np.take_along_axis(drop, keep, 1)] = -1
+    if out.shape[1] < limit:
+        out = np.pad(out, ((0, 0), (0, limit - out.shape[1])), constant_values=-1)
+    return out
+
+
+def interleave(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(B, K) and (B, K) → (B, 2K): a0 b0 a1 b1 ..."""
+    return np.stack([a, b], axis=2).reshape(len(a), -1)
+
+
+def cooccurrence_top_k(model, evalset: EvalSet, k: int, chunk: int = 1024) -> np.ndarray:
+    """(U, k) the model's top-``k`` items per target of ``evalset``, its excluded items removed."""
+    out = []
+    score = model.scorer(evalset)
+    for lo in range(0, len(evalset), chunk):
+        positions = np.arange(lo, min(lo + chunk, len(evalset)))
+        s = score(positions).clone()
+        rows, cols = evalset.exclusion_pairs(positions)
+        s[rows, cols] = -torch.inf
+        values, items = torch.topk(s, min(k, s.shape[1]), dim=1)
+        items[torch.isinf(values)] = -1
+        out.append(items.numpy())
+    return np.concatenate(out)
+
+
+def hit_rate(lists: np.ndarray, targets: np.ndarray) -> float:
+    return float((lists == targets[:, None]).any(1).mean())
+
+
+def split_recall(retriever: Retriever, model, split: str, k: int) -> dict[str, float]:
+    data = retriever.data
+    evalset = EvalSet.build(data, split)
+    _, ret, _ = retriever.retrieve(evalset.rows, k, f"{split} users")
+    # the retriever drops the items each user had before the target: check they are the protocol's exclusions
+    ptr, seen = retriever.seen_before(retriever.pipeline, evalset.rows)
+    I = data.num_items
+    theirs = np.unique(np.repeat(np.arange(len(evalset)), np.diff(ptr)) * I + seen)
+    ours = np.unique(np.repeat(np.arange(len(evalset)), np.diff(evalset.exclude_ptr)) * I + evalset.exclude_items)
+    if not np.array_equal(theirs, ours):
+        raise RecfunnelError(f"{split}: the retriever's excluded items differ from the protocol's")
+    co = cooccurrence_top_k(model, evalset, k)
+    targets = evalset.targets
+    union = merge_lists(interleave(ret, co), 2 * k)
+    half = k // 2
+    # the top halves first (a0 b0 a1 b1 ... up to K/2 each), then the rest of both lists in turn
+    union_k = merge_lists(np.concatenate([interleave(ret[:, :half], co[:, :half]),
+                                          interleave(ret[:, half:], co[:, half:])], axis=1), k)
+    overlap = (ret[:, :, None] == co[:, None, :]) & (ret[:, :, None] >= 0)
+    return {
+        "users": len(evalset),
+        "retriever": hit_rate(ret, targets),
+        "co-occurrence": hit_rate(co, targets),
+        "union <=2K": hit_rate(union, targets),
+        "union of K": hit_rate(union_k, targets),
+        "candidates/retriever": float((ret >= 0).sum(1).mean()),
+        "candidates/co-occurrence": float((co >= 0).sum(1).mean()),
+        "candidates/union <=2K": float((union >= 0).sum(1).mean()),
+        "candidates/union of K": float((union_k >= 0).sum(1).mean()),
+        "overlap": float(overlap.any(2).sum(1).mean()),
+    }
+
+
+def parse_value(text: str):
+    return OmegaConf.create({"v": text})["v"] if text not in ("None", "none") else None
+
+
+@friendly_errors
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", type=Path, help="a finished recfunnel.train run of a retrieval model")
+    p.add_argument("--k", type=int, default=100, help="candidates per source (default 100)")
+    p.add_argument("--json", type=Path, default=None, help="write the numbers here")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="override configs/model/cooccurrence.yaml, e.g. --set window=3 history=null")
+    args = p.parse_args()
+    if args.k < 2:
+        raise RecfunnelError("--k must be at least 2")
+    start = time.perf_counter()
+    retriever = Retriever.from_run(args.run_dir)
+    cfg = OmegaConf.load(ROOT / "configs/model/cooccurrence.yaml")
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if key not in cfg:
+            raise RecfunnelError(f"--set {item}: {key!r} is not an option of configs/model/cooccurrence.yaml")
+        cfg[key] = parse_value(value)
+    model = hydra.utils.instantiate(cfg).fit(retriever.data)
+    results = {split: split_recall(retriever, model, split, args.k) for split in ("valid", "test")}
+    run_metrics = {}
+    if (args.run_dir / "metrics.json").exists():
+        flat = json.loads((args.run_dir / "metrics.json").read_text())
+        run_metrics = {k: flat[k] for k in (f"valid/recall@{args.k}", f"test/recall@{args.k}") if k in flat}
+
+    print(f"$ {' '.join(sys.argv)}")
+    print(f"data {retriever.data_name}; co-occurrence: {OmegaConf.to_container(cfg)}")
+    print(f"| source | valid Recall@{args.k} | test Recall@{args.k} | mean candidates (valid / test) |")
+    print("|---|---|---|---|")
+    labels = {"retriever": f"retriever top {args.k}", "co-occurrence": f"co-occurrence top {args.k}",
+              "union <=2K": f"union, deduplicated (<= {2 * args.k})",
+              "union of K": f"union of {args.k} ({args.k // 2} + {args.k // 2}, filled)"}
+    for name in SOURCES:
+        v, t = results["valid"], results["test"]
+        label = labels[name]
+        print(f"| {label} | {v[name]:.4f} | {t[name]:.4f} | {v['candidates/' + name]:.1f} / {t['candidates/' + name]:.1f} |")
+    print(f"retriever ∩ co-occurrence: {results['valid']['overlap']:.1f} / {results['test']['overlap']:.1f} items "
+          f"per user (valid / test); users {results['valid']['users']} / {results['test']['users']}")
+    if run_metrics:
+        print("the run's own metrics.json (full-catalogue scores): "
+              + ", ".join(f"{k} {v:.4f}" for k, v in run_metrics.items()))
+    print(f"({time.perf_counter() - start:.1f} s)")
+    if args.json:
+        args.json.write_text(json.dumps({"command": " ".join(sys.argv), "run_dir": str(args.run_dir.resolve()),
+                                         "k": args.k, "cooccurrence": OmegaConf.to_container(cfg),
+                                         "run_metrics": run_metrics, **results}, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
