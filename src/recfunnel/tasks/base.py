@@ -41,7 +41,7 @@ class RecTask(pl.LightningModule):
         super().__init__()
         self._sums: dict[str, float] = {}
         self._count = 0
-        self._valid_record: dict[str, Any] | None = None  # the latest validation: its step and means
+        self._valid_step: int | None = None  # the global step of the latest validation (not a sanity check)
         self.checkpoint_valid_metrics: dict[str, float] | None = None  # see on_load_checkpoint
 
     # -- training ------------------------------------------------------------------------------
@@ -112,10 +112,7 @@ class RecTask(pl.LightningModule):
             self.log(f"{split}/{k}", v / count, prog_bar=k == "ndcg@10", sync_dist=True)
         self.log(f"{split}/users", float(totals[-1]), sync_dist=True)
         if split == "valid" and not self.trainer.sanity_checking:
-            # as logged (float32), so that they equal what validating these weights again returns
-            logged = totals.float().tolist()
-            means = {f"valid/{k}": float(torch.tensor(v / count, dtype=torch.float32)) for k, v in zip(keys, totals[:-1].tolist())}
-            self._valid_record = {"step": self.trainer.global_step, "metrics": {**means, "valid/users": logged[-1]}}
+            self._valid_step = self.trainer.global_step
         self.eval_end(split)
         self._sums, self._count = {}, 0
 
@@ -141,10 +138,12 @@ class RecTask(pl.LightningModule):
 
     # -- checkpoints ---------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # the validation means of these very weights, when the checkpoint is saved right after its
-        # validation (best.ckpt, an epoch's last.ckpt): scoring it later need not validate again
-        if self._valid_record is not None:
-            checkpoint["valid_metrics"] = self._valid_record
+        # the latest validation's metrics (every valid/ key logged, as validate() would return them)
+        # and its step: when that is the checkpoint's own step (best.ckpt, an epoch's last.ckpt),
+        # they are the metrics of these very weights and scoring them later need not validate again
+        if self._valid_step is not None and self._trainer is not None:
+            metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("valid/")}
+            checkpoint["valid_metrics"] = {"step": self._valid_step, "metrics": metrics}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Checks the weights fit; sets ``checkpoint_valid_metrics`` to the validation means computed
