@@ -353,10 +353,10 @@ def score(cfg: DictConfig, task: pl.LightningModule, dm: pl.LightningDataModule,
     """``valid/...`` and ``test/...`` metrics of ``task`` with the weights of ``ckpt`` (None: as they
     are), which stay loaded. A quiet trainer: scoring adds no epoch to the logged curves.
 
-    Test is scored first; when the checkpoint carries the validation means of its own weights
+    Test is scored first; when the checkpoint carries the metrics of a validation of its own weights
     (``RecTask.checkpoint_valid_metrics``: it was saved right after that validation, as the best
     checkpoint is), those are the valid metrics and validation is not run again (a full-corpus
-    pass: about a minute at 100k users × 100k items on 2 cores)."""
+    pass: about 30 s at 100k users × 100k items on 2 cores)."""
     scorer = make_trainer(cfg.trainer, logger=False, callbacks=[], enable_progress_bar=False)
     metrics: dict[str, float] = {}
     for split, check in (("test", scorer.test), ("valid", scorer.validate)):

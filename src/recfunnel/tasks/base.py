@@ -146,8 +146,8 @@ class RecTask(pl.LightningModule):
             checkpoint["valid_metrics"] = {"step": self._valid_step, "metrics": metrics}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Checks the weights fit; sets ``checkpoint_valid_metrics`` to the validation means computed
-        with exactly the loaded weights (validation at the checkpoint's own step), else None."""
+        """Checks the weights fit; sets ``checkpoint_valid_metrics`` to the valid/ metrics computed with
+        exactly the loaded weights (a validation at the checkpoint's own step), else None."""
         check_compatible(self, checkpoint)
         record = checkpoint.get("valid_metrics")
         same_step = record is not None and record.get("step") == checkpoint.get("global_step")
