@@ -1,7 +1,7 @@
 """Recall@K of the funnel's candidate sources: the two-tower retriever, item-to-item co-occurrence, and
 their unions, on the valid and test targets of a finished retriever run's own data.
 
-    .venv/bin/python benchmarks/candidate_recall.py RUN_DIR [--k 100] [--json OUT] [--set key=value ...]
+    .venv/bin/python benchmarks/candidate_recall.py RUN_DIR [--k 100] [--json OUT] [--set key=value ...] [--fusion]
 
 RUN_DIR is a finished ``recfunnel.train`` run of a retrieval model, e.g.
 ``python -m recfunnel.train experiment=ml100k_two_tower hydra.run.dir=RUN_DIR logger=csv``. For each
@@ -14,6 +14,10 @@ every list (as the funnel's retriever excludes them):
 - ``union <=2K``: both lists, deduplicated (up to 2K candidates; the table gives the mean count);
 - ``union of K``: exactly K candidates: the top K/2 of each source, and where the two halves
   overlap, the next items of the two lists taken in turn (retriever first) until K are distinct.
+
+With ``--fusion``, the full-catalogue ranking of reciprocal-rank fusion of the two sources,
+``w / (k0 + rank_two_tower) + (1 - w) / (k0 + rank_cooccurrence)``, is scored by the protocol for a
+small (k0, w) grid; the setting best on valid NDCG@10 is marked (test is for reporting only).
 
 Recall@K here is the share of targets found in the list (a target missing from it counts 0). The
 retriever's row can be compared with the run's own ``test/recall@100`` (scored over the full
@@ -38,6 +42,7 @@ import hydra  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from recfunnel.eval.protocol import EvalSet  # noqa: E402
+from recfunnel.eval.protocol import evaluate as protocol_evaluate  # noqa: E402
 from recfunnel.serving.retriever import Retriever  # noqa: E402
 from recfunnel.utils.cli import friendly_errors  # noqa: E402
 from recfunnel.utils.errors import RecfunnelError  # noqa: E402
@@ -121,6 +126,34 @@ def split_recall(retriever: Retriever, model, split: str, k: int) -> dict[str, f
     }
 
 
+FUSION_GRID = [(k0, w) for k0 in (10, 30, 60) for w in (0.3, 0.5, 0.7)]
+
+
+def rank_of_each_item(scores: torch.Tensor) -> torch.Tensor:
+    """(U, I) scores → (U, I) float ranks, 1 = best."""
+    return scores.argsort(1, descending=True).argsort(1).float() + 1
+
+
+def fused_metrics(retriever: Retriever, model, split: str) -> dict[str, dict[str, float]]:
+    """Full-catalogue protocol metrics of reciprocal-rank fusion of the two sources,
+    ``w / (k0 + rank_two_tower) + (1 - w) / (k0 + rank_cooccurrence)``, for each (k0, w) of
+    ``FUSION_GRID``, and of each source alone; {name: {metric: value}}. Scores every user against
+    every item at once: for catalogues of a few thousand items."""
+    evalset = EvalSet.build(retriever.data, split)
+    queries, _, _ = retriever.retrieve(evalset.rows, 1, f"{split} users")
+    two_tower = torch.from_numpy(np.asarray(queries, np.float32)) @ torch.from_numpy(
+        np.asarray(retriever.item_vectors, np.float32)).T
+    cooc = model.scorer(evalset)(np.arange(len(evalset)))
+    rank_tt, rank_co = rank_of_each_item(two_tower), rank_of_each_item(cooc)
+    num_items = retriever.data.num_items
+    out = {"two-tower": protocol_evaluate(lambda idx: two_tower[torch.as_tensor(idx)], evalset, num_items),
+           "co-occurrence": protocol_evaluate(lambda idx: cooc[torch.as_tensor(idx)], evalset, num_items)}
+    for k0, w in FUSION_GRID:
+        fused = w / (k0 + rank_tt) + (1 - w) / (k0 + rank_co)
+        out[f"fusion k0={k0} w={w}"] = protocol_evaluate(lambda idx, f=fused: f[torch.as_tensor(idx)], evalset, num_items)
+    return out
+
+
 def parse_value(text: str):
     return OmegaConf.create({"v": text})["v"] if text not in ("None", "none") else None
 
@@ -133,6 +166,8 @@ def main() -> int:
     p.add_argument("--json", type=Path, default=None, help="write the numbers here")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="override configs/model/cooccurrence.yaml, e.g. --set window=3 history=null")
+    p.add_argument("--fusion", action="store_true",
+                   help="also score reciprocal-rank fusions of the two sources over the full catalogue (small catalogues)")
     args = p.parse_args()
     if args.k < 2:
         raise RecfunnelError("--k must be at least 2")
@@ -167,11 +202,22 @@ def main() -> int:
     if run_metrics:
         print("the run's own metrics.json (full-catalogue scores): "
               + ", ".join(f"{k} {v:.4f}" for k, v in run_metrics.items()))
+    fusion = {}
+    if args.fusion:
+        fusion = {split: fused_metrics(retriever, model, split) for split in ("valid", "test")}
+        chosen = max((n for n in fusion["valid"] if n.startswith("fusion")), key=lambda n: fusion["valid"][n]["ndcg@10"])
+        print("\n| ranking (full catalogue) | valid NDCG@10 | valid Recall@100 | test NDCG@10 | test Recall@100 |")
+        print("|---|---|---|---|---|")
+        for name in fusion["valid"]:
+            v, t = fusion["valid"][name], fusion["test"][name]
+            mark = " (chosen on valid)" if name == chosen else ""
+            print(f"| {name}{mark} | {v['ndcg@10']:.4f} | {v['recall@100']:.4f} | {t['ndcg@10']:.4f} | {t['recall@100']:.4f} |")
+        fusion["chosen"] = chosen
     print(f"({time.perf_counter() - start:.1f} s)")
     if args.json:
         args.json.write_text(json.dumps({"command": " ".join(sys.argv), "run_dir": str(args.run_dir.resolve()),
                                          "k": args.k, "cooccurrence": OmegaConf.to_container(cfg),
-                                         "run_metrics": run_metrics, **results}, indent=2) + "\n")
+                                         "run_metrics": run_metrics, **results, "fusion": fusion}, indent=2) + "\n")
         print(f"wrote {args.json}")
     return 0
 
