@@ -51,3 +51,22 @@ def test_eval_loader_covers_every_user_once(ml100k_data):
     assert dm.catalogue().sparse.stride() == 1682
     stats = dm.dense_stats()
     assert np.all(stats["item"][1] > 0)
+
+
+def test_an_evaluation_pass_does_not_draw_from_the_global_generator():
+    # dropout draws from torch's global generator: how many evaluation passes a job runs (e.g. one
+    # skipped because a checkpoint carries its validation) must not change what it trains next
+    from recfunnel.data.loaders import evaluation_loader
+
+    class Positions(torch.utils.data.Dataset):
+        def __len__(self):
+            return 10
+
+        def __getitem__(self, key):
+            return torch.as_tensor(key)
+
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    batches = list(evaluation_loader(Positions(), 4))
+    assert [len(b) for b in batches] == [4, 4, 2]
+    assert torch.equal(torch.get_rng_state(), before)

@@ -131,6 +131,7 @@ def training_loader(dm: pl.LightningDataModule, dataset: Dataset, batch_size: in
 
 def evaluation_loader(dataset: Dataset, batch_size: int, **kw) -> DataLoader:
     """Batches of consecutive positions of ``dataset``, in order; with several processes, each scores
-    its own block (``RankBlockBatches``)."""
+    its own block (``RankBlockBatches``). Its own generator: an evaluation pass must not draw from
+    torch's global one (dropout's), or how many passes a job runs would change what it trains next."""
     return DataLoader(dataset, sampler=RankBlockBatches(len(dataset), batch_size),
-                      batch_size=None, collate_fn=whole_batch, **kw)
+                      batch_size=None, collate_fn=whole_batch, generator=torch.Generator().manual_seed(0), **kw)
