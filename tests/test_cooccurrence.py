@@ -78,6 +78,28 @@ def test_matrix_window_distance_and_direction(tiny):
     np.testing.assert_allclose(ma, want_a)
 
 
+def test_fit_on_some_users_counts_only_their_train_events(tiny):
+    # users 1 and 3 only (user_idx 0, 2): pairs of user 1's 0 1 2 (window 2, 1/d), nothing from user 3's single event
+    users = np.array([True, False, True, False])
+    model = Cooccurrence(distance_power=1.0, window=2, normalize="none").fit(tiny, users=users)
+    want = np.zeros((5, 5))
+    want[0, 1] = want[1, 0] = want[1, 2] = want[2, 1] = 1.0
+    want[0, 2] = want[2, 0] = 0.5
+    np.testing.assert_allclose(model.matrix.toarray(), want)
+    np.testing.assert_array_equal(model.counts, [2.0, 1.0, 1.0, 0.0, 0.0])
+
+
+def test_scores_from_histories_equal_scores_from_rows(tiny):
+    model = Cooccurrence(distance_power=1.0, window=2, history=2, decay=0.5).fit(tiny)
+    rows = EvalSet.build(tiny, "test").rows
+    # user 1's test target (item 4) follows 0 1 2 3 (train + valid): its last two, 2 then 3
+    items, lengths = np.array([0, 1, 2, 3, 0]), np.array([4, 1])
+    got = model.score_histories(items, lengths)
+    np.testing.assert_allclose(got[0], model.score_queries(model.query_matrix(np.array([2, 3]), np.array([2])))[0])
+    np.testing.assert_allclose(model.query_matrix(items, lengths).toarray()[0], [0, 0, 0.5, 1.0, 0])
+    np.testing.assert_allclose(model.score_rows(rows[:1]), got[:1])
+
+
 def test_pairs_added_in_batches_give_the_same_matrix(tiny):
     whole = Cooccurrence(window=3, backward=0.5).fit(tiny).matrix
     batched = Cooccurrence(window=3, backward=0.5)

@@ -59,6 +59,7 @@ def test_a_sharded_checkpoint_round_trips_weights_and_fused_optimizer_state(tmp_
         assert rank["fused_keys"] > 0 and rank["fused_nonzero"] == rank["fused_keys"]
 
 
+@pytest.mark.slow  # two full ML-100K runs (~1 min on 2 cores); test_sharded_training_equals_single_process_training is the fast check
 def test_sharded_ml100k_run_matches_the_single_process_run(tmp_path, ml100k_data):
     """2 epochs of the ML-100K retriever sharded on 2 processes and on one: validation NDCG@10 within
     noise; every target scored once; the plan recorded; best.ckpt a folder any loader reads."""

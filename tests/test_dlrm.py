@@ -284,3 +284,34 @@ def test_torch_and_torchrec_backends_give_the_same_logits(interaction, dcn):
         a2 = make_model(interaction, dcn, backend="torch", seed=2).eval()
         a2.load_state_dict(b.state_dict(), strict=True)  # and back
         torch.testing.assert_close(a2(to_batch(raw)), a(to_batch(raw)), rtol=1e-5, atol=1e-6)
+
+
+def test_ranking_losses_by_hand():
+    """``bce`` over the real pairs, ``softmax`` of each event's positive (column 0) against its real
+    negatives, ``bce+softmax`` their sum; an unknown loss is one line naming the key."""
+    import torch.nn.functional as F
+
+    from recfunnel.tasks.ranking import RankingTask
+
+    B, C = 4, 5
+    batch = to_batch(random_raw(B, C, seed=3))
+    batch["cand_idx"] = torch.zeros(B, C, dtype=torch.long)
+    mask = torch.ones(B, C, dtype=torch.bool)
+    mask[1, 3:] = mask[2, 1] = False
+    label = torch.zeros(B, C)
+    label[:, 0] = 1.0
+    batch.update(mask=mask, label=label)
+    losses = {}
+    for loss in RankingTask.LOSSES:
+        task = RankingTask(lambda **_: make_model(seed=0), schema=SCHEMA, num_embeddings=NUM_EMB, num_pair_dense=P,
+                           loss=loss)
+        losses[loss] = task.eval().compute_loss(batch)  # eval: no dropout, the same logits for every loss
+    logits = make_model(seed=0).eval()(batch).detach()
+    bce = sum(F.binary_cross_entropy_with_logits(logits[b, c], label[b, c]) for b in range(B) for c in range(C)
+              if mask[b, c]) / mask.sum()
+    softmax = sum(-logits[b, 0] + torch.logsumexp(logits[b][mask[b]], 0) for b in range(B)) / B
+    torch.testing.assert_close(losses["bce"], bce)
+    torch.testing.assert_close(losses["softmax"], softmax)
+    torch.testing.assert_close(losses["bce+softmax"], bce + softmax)
+    with pytest.raises(RecfunnelError, match="model.loss='hinge'"):
+        RankingTask(lambda **_: make_model(), schema=SCHEMA, num_embeddings=NUM_EMB, num_pair_dense=P, loss="hinge")

@@ -12,6 +12,7 @@ import yaml
 
 from recfunnel.serving.index import ItemIndex
 from recfunnel.serving.recommender import Recommender
+from recfunnel.tasks.checkpoints import load_checkpoint
 from recfunnel.utils.errors import RecfunnelError
 
 from helpers import DATA_DIR, run, wandb_runs
@@ -76,6 +77,17 @@ def test_funnel_writes_stage_metrics_report_and_plot(funnel_run):
     report = (funnel_run / "funnel.md").read_text()
     assert "| retrieval only |" in report and "| + re-ranking |" in report
     assert (funnel_run / "funnel.png").stat().st_size > 1000
+
+
+def test_the_fused_first_stage_retrieves_more_than_the_retriever_and_feeds_the_ranker_its_score(funnel_run):
+    """TINY_FUNNEL fuses the retriever with co-occurrence: the candidates hold more of the targets
+    than the retriever's own top 100 (its full-corpus test Recall@100), and the ranker reads the
+    co-occurrence score as a sixth pair feature."""
+    m = json.loads((funnel_run / "metrics.json").read_text())
+    alone = json.loads((funnel_run / "retriever" / "metrics.json").read_text())
+    assert m["test/retrieval/recall@100"] > alone["test/recall@100"] + 0.05, (m["test/retrieval/recall@100"], alone)
+    state = load_checkpoint(funnel_run / "checkpoints" / "best.ckpt")["state_dict"]
+    assert tuple(state["net.pair_mean"].shape) == (6,)
 
 
 def test_recommender_serves_known_unknown_and_recent(funnel_run):

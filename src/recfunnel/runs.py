@@ -41,6 +41,7 @@ from recfunnel.eval.funnel import evaluate_funnel, rerank_ablation
 from recfunnel.eval.protocol import EvalSet
 from recfunnel.eval.protocol import evaluate as evaluate_protocol
 from recfunnel.eval.report import flatten, print_metrics, write_funnel_report, write_metrics
+from recfunnel.serving.fusion import RankFusion
 from recfunnel.serving.index import ItemIndex, index_fingerprint
 from recfunnel.serving.pipeline import Funnel, item_catalogue
 from recfunnel.serving.rerank import Seen, build_reranker
@@ -474,8 +475,9 @@ def run_funnel(cfg: DictConfig) -> dict[str, float]:
         # the retriever's own data (checked against its fingerprint), or the folder asked for on the command line
         retriever = Retriever.from_run(retriever_dir, data_dir=_data_dir_given(cfg))
         record_data(run, retriever.data_name, retriever.data_dir, retriever.data_fingerprint)
-        dm, task, metrics = train_ranker(run, retriever, retriever_dir)
-        metrics.update(evaluate_stages(cfg, retriever, dm, task))
+        fusion = RankFusion.build(retriever, cfg.get("first_stage"), seed=cfg.seed)
+        dm, task, metrics = train_ranker(run, retriever, retriever_dir, fusion)
+        metrics.update(evaluate_stages(cfg, retriever, dm, task, fusion))
         if not is_main_process():
             return metrics
         (run.out / "retriever_run.txt").write_text(str(retriever_dir.resolve()) + "\n")
@@ -499,12 +501,16 @@ def _data_dir_given(cfg: DictConfig) -> str | None:
     return str(cfg.paths.data_dir) if "paths.data_dir" in keys else None
 
 
-def train_ranker(run: Run, retriever: Retriever, retriever_dir: Path) -> tuple[Any, pl.LightningModule, dict[str, float]]:
-    """The funnel's second stage: pairs from ``retriever`` (``cfg.pairs``), the ranker (``cfg.model``)
-    trained with its own W&B run; returns its DataModule, the task with the weights best on
-    validation, and the funnel's ``ranker/...`` metrics (pair AUC and log-loss, cost)."""
+def train_ranker(run: Run, retriever: Retriever, retriever_dir: Path, fusion: RankFusion | None = None
+                 ) -> tuple[Any, pl.LightningModule, dict[str, float]]:
+    """The funnel's second stage: pairs from the first stage (``fusion`` when given, else ``retriever``;
+    ``cfg.pairs``), the ranker (``cfg.model``) trained with its own W&B run; returns its DataModule,
+    the task with the weights best on validation, and the funnel's ``ranker/...`` metrics (pair AUC
+    and log-loss, cost)."""
     cfg = run.cfg
-    dm = hydra.utils.instantiate(cfg.pairs, _partial_=True)(retriever=retriever, features=cfg.features, seed=cfg.seed)
+    dm = hydra.utils.instantiate(cfg.pairs, _partial_=True)(
+        retriever=fusion or retriever, features=cfg.features, seed=cfg.seed,
+        cooccurrence=fusion.cooccurrence if fusion else None)
     dm.setup()
     task = build_task(cfg.model, dm)
     # the ranker's W&B config: the funnel's, less the later stages
@@ -524,12 +530,13 @@ def train_ranker(run: Run, retriever: Retriever, retriever_dir: Path) -> tuple[A
     return dm, task, metrics
 
 
-def evaluate_stages(cfg: DictConfig, retriever: Retriever, dm: Any, task: pl.LightningModule) -> dict[str, float]:
+def evaluate_stages(cfg: DictConfig, retriever: Retriever, dm: Any, task: pl.LightningModule,
+                    fusion: RankFusion | None = None) -> dict[str, float]:
     """Each stage of the funnel (retrieval, + ranker, + re-ranking) on valid and test, what leaving
     out each re-ranking stage changes, and the end of the funnel under the usual keys."""
     reranker = build_reranker(cfg.rerank)
     catalogue = item_catalogue(dm.data.tables.items, dm.genres, retriever.item_vectors)
-    funnel = Funnel(retriever, task.net, dm.pairs, reranker, catalogue, cfg.pairs.candidates, cfg.funnel.top_n)
+    funnel = Funnel(retriever, task.net, dm.pairs, reranker, catalogue, cfg.pairs.candidates, cfg.funnel.top_n, fusion)
     metrics: dict[str, float] = {}
     for split in ("valid", "test"):
         rows = dm.eval_rows[split]

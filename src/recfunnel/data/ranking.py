@@ -17,11 +17,14 @@ A batch (``build_batch``) is a dict::
      "label": (B, C) float, "mask": (B, C) bool}           # label/mask: training pairs only
     + eval batches: "target": (B,) long, "retrieval_score": (B, C) float
 
-Pair dense features (``PAIR_FEATURES``), which only the ranker sees: the retriever's score, the
-log of the item's rank in the retriever's list (K+1 when not in it), the cosine between the item's
+Pair dense features (``PairFeatures.names``), which only the ranker sees: the retriever's score, the
+log of the item's rank in the first stage's list (K+1 when not in it), the cosine between the item's
 genres and the genre profile of the user's last ``profile_len`` items, and the cosine (in the
 retriever's item space) between the item and the user's last item, and the largest one to any of
-their last ``RECENT`` items (0 without history).
+their last ``RECENT`` items (0 without history); with a co-occurrence model in the first stage
+(``recfunnel.serving.fusion``), also the item's co-occurrence score with the user's latest items
+(``cooc_score``; out-of-fold for train events, so the ranker never learns from a count that holds
+the event it is trained on).
 """
 
 from __future__ import annotations
@@ -44,6 +47,15 @@ from recfunnel.utils.errors import RecfunnelError
 
 log = logging.getLogger(__name__)
 PAIR_FEATURES = ("retrieval_score", "retrieval_log_rank", "genre_overlap", "sim_last_item", "sim_recent_max")
+
+
+class CooccurrenceScores(Protocol):
+    """Co-occurrence scores of items for events (``recfunnel.serving.fusion.CrossFitted`` is one)."""
+
+    def at(self, pipeline: FeaturePipeline, rows: np.ndarray, items: np.ndarray, in_sample: bool = False) -> np.ndarray:
+        """(B, C) float32 scores of ``items`` (B, C; −1 = empty) for event ``rows`` (B,) of ``pipeline``;
+        ``in_sample``: the rows are train events of the data the scores were fitted on."""
+        ...
 
 
 class CandidateSource(Protocol):
@@ -78,22 +90,28 @@ class PairFeatures:
         item_vectors: (I, d) the retriever's item vectors (the index's).
         genres: (I, G) item genre multi-hot.
         profile_len: how many of the user's latest items make the genre profile.
+        cooccurrence: co-occurrence scores for the ``cooc_score`` feature (None: no such feature).
+
+    ``names``: the P features, in order.
     """
 
     RECENT = 5
 
-    def __init__(self, item_vectors: np.ndarray, genres: np.ndarray, profile_len: int = 50):
+    def __init__(self, item_vectors: np.ndarray, genres: np.ndarray, profile_len: int = 50,
+                 cooccurrence: CooccurrenceScores | None = None):
         self.item_vectors = np.asarray(item_vectors, np.float32)
         norm = np.linalg.norm(self.item_vectors, axis=1, keepdims=True)
         self.unit_vectors = self.item_vectors / np.maximum(norm, 1e-12)
         norm = np.linalg.norm(genres, axis=1, keepdims=True)
         self.genres = np.where(norm > 0, genres / np.maximum(norm, 1e-12), 0).astype(np.float32)
-        self.profile_len = profile_len
+        self.profile_len, self.cooccurrence = profile_len, cooccurrence
+        self.names = PAIR_FEATURES + (("cooc_score",) if cooccurrence is not None else ())
 
     def __call__(self, pipeline: FeaturePipeline, rows: np.ndarray, queries: np.ndarray, cands: np.ndarray,
-                 lists: np.ndarray) -> np.ndarray:
+                 lists: np.ndarray, in_sample: bool = False) -> np.ndarray:
         """rows (B,) of ``pipeline``; queries (B, d) their retriever vectors; cands (B, C) items (−1 =
-        empty); lists (B, K) the retriever's top-K for the rank feature → (B, C, P) float32."""
+        empty); lists (B, K) the first stage's top-K for the rank feature; ``in_sample``: the rows are
+        train events (out-of-fold co-occurrence) → (B, C, P) float32."""
         safe = np.maximum(cands, 0)
         score = np.einsum("bd,bcd->bc", queries, self.item_vectors[safe])
         match = (lists[:, None, :] == cands[:, :, None]) & (cands[:, :, None] >= 0)
@@ -113,32 +131,37 @@ class PairFeatures:
         sim = np.where(recent[:, None, :] >= 0, sim, -np.inf)
         sim_last = np.where(recent[:, -1:] >= 0, sim[:, :, -1], 0.0)
         sim_max = np.where(lengths[:, None] > 0, sim.max(2), 0.0)
-        out = np.stack([score, np.log(rank), overlap, sim_last, sim_max], axis=2).astype(np.float32)
+        columns = [score, np.log(rank), overlap, sim_last, sim_max]
+        if self.cooccurrence is not None:
+            columns.append(self.cooccurrence.at(pipeline, rows, cands, in_sample))
+        out = np.stack(columns, axis=2).astype(np.float32)
         out[cands < 0] = 0.0
         return out
 
 
 def build_batch(pipeline: FeaturePipeline, pairs: PairFeatures, rows: np.ndarray, queries: np.ndarray,
-                cands: np.ndarray, lists: np.ndarray) -> dict[str, Any]:
-    """The ranker's inputs for C candidates of each of B event rows (see the module docstring)."""
+                cands: np.ndarray, lists: np.ndarray, in_sample: bool = False) -> dict[str, Any]:
+    """The ranker's inputs for C candidates of each of B event rows (see the module docstring);
+    ``in_sample``: the rows are train events."""
     B, C = cands.shape
     batch: dict[str, Any] = pipeline.queries(rows)
     when = np.repeat(pipeline.ts[rows], C)
     batch["cand"] = pipeline.items(np.maximum(cands, 0).reshape(-1), when)
     batch["cand_idx"] = torch.from_numpy(cands.astype(np.int64))
-    batch["pair_dense"] = torch.from_numpy(pairs(pipeline, rows, queries, cands, lists))
+    batch["pair_dense"] = torch.from_numpy(pairs(pipeline, rows, queries, cands, lists, in_sample))
     return batch
 
 
-def ranker_inputs(data: SplitData, item_vectors: np.ndarray, features_cfg: Mapping[str, Any], profile_len: int = 50
+def ranker_inputs(data: SplitData, item_vectors: np.ndarray, features_cfg: Mapping[str, Any], profile_len: int = 50,
+                  cooccurrence: CooccurrenceScores | None = None
                   ) -> tuple[FeatureSchema, FeaturePipeline, np.ndarray, PairFeatures]:
     """The ranker's schema, its feature pipeline over the first stage's data, the (I, G) genre matrix
-    and the pair features over the first stage's (I, d) ``item_vectors``: everything needed to
-    build ranker batches (training or serving)."""
+    and the pair features over the first stage's (I, d) ``item_vectors`` (and ``cooccurrence``, when
+    the first stage has it): everything needed to build ranker batches (training or serving)."""
     schema = resolve_schema(features_cfg, data, where=f"features ({features_cfg.get('name')})")
     pipeline = FeaturePipeline(schema, data, where=f"features ({schema.name})")
     genres = genre_matrix(data.tables.items)
-    return schema, pipeline, genres, PairFeatures(item_vectors, genres, profile_len)
+    return schema, pipeline, genres, PairFeatures(item_vectors, genres, profile_len, cooccurrence)
 
 
 class TrainPairs(Dataset):
@@ -167,7 +190,8 @@ class TrainPairs(Dataset):
         uniform = rng.integers(p.num_items, size=(B, dm.uniform_negatives))
         cands = np.concatenate([pos[:, None], np.where(hard_ok, hard, -1), uniform], axis=1)
         mask = np.concatenate([np.ones((B, 1), bool), hard_ok, uniform != pos[:, None]], axis=1)
-        batch = build_batch(p, dm.pairs, rows, dm.train_queries[positions], cands, lists[:, :dm.candidates])
+        batch = build_batch(p, dm.pairs, rows, dm.train_queries[positions], cands, lists[:, :dm.candidates],
+                            in_sample=True)
         label = np.zeros(cands.shape, np.float32)
         label[:, 0] = 1.0
         batch["label"], batch["mask"] = torch.from_numpy(label), torch.from_numpy(mask)
@@ -198,7 +222,9 @@ class RankingDataModule(pl.LightningDataModule):
     Built from the funnel's ``pairs`` config (``_target_`` here) plus the retriever and features.
 
     Args:
-        retriever: the first stage (a ``CandidateSource``, e.g. a loaded ``Retriever``).
+        retriever: the first stage (a ``CandidateSource``: a loaded ``Retriever``, or a ``RankFusion``).
+        cooccurrence: the first stage's co-occurrence scores (``RankFusion.cooccurrence``), for the
+            ``cooc_score`` pair feature; None: no such feature.
         features: the ranker's feature schema (its own; it may differ from the retriever's).
         candidates: K, the retriever's list length at evaluation (and for the rank feature).
         hard_pool: top-N of the retriever that hard negatives are drawn from (≥ 1).
@@ -215,13 +241,14 @@ class RankingDataModule(pl.LightningDataModule):
                  hard_pool: int = 50, hard_negatives: int = 8, uniform_negatives: int = 8,
                  max_events_per_user: int | None = None, retrieved_positives_only: bool = True,
                  profile_len: int = 50, batch_size: int = 256,
-                 eval_batch_size: int = 256, num_workers: int = 0, seed: int = 0):
+                 eval_batch_size: int = 256, num_workers: int = 0, seed: int = 0,
+                 cooccurrence: CooccurrenceScores | None = None):
         super().__init__()
         if hard_negatives + uniform_negatives < 1:
             raise RecfunnelError("pairs: hard_negatives + uniform_negatives must be ≥ 1 (a ranker needs negatives)")
         if hard_negatives > hard_pool:
             raise RecfunnelError(f"pairs.hard_negatives={hard_negatives} exceeds pairs.hard_pool={hard_pool}")
-        self.retriever, self.features_cfg = retriever, features
+        self.retriever, self.features_cfg, self.cooccurrence = retriever, features, cooccurrence
         self.candidates, self.hard_pool = candidates, hard_pool
         self.hard_negatives, self.uniform_negatives = hard_negatives, uniform_negatives
         self.max_events_per_user, self.profile_len = max_events_per_user, profile_len
@@ -235,7 +262,7 @@ class RankingDataModule(pl.LightningDataModule):
         r = self.retriever
         self.data = r.data
         self.schema, self.pipeline, self.genres, self.pairs = ranker_inputs(self.data, r.item_vectors, self.features_cfg,
-                                                                            self.profile_len)
+                                                                            self.profile_len, self.cooccurrence)
         rows = np.flatnonzero(self.data.split == TRAIN)
         if self.max_events_per_user:
             p = self.pipeline
@@ -275,7 +302,7 @@ class RankingDataModule(pl.LightningDataModule):
 
     @property
     def num_pair_dense(self) -> int:
-        return len(PAIR_FEATURES)
+        return len(self.pairs.names)
 
     def model_inputs(self) -> dict[str, Any]:
         """What a ranker built for this data needs to know (``recfunnel.tasks.build.build_task``)."""

@@ -99,10 +99,13 @@ class Cooccurrence:
         self.counts: np.ndarray | None = None
 
     # -- fit -----------------------------------------------------------------------------------------
-    def fit(self, data: SplitData) -> Cooccurrence:
-        """Count co-occurrences on ``data``'s train split; keep the protocol order to find histories later."""
+    def fit(self, data: SplitData, users: np.ndarray | None = None) -> Cooccurrence:
+        """Count co-occurrences on ``data``'s train split (only the train events of ``users``, a
+        (num_users,) bool mask, when given); keep the protocol order to find histories later."""
         I = data.num_items
         rows = data.rows(TRAIN)  # protocol order: grouped by user, time-ordered within a user
+        if users is not None:
+            rows = rows[np.asarray(users, bool)[data.user_idx[rows]]]
         users, items = data.user_idx[rows], data.item_idx[rows]
         self.counts = np.bincount(items, minlength=I).astype(np.float64)
         if self.window is None:
@@ -155,16 +158,22 @@ class Cooccurrence:
         start = self._user_start[rows]
         if self.history is not None:
             start = np.maximum(start, end - self.history)
-        lengths = end - start
-        where = concat_ranges(start, end)
-        events = self._order[where]
-        newest_first = np.repeat(end, lengths) - 1 - where  # k = 0 for the newest
-        weights = self.decay ** newest_first.astype(np.float64)
-        owner = np.repeat(np.arange(len(rows)), lengths)
-        return sp.csr_matrix((weights, (owner, self._item_idx[events])), shape=(len(rows), len(self.counts)))
+        return self.query_matrix(self._item_idx[self._order[concat_ranges(start, end)]], end - start)
 
-    def score_rows(self, rows: np.ndarray) -> np.ndarray:
-        """(B, I) float32 scores for the targets at event ``rows`` (B,): co-occurrence + tie-breaker.
+    def query_matrix(self, items: np.ndarray, lengths: np.ndarray) -> sp.csr_matrix:
+        """(B, I) sparse query rows from B histories: ``items`` (sum L,) the items of each, oldest
+        first, ``lengths`` (B,); the last ``history`` of each count, the k-th newest ``decay ** k``."""
+        lengths = np.asarray(lengths, dtype=np.int64)
+        ends = np.cumsum(lengths)
+        keep = lengths if self.history is None else np.minimum(lengths, self.history)
+        where = concat_ranges(ends - keep, ends)
+        newest_first = np.repeat(ends, keep) - 1 - where  # k = 0 for the newest
+        weights = self.decay ** newest_first.astype(np.float64)
+        owner = np.repeat(np.arange(len(lengths)), keep)
+        return sp.csr_matrix((weights, (owner, np.asarray(items, np.int64)[where])), shape=(len(lengths), len(self.counts)))
+
+    def score_queries(self, queries: sp.csr_matrix) -> np.ndarray:
+        """(B, I) float32 scores of B sparse query rows (``query_matrix``): co-occurrence + tie-breaker.
 
         ``score[u, j] = sum_k decay**k S[h_k, j] + eps_u * n_j / max(n)``, with ``h_k`` the k-th newest
         history item and ``eps_u = tie_break * (u's smallest positive co-occurrence score)``, or
@@ -173,11 +182,21 @@ class Cooccurrence:
         ones the tie-breaker can reorder.
         """
         assert self.matrix is not None, "call fit() first"
-        dense = (self.history_matrix(rows) @ self.matrix).toarray()
+        dense = (queries @ self.matrix).toarray()
         positive = np.where(dense > 0, dense, np.inf).min(axis=1)
         eps = self.tie_break * np.where(np.isfinite(positive), positive, 1.0)
         pop = self.counts / max(self.counts.max(initial=0.0), 1.0)
         return (dense + eps[:, None] * pop[None, :]).astype(np.float32)
+
+    def score_rows(self, rows: np.ndarray) -> np.ndarray:
+        """(B, I) float32 scores (``score_queries``) for the targets at event ``rows`` (B,) of the data
+        it was fitted on."""
+        return self.score_queries(self.history_matrix(rows))
+
+    def score_histories(self, items: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """(B, I) float32 scores (``score_queries``) for B histories (``query_matrix``'s arguments), e.g.
+        a feature pipeline's ``history_events`` of a request view."""
+        return self.score_queries(self.query_matrix(items, lengths))
 
     def scorer(self, evalset: EvalSet) -> Scorer:
         """Positions (B,) into ``evalset`` → (B, num_items) float32 scores for those targets' users."""

@@ -1,4 +1,4 @@
-"""The funnel: retrieve K candidates from the index → rank them → re-rank → keep the top N.
+"""The funnel: retrieve K candidates (the index, or its fusion with co-occurrence) → rank them → re-rank → keep the top N.
 
 ``Funnel`` runs all stages for a batch of query events (rows of a feature pipeline, or a request
 view of one, see ``FeaturePipeline.for_request``) and returns each stage's lists, so one call gives
@@ -14,6 +14,7 @@ import torch
 from recfunnel.data.ranking import PairFeatures, build_batch
 from recfunnel.features.pipeline import FeaturePipeline
 from recfunnel.models.dlrm import DLRM
+from recfunnel.serving.fusion import RankFusion
 from recfunnel.serving.rerank import ItemCatalogue, Reranker, Seen, Slate
 from recfunnel.serving.retriever import Retriever
 from recfunnel.utils.errors import RecfunnelError
@@ -37,11 +38,13 @@ class Funnel:
         reranker: the re-ranking stages.
         catalogue: item attributes for re-ranking.
         candidates: K retrieved per query; top_n: N returned.
+        fusion: the first stage when it fuses the retriever with co-occurrence
+            (``recfunnel.serving.fusion``); None: the retriever's index alone.
     """
 
     def __init__(self, retriever: Retriever, ranker: DLRM, pairs: PairFeatures, reranker: Reranker,
-                 catalogue: ItemCatalogue, candidates: int = 100, top_n: int = 10):
-        self.retriever, self.ranker, self.pairs = retriever, ranker.eval(), pairs
+                 catalogue: ItemCatalogue, candidates: int = 100, top_n: int = 10, fusion: RankFusion | None = None):
+        self.retriever, self.ranker, self.pairs, self.fusion = retriever, ranker.eval(), pairs, fusion
         self.reranker, self.catalogue = reranker, catalogue
         self.candidates, self.top_n = candidates, top_n
 
@@ -56,7 +59,9 @@ class Funnel:
         r = self.retriever
         queries = r.query_vectors(retriever_pipeline, rows)
         seen = r.seen_before(retriever_pipeline, rows)
-        if candidates is None:
+        if candidates is None and self.fusion is not None:
+            items, scores = self.fusion.search(retriever_pipeline, rows, queries, seen, self.candidates)
+        elif candidates is None:
             items, scores = r.search(queries, self.candidates, seen=seen)
         else:
             items = np.asarray(candidates, dtype=np.int64).reshape(len(rows), -1)

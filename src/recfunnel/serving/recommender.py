@@ -34,7 +34,8 @@ from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from recfunnel.data.dataset import TRAIN
-from recfunnel.data.ranking import PAIR_FEATURES, ranker_inputs
+from recfunnel.data.ranking import ranker_inputs
+from recfunnel.serving.fusion import RankFusion
 from recfunnel.serving.pipeline import Funnel, item_catalogue
 from recfunnel.serving.rerank import build_reranker
 from recfunnel.serving.retriever import Retriever
@@ -106,10 +107,11 @@ class Recommender:
                 f"{retriever.run_dir} loads {retriever.data_name} tables with fingerprint {retriever.data_fingerprint} "
                 f"from {retriever.data_dir}; point retriever_run.txt at the retriever it was trained with, or pass "
                 "data_dir=a folder holding the tables it was trained on")
+        fusion = RankFusion.build(retriever, cfg.get("first_stage"), seed=cfg.seed)  # refitted: deterministic
         schema, pipeline, genres, pairs = ranker_inputs(retriever.data, retriever.item_vectors, cfg.features,
-                                                        cfg.pairs.profile_len)
+                                                        cfg.pairs.profile_len, fusion.cooccurrence if fusion else None)
         net = hydra.utils.instantiate(cfg.model.net)(schema=schema, num_embeddings=pipeline.num_embeddings,
-                                                      num_pair_dense=len(PAIR_FEATURES))
+                                                      num_pair_dense=len(pairs.names))
         checkpoint = load_checkpoint(run_dir / "checkpoints" / "best.ckpt")
         state = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items()}
         try:
@@ -120,7 +122,7 @@ class Recommender:
         net.load_state_dict(state)
         catalogue = item_catalogue(retriever.dm.data.tables.items, genres, retriever.item_vectors)
         funnel = Funnel(retriever, net, pairs, build_reranker(cfg.rerank), catalogue, cfg.pairs.candidates,
-                        cfg.funnel.top_n)
+                        cfg.funnel.top_n, fusion)
         data = retriever.dm.data
         now = int(data.ts.max()) + 1
         train = data.split == TRAIN

@@ -1,5 +1,6 @@
-"""RankingTask: trains the DLRM ranker with binary cross-entropy on (query, candidate) pairs and
-evaluates it as the second stage of the funnel.
+"""RankingTask: trains the DLRM ranker on (query, candidate) pairs, pointwise (binary cross-entropy),
+listwise (softmax cross-entropy over each event's candidates) or both, and evaluates it as the second
+stage of the funnel.
 
 Training batches come from ``RankingDataModule`` (positive, hard and uniform negatives per event).
 Validation/test batches hold each user's retrieved list; the ranker re-orders it and logs
@@ -28,6 +29,7 @@ from recfunnel.models.dlrm import DLRM
 from recfunnel.tasks.base import RecTask
 from recfunnel.tasks.optim import SparseAdamW
 from recfunnel.utils.dist import rank_world
+from recfunnel.utils.errors import RecfunnelError
 
 
 class RankingTask(RecTask):
@@ -36,14 +38,21 @@ class RankingTask(RecTask):
             dense_stats.
         schema, num_embeddings, num_pair_dense, dense_stats: from the ranking DataModule.
         lr, weight_decay: AdamW settings.
+        loss: ``bce`` (binary cross-entropy over the real pairs), ``softmax`` (cross-entropy of the
+            positive against its event's negatives: listwise) or ``bce+softmax`` (their sum).
     """
+
+    LOSSES = ("bce", "softmax", "bce+softmax")
 
     stage = "ranker"
 
     def __init__(self, net: Callable[..., DLRM], schema: FeatureSchema, num_embeddings: Mapping[str, int],
                  num_pair_dense: int, dense_stats: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
-                 lr: float = 1e-3, weight_decay: float = 0.0):
+                 lr: float = 1e-3, weight_decay: float = 0.0, loss: str = "bce"):
         super().__init__()
+        if loss not in self.LOSSES:
+            raise RecfunnelError(f"model.loss={loss!r} is not valid; choose one of: {', '.join(self.LOSSES)}")
+        self.loss = loss
         self.net = net(schema=schema, num_embeddings=num_embeddings, num_pair_dense=num_pair_dense,
                        dense_stats=dense_stats)
         self.lr, self.weight_decay = lr, weight_decay
@@ -55,9 +64,16 @@ class RankingTask(RecTask):
         return logits.masked_fill(batch["cand_idx"] < 0, float("-inf"))
 
     def compute_loss(self, batch: dict[str, Any]) -> Tensor:
-        """Binary cross-entropy over the batch's real (query, candidate) pairs."""
-        mask = batch["mask"]
-        return F.binary_cross_entropy_with_logits(self.net(batch)[mask], batch["label"][mask])
+        """``loss`` over the batch's real (query, candidate) pairs; the label is 1 in each event's
+        first column (its positive), 0 elsewhere, ``mask`` (B, C) marks the real pairs."""
+        mask, logits = batch["mask"], self.net(batch)
+        loss = logits.new_zeros(())
+        if "bce" in self.loss:
+            loss = loss + F.binary_cross_entropy_with_logits(logits[mask], batch["label"][mask])
+        if "softmax" in self.loss:
+            listwise = logits.masked_fill(~mask, float("-inf"))
+            loss = loss + F.cross_entropy(listwise, batch["label"].argmax(1))
+        return loss
 
     def train_batch_size(self, batch: dict[str, Any]) -> int:
         return int(batch["mask"].sum())

@@ -1,0 +1,133 @@
+"""The fused first stage on the real ML-100K: exact top-k, co-occurrence read through a feature
+pipeline, cross-fitted scores for train events (no leakage into the ranker), and reciprocal-rank
+fusion against a slow, obviously-correct version."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from recfunnel.data.dataset import TRAIN
+from recfunnel.data.ranking import PAIR_FEATURES, PairFeatures, genre_matrix
+from recfunnel.eval.protocol import EvalSet
+from recfunnel.features.pipeline import FeaturePipeline
+from recfunnel.models.cooccurrence import Cooccurrence
+from recfunnel.serving.fusion import CrossFitted, RankFusion, top_k_rows
+from recfunnel.serving.index import ItemIndex
+from recfunnel.serving.retriever import Retriever
+from recfunnel.utils.errors import RecfunnelError
+
+FOLDS = 3
+
+
+@pytest.fixture(scope="module")
+def pipe(ml100k_schema, ml100k_data):
+    return FeaturePipeline(ml100k_schema, ml100k_data)
+
+
+@pytest.fixture(scope="module")
+def cross(ml100k_data):
+    return CrossFitted(Cooccurrence, ml100k_data, folds=FOLDS, seed=0)
+
+
+def test_top_k_rows_is_exact_with_ties_and_missing_scores():
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 4, size=(50, 30)).astype(np.float64)  # many ties
+    scores[rng.random(scores.shape) < 0.5] = -np.inf
+    for k in (1, 7, 30, 40):
+        items, got = top_k_rows(scores, k)
+        for b in range(len(scores)):
+            want = sorted(range(scores.shape[1]), key=lambda j: (-scores[b, j], j))[:min(k, 30)]
+            want_items = [j if np.isfinite(scores[b, j]) else -1 for j in want]
+            assert items[b].tolist() == want_items
+            np.testing.assert_array_equal(got[b], scores[b, want])
+
+
+def test_valid_and_test_events_read_the_full_model_through_the_pipeline(cross, pipe, ml100k_data):
+    for split in ("valid", "test"):
+        rows = EvalSet.build(ml100k_data, split).rows
+        np.testing.assert_array_equal(cross.scores(pipe, rows), cross.full.score_rows(rows))
+
+
+def test_train_events_read_a_model_fitted_without_their_users(cross, pipe, ml100k_data):
+    d = ml100k_data
+    rows = np.random.default_rng(1).choice(np.flatnonzero(d.split == TRAIN), 300, replace=False)
+    got = cross.scores(pipe, rows, in_sample=True)
+    folds = cross.fold_of_user[d.user_idx[rows]]
+    assert len(np.unique(folds)) == FOLDS
+    for fold in range(FOLDS):
+        alone = Cooccurrence().fit(d, users=cross.fold_of_user != fold)
+        sel = folds == fold
+        np.testing.assert_array_equal(got[sel], alone.score_rows(rows[sel]))
+    # a mask: only the in-sample rows read their fold's model
+    mixed = cross.scores(pipe, rows, in_sample=np.arange(len(rows)) % 2 == 0)
+    np.testing.assert_array_equal(mixed[::2], got[::2])
+    np.testing.assert_array_equal(mixed[1::2], cross.full.score_rows(rows[1::2]))
+    assert not np.array_equal(got, cross.full.score_rows(rows))
+
+
+def test_no_leakage_from_a_users_own_train_events(cross, ml100k_data):
+    """Every train event of fold 0's users moved to another item: fold 0's model does not change
+    (it is what scores those users' train events); the full model does."""
+    d = ml100k_data
+    moved = np.flatnonzero((d.split == TRAIN) & (cross.fold_of_user[d.user_idx] == 0))
+    items = d.item_idx.copy()
+    items[moved] = (items[moved] + 1 + np.random.default_rng(0).integers(d.num_items - 1, size=len(moved))) % d.num_items
+    other = CrossFitted(Cooccurrence, dataclasses.replace(d, item_idx=items), folds=FOLDS, seed=0)
+    assert (cross.model(0).matrix != other.model(0).matrix).nnz == 0
+    np.testing.assert_array_equal(cross.model(0).counts, other.model(0).counts)
+    assert (cross.full.matrix != other.full.matrix).nnz > 0
+
+
+def fused_by_hand(tt: np.ndarray, co: np.ndarray, seen: set, k: int, depth: int, w: float, k0: float) -> list[int]:
+    """Reciprocal-rank fusion of two full score rows, each cut to its top ``depth`` unseen items."""
+    def ranking(s):
+        return [j for j in sorted(range(len(s)), key=lambda j: (-s[j], j)) if j not in seen][:depth]
+    fused: dict[int, float] = {}
+    for order, weight in ((ranking(tt), w), (ranking(co), 1 - w)):
+        for r, j in enumerate(order):
+            fused[j] = fused.get(j, 0.0) + weight / (k0 + r + 1)
+    return sorted(fused, key=lambda j: (-fused[j], j))[:k]
+
+
+def test_fused_lists_are_reciprocal_rank_fusion_of_both_sources(cross, pipe, ml100k_data):
+    rng = np.random.default_rng(2)
+    vectors = rng.normal(size=(ml100k_data.num_items, 8)).astype(np.float32)
+    retriever = Retriever.__new__(Retriever)  # ``search`` reads only the index
+    retriever.index = ItemIndex.build(vectors, kind="flat")
+    fusion = RankFusion(retriever, cross, weight=0.3, k0=60, depth=40)
+    rows = rng.choice(EvalSet.build(ml100k_data, "test").rows, 40, replace=False)
+    queries = rng.normal(size=(len(rows), 8)).astype(np.float32)
+    seen = Retriever.seen_before(pipe, rows)
+    items, scores = fusion.search(pipe, rows, queries, seen, k=25)
+    co = cross.scores(pipe, rows)
+    for b in range(len(rows)):
+        s = set(seen[1][seen[0][b]:seen[0][b + 1]].tolist())
+        assert items[b].tolist() == fused_by_hand(vectors @ queries[b], co[b], s, 25, 40, 0.3, 60.0)
+    assert (np.diff(scores, axis=1) <= 0).all()
+
+
+def test_pair_features_add_the_cooccurrence_score(cross, pipe, ml100k_data):
+    d = ml100k_data
+    vectors = np.random.default_rng(3).normal(size=(d.num_items, 8)).astype(np.float32)
+    genres = genre_matrix(d.tables.items)
+    plain, with_cooc = PairFeatures(vectors, genres), PairFeatures(vectors, genres, cooccurrence=cross)
+    assert with_cooc.names == PAIR_FEATURES + ("cooc_score",)
+    rows = np.flatnonzero(d.split == TRAIN)[:64]
+    cands = np.random.default_rng(4).integers(-1, d.num_items, size=(64, 12))
+    queries = np.zeros((64, 8), np.float32)
+    for in_sample in (False, True):
+        out = with_cooc(pipe, rows, queries, cands, cands, in_sample)
+        np.testing.assert_array_equal(out[..., :-1], plain(pipe, rows, queries, cands, cands))
+        want = np.take_along_axis(cross.scores(pipe, rows, in_sample), np.maximum(cands, 0), 1)
+        np.testing.assert_array_equal(out[..., -1], np.where(cands >= 0, want, 0).astype(np.float32))
+
+
+def test_bad_options_are_one_line_naming_the_key(ml100k_data):
+    with pytest.raises(RecfunnelError, match="first_stage.folds"):
+        CrossFitted(Cooccurrence, ml100k_data, folds=1)
+    for key, kwargs in (("first_stage.weight", {"weight": 1.5}), ("first_stage.k0", {"k0": 0})):
+        with pytest.raises(RecfunnelError, match=key):
+            RankFusion(None, None, **kwargs)
