@@ -169,8 +169,9 @@ class Cooccurrence:
         where = concat_ranges(ends - keep, ends)
         newest_first = np.repeat(ends, keep) - 1 - where  # k = 0 for the newest
         weights = self.decay ** newest_first.astype(np.float64)
-        owner = np.repeat(np.arange(len(lengths)), keep)
-        return sp.csr_matrix((weights, (owner, np.asarray(items, np.int64)[where])), shape=(len(lengths), len(self.counts)))
+        # CSR directly (an item repeated in a history is a repeated column, which products sum)
+        return sp.csr_matrix((weights, np.asarray(items, np.int64)[where], np.r_[0, np.cumsum(keep)]),
+                             shape=(len(lengths), len(self.counts)))
 
     def score_queries(self, queries: sp.csr_matrix) -> np.ndarray:
         """(B, I) float32 scores of B sparse query rows (``query_matrix``): co-occurrence + tie-breaker.

@@ -80,6 +80,7 @@ class CrossFitted:
         self.fold_of_user = np.random.default_rng(seed).permutation(data.num_users) % folds
         self._fold_models: dict[int, Cooccurrence] = {}
         self.history = self.full.history
+        self._last: tuple[tuple[bytes, ...], np.ndarray] | None = None  # the latest call's histories and scores
 
     def model(self, fold: int) -> Cooccurrence:
         """The model of ``fold`` (−1: the full model), fitted on first use."""
@@ -93,19 +94,27 @@ class CrossFitted:
         """(B, I) float32 co-occurrence scores (``Cooccurrence.score_queries``) for event ``rows`` (B,) of
         ``pipeline`` (the data's, or a request view), from each row's history in that pipeline.
         ``in_sample`` (bool or (B,) bool): rows that are train events of the fitted data, scored by
-        their user's out-of-fold model."""
+        their user's out-of-fold model. Read-only; the same histories as the latest call (a funnel's
+        first stage, then its ranker's pair features) reuse that call's scores."""
         rows = np.asarray(rows, np.int64)
         max_len = self.history if self.history is not None else np.iinfo(np.int64).max // 4
         events, lengths = pipeline.history_events(rows, max_len)
         items = pipeline.item_idx[events]
         which = np.where(np.broadcast_to(in_sample, rows.shape), self.fold_of_user[pipeline.user_idx[rows]], -1)
+        key = (which.tobytes(), lengths.tobytes(), items.tobytes())
+        if self._last is not None and self._last[0] == key:
+            return self._last[1]
         if (which == which[:1]).all():
-            return self.model(int(which[0]) if len(which) else -1).score_histories(items, lengths)
-        out = np.empty((len(rows), self._data.num_items), np.float32)
-        ptr = np.r_[0, np.cumsum(lengths)]
-        for fold in np.unique(which):
-            sel = np.flatnonzero(which == fold)
-            out[sel] = self.model(int(fold)).score_histories(items[concat_ranges(ptr[sel], ptr[sel + 1])], lengths[sel])
+            out = self.model(int(which[0]) if len(which) else -1).score_histories(items, lengths)
+        else:
+            out = np.empty((len(rows), self._data.num_items), np.float32)
+            ptr = np.r_[0, np.cumsum(lengths)]
+            for fold in np.unique(which):
+                sel = np.flatnonzero(which == fold)
+                out[sel] = self.model(int(fold)).score_histories(items[concat_ranges(ptr[sel], ptr[sel + 1])],
+                                                                 lengths[sel])
+        out.flags.writeable = False
+        self._last = (key, out)
         return out
 
     def at(self, pipeline: FeaturePipeline, rows: np.ndarray, items: np.ndarray, in_sample: bool = False) -> np.ndarray:
@@ -180,7 +189,7 @@ class RankFusion:
         B, num_items = len(rows), self.retriever.index.num_items
         depth = max(self.depth, k)
         two_tower, _ = self.retriever.search(queries, depth, seen=seen)
-        cooc = self.cooccurrence.scores(pipeline, rows, in_sample)
+        cooc = self.cooccurrence.scores(pipeline, rows, in_sample).copy()
         ptr, seen_items = seen
         cooc[np.repeat(np.arange(B), np.diff(ptr)), seen_items] = -np.inf
         cooccurrence, _ = top_k_rows(cooc, depth)
