@@ -4,6 +4,7 @@ the Recommender built from its run, the batch CLI, and the bad inputs the funnel
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -15,7 +16,7 @@ from recfunnel.serving.recommender import Recommender
 from recfunnel.tasks.checkpoints import load_checkpoint
 from recfunnel.utils.errors import RecfunnelError
 
-from helpers import DATA_DIR, run, wandb_runs
+from helpers import DATA_DIR, TINY_FUNNEL, run, wandb_runs
 
 
 def test_every_training_stage_prints_one_line_per_epoch(funnel_run):
@@ -88,6 +89,20 @@ def test_the_fused_first_stage_retrieves_more_than_the_retriever_and_feeds_the_r
     assert m["test/retrieval/recall@100"] > alone["test/recall@100"] + 0.05, (m["test/retrieval/recall@100"], alone)
     state = load_checkpoint(funnel_run / "checkpoints" / "best.ckpt")["state_dict"]
     assert tuple(state["net.pair_mean"].shape) == (6,)
+
+
+def test_a_funnel_over_a_trained_retriever_equals_the_one_that_trained_it(funnel_run, tmp_path):
+    """The ranker starts from the seed whether the retriever was trained in the same process or is
+    loaded (``retriever.run_dir``, as when a funnel resumes after its retriever finished): the same
+    metrics, to the bit."""
+    out = tmp_path / "again"
+    proc = run("recfunnel.funnel", *TINY_FUNNEL, f"retriever.run_dir={funnel_run / 'retriever'}",
+               f"hydra.run.dir={out}", env={**os.environ, "WANDB_MODE": "offline"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    first, again = (json.loads((d / "metrics.json").read_text()) for d in (funnel_run, out))
+    quality = [k for k in first if k.split("/")[-1].split("@")[0] in ("ndcg", "recall", "mrr", "auc", "logloss")]
+    assert len(quality) > 20
+    assert {k: again[k] for k in quality} == {k: first[k] for k in quality}
 
 
 def test_recommender_serves_known_unknown_and_recent(funnel_run):

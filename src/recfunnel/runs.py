@@ -508,6 +508,8 @@ def train_ranker(run: Run, retriever: Retriever, retriever_dir: Path, fusion: Ra
     the task with the weights best on validation, and the funnel's ``ranker/...`` metrics (pair AUC
     and log-loss, cost)."""
     cfg = run.cfg
+    # the same start whether the retriever was trained in this process or loaded (a resumed funnel)
+    pl.seed_everything(cfg.seed, workers=True)
     dm = hydra.utils.instantiate(cfg.pairs, _partial_=True)(
         retriever=fusion or retriever, features=cfg.features, seed=cfg.seed,
         cooccurrence=fusion.cooccurrence if fusion else None)
