@@ -131,3 +131,18 @@ def test_bad_options_are_one_line_naming_the_key(ml100k_data):
     for key, kwargs in (("first_stage.weight", {"weight": 1.5}), ("first_stage.k0", {"k0": 0})):
         with pytest.raises(RecfunnelError, match=key):
             RankFusion(None, None, **kwargs)
+
+
+def test_the_first_stage_config_reaches_the_fusion(ml100k_data):
+    """``first_stage`` of the funnel config: every key reaches the objects; no co-occurrence, no fusion."""
+    from types import SimpleNamespace
+
+    retriever = SimpleNamespace(data=ml100k_data)
+    cfg = {"cooccurrence": {"_target_": "recfunnel.models.cooccurrence.Cooccurrence", "history": 5},
+           "weight": 0.5, "k0": 10, "depth": 50, "folds": 2}
+    fusion = RankFusion.build(retriever, cfg, seed=1)
+    assert (fusion.weight, fusion.k0, fusion.depth) == (0.5, 10.0, 50)
+    assert fusion.cooccurrence.folds == 2 and fusion.cooccurrence.full.history == 5
+    assert set(fusion.cooccurrence.fold_of_user.tolist()) == {0, 1}
+    assert RankFusion.build(retriever, {**cfg, "cooccurrence": None}) is None
+    assert RankFusion.build(retriever, None) is None
