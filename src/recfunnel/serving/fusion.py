@@ -141,7 +141,7 @@ class RankFusion:
         if k0 <= 0:
             raise RecfunnelError(f"first_stage.k0={k0} is not valid; use a value > 0")
         self.retriever, self.cooccurrence = retriever, cooccurrence
-        self.weight, self.k0, self.depth, self.chunk = weight, float(k0), depth, chunk
+        self.weight, self.k0, self.depth, self.chunk = float(weight), float(k0), int(depth), chunk
 
     @classmethod
     def build(cls, retriever: Retriever, cfg: Mapping[str, Any] | None, seed: int = 0) -> RankFusion | None:
@@ -149,10 +149,12 @@ class RankFusion:
         if not cfg or cfg.get("cooccurrence") is None:
             return None
         options = cfg["cooccurrence"]
-        cooc = CrossFitted(lambda: hydra.utils.instantiate(options), retriever.data, int(cfg.get("folds", 5)), seed)
-        log.info("first stage: two-tower fused with co-occurrence (weight %.2f, k0 %g, depth %d)",
-                 cfg.get("weight", 0.3), cfg.get("k0", 60), cfg.get("depth", 200))
-        return cls(retriever, cooc, float(cfg.get("weight", 0.3)), float(cfg.get("k0", 60)), int(cfg.get("depth", 200)))
+        folds = {"folds": int(cfg["folds"])} if "folds" in cfg else {}
+        cooc = CrossFitted(lambda: hydra.utils.instantiate(options), retriever.data, seed=seed, **folds)
+        fusion = cls(retriever, cooc, **{k: cfg[k] for k in ("weight", "k0", "depth") if k in cfg})
+        log.info("first stage: two-tower fused with co-occurrence (weight %.2f, k0 %g, depth %d, %d folds)",
+                 fusion.weight, fusion.k0, fusion.depth, cooc.folds)
+        return fusion
 
     # what the ranker's data needs of a first stage (recfunnel.data.ranking.CandidateSource)
     @property
