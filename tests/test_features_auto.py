@@ -258,6 +258,27 @@ def test_schema_checks_generic_sources_strictly():
         FeatureSchema.from_config(cfg)
 
 
+def test_the_synthetic_answer_keys_and_labels_are_never_features(caplog, monkeypatch):
+    """The generator's planted truth (ANSWER_KEY_COLUMNS) and its event labels (purchase, revenue) would
+    leak what a model should learn; price is an ordinary visible column. A feature written in
+    ``features`` with a kind and source still reads an answer key, deliberately."""
+    from recfunnel.data.synthetic import ANSWER_KEY_COLUMNS, generate_synthetic
+
+    synthetic = SplitData.from_tables(generate_synthetic(200, 100, 2000, seed=0))
+    monkeypatch.setattr("recfunnel.features.auto._logged", set())
+    with caplog.at_level(logging.INFO, logger="recfunnel.features.auto"):
+        schema = resolve_schema({"auto": True}, synthetic)
+    sources = {f.source for f in schema.features}
+    assert "item.price" in sources and {"user.age", "item.genres"} <= sources
+    keys = {key.replace("users.", "user.").replace("items.", "item.") for key in ANSWER_KEY_COLUMNS}
+    assert len(keys) == 5 and not keys & sources
+    assert not any(word in source for source in sources for word in ("purchase", "revenue", "rating"))
+    for key in ANSWER_KEY_COLUMNS:
+        assert f"{key} (answer key of the synthetic generator, not a feature)" in caplog.text
+    edit = {"truth": {"tower": "item", "kind": "dense", "source": "item.appeal"}}
+    assert "item.appeal" in {f.source for f in resolve_schema({"auto": True, "features": edit}, synthetic).features}
+
+
 # --- end to end ---------------------------------------------------------------------------------------
 def test_train_the_retriever_with_auto_features_on_atomic_files(tmp_path):
     """Needs RecDataModule.setup to call ``resolve_schema``."""

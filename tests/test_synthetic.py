@@ -5,7 +5,19 @@ import pandas as pd
 import pytest
 
 from recfunnel.data import synthetic
-from recfunnel.data.synthetic import GENRES, OCCUPATIONS, T_END, T_START, generate_synthetic
+from recfunnel.data.fingerprint import tables_fingerprint
+from recfunnel.data.synthetic import (
+    ANSWER_KEY_COLUMNS,
+    CLICKBAIT_APPEAL,
+    GENRES,
+    OCCUPATIONS,
+    T_END,
+    T_START,
+    expected_revenue,
+    generate_synthetic,
+    purchase_probability,
+)
+from recfunnel.data.tables import Tables
 from recfunnel.utils.errors import RecfunnelError
 
 USERS, ITEMS, EVENTS = 2000, 1000, 50_000
@@ -32,6 +44,25 @@ def test_same_seed_same_tables_other_seed_differs(tables):
     other = generate_synthetic(USERS, ITEMS, EVENTS, seed=1)
     assert not other.interactions.equals(tables.interactions)
     assert not other.users.equals(tables.users)
+    assert not np.array_equal(other.items["price"], tables.items["price"])
+
+
+# Fingerprints (recfunnel.data.fingerprint.tables_fingerprint) of the tables the generator made before
+# prices and purchases existed (commit 2a6171c), restricted to the columns it made then: adding the
+# purchase stream (the 4th child of SeedSequence(seed).spawn(4)) must leave them bit-identical.
+OLD_COLUMNS = {"interactions": ["user_id", "item_id", "ts", "rating"],
+               "users": ["user_id", "age", "gender", "occupation", "zip", "cluster"],
+               "items": ["item_id", "title", "year", "genres", "cluster"]}
+
+
+@pytest.mark.parametrize("args, kwargs, fingerprint", [
+    ((USERS, ITEMS, EVENTS), {"seed": 0}, "ad132dd527c4c1b3"),
+    ((300, 200, 4000), {"seed": 3, "num_clusters": 5}, "017f799f4c84f1bd"),
+])
+def test_purchases_leave_the_earlier_columns_bit_identical(tables, args, kwargs, fingerprint):
+    t = tables if kwargs == {"seed": 0} else generate_synthetic(*args, **kwargs)
+    old = Tables(**{name: getattr(t, name)[cols] for name, cols in OLD_COLUMNS.items()}, edges=t.edges)
+    assert tables_fingerprint(old) == fingerprint
 
 
 def test_chunk_size_changes_nothing(tables, monkeypatch):
@@ -50,8 +81,9 @@ def test_chunk_size_changes_nothing(tables, monkeypatch):
 
 def test_columns_and_dtypes(tables):
     inter, users, items, edges = tables.interactions, tables.users, tables.items, tables.edges
-    assert list(inter.columns) == ["user_id", "item_id", "ts", "rating"]
-    assert [str(inter[c].dtype) for c in inter.columns] == ["int64", "int64", "int64", "float32"]
+    assert list(inter.columns) == ["user_id", "item_id", "ts", "rating", "purchase", "revenue"]
+    assert [str(inter[c].dtype) for c in inter.columns] == ["int64", "int64", "int64", "float32", "float32",
+                                                            "float32"]
     assert inter["user_id"].between(0, USERS - 1).all() and inter["item_id"].between(0, ITEMS - 1).all()
     assert inter["ts"].is_monotonic_increasing  # a log: global time order
     assert inter["ts"].min() >= T_START and inter["ts"].max() < T_END
@@ -62,8 +94,11 @@ def test_columns_and_dtypes(tables):
     assert users["age"].between(18, 70).all()
     assert set(users["gender"]) <= {"M", "F"} and set(users["occupation"]) <= set(OCCUPATIONS)
     assert users["zip"].str.fullmatch(r"\d{5}").all()
+    assert list(users.columns[5:]) == ["cluster", "price_sensitivity"]
 
-    assert list(items.columns[:4]) == ["item_id", "title", "year", "genres"]
+    assert list(items.columns) == ["item_id", "title", "year", "genres", "price", "cluster", "popularity", "appeal"]
+    assert {f"{t}.{c}" for t, df in (("users", users), ("items", items)) for c in df.columns
+            if c in ("cluster", "price_sensitivity", "popularity", "appeal")} == set(ANSWER_KEY_COLUMNS)
     assert (items["item_id"] == np.arange(ITEMS)).all() and items["title"].iloc[123] == "item 123"
     assert items["year"].between(1950, 2020).all() and (items["year"] % 1 == 0).all()
     assert all(isinstance(g, list) and 1 <= len(g) <= 3 and len(set(g)) == len(g) and set(g) <= set(GENRES)
@@ -162,3 +197,98 @@ def test_progress_bar(capsys):
 def test_bad_arguments(args, kwargs, message):
     with pytest.raises(RecfunnelError, match=message):
         generate_synthetic(*args, **kwargs)
+
+
+# --- purchases and revenue ------------------------------------------------------------------------
+def test_prices_purchases_and_revenue(tables):
+    inter, users, items = tables.interactions, tables.users, tables.items
+    price = items["price"].to_numpy()
+    assert items["price"].dtype == np.float64 and price.min() >= 0.99 and price.max() <= 999.99
+    assert np.array_equal(price, np.round(price, 2)) and 5 < np.median(price) < 50
+    assert items.groupby("cluster")["price"].median().agg(lambda m: m.max() / m.min()) > 2  # cluster medians
+    purchase, revenue = inter["purchase"].to_numpy(), inter["revenue"].to_numpy()
+    assert set(np.unique(purchase)) == {0.0, 1.0}
+    assert np.array_equal(revenue, (price[inter["item_id"]] * purchase).astype(np.float32))
+    assert 0.1 < purchase.mean() < 0.3
+    assert (users.groupby("cluster")["price_sensitivity"].nunique() == 1).all()
+    w = items["popularity"].to_numpy()
+    assert np.isclose(w.max(), 1.0) and np.allclose(np.sort(w)[::-1], np.arange(1, ITEMS + 1) ** -1.1)
+
+
+def _log_odds(p: float) -> float:
+    return float(np.log(p / (1 - p)))
+
+
+def test_purchase_rate_falls_with_price_in_price_sensitive_clusters(tables):
+    inter, users, items = tables.interactions, tables.users, tables.items
+    cluster = users["cluster"].to_numpy()[inter["user_id"]]
+    log_price = np.log(items["price"].to_numpy()[inter["item_id"]])
+    bought = inter["purchase"].to_numpy() == 1
+    sensitivity = users.groupby("cluster")["price_sensitivity"].first()
+    drop = {}
+    for c in (sensitivity.idxmax(), sensitivity.idxmin()):
+        mine = cluster == c
+        cheap = log_price[mine] <= np.median(log_price[mine])
+        drop[c] = _log_odds(bought[mine][cheap].mean()) - _log_odds(bought[mine][~cheap].mean())
+    most, least = drop[sensitivity.idxmax()], drop[sensitivity.idxmin()]
+    assert most > 1.5 and most > least + 1.0
+
+
+def test_clickbait_is_clicked_not_bought(tables):
+    inter, items = tables.interactions, tables.items
+    bait = items["appeal"].to_numpy() == CLICKBAIT_APPEAL
+    top = items["popularity"].rank(ascending=False).to_numpy() <= 0.2 * ITEMS
+    assert bait.sum() == round(0.15 * top.sum()) and top[bait].all()
+    clicked = bait[inter["item_id"]]
+    bought = inter["purchase"].to_numpy() == 1
+    click_share, purchase_share = clicked.mean(), clicked[bought].mean()
+    assert click_share > 0.05 and click_share > 5 * purchase_share
+
+
+def test_purchase_probability_is_calibrated_on_the_events(tables):
+    inter = tables.interactions
+    users, items = inter["user_id"].to_numpy(), inter["item_id"].to_numpy()[:, None]
+    p = purchase_probability(tables, users, items)[:, 0]
+    assert p.shape == (EVENTS,) and abs(p.mean() - inter["purchase"].mean()) < 0.01
+    order = np.argsort(p)
+    low, high = inter["purchase"].to_numpy()[order[: EVENTS // 10]], inter["purchase"].to_numpy()[order[-EVENTS // 10:]]
+    assert abs(low.mean() - p[order[: EVENTS // 10]].mean()) < 0.02 and abs(high.mean() - p[order[-EVENTS // 10:]].mean()) < 0.03
+
+
+def test_expected_revenue_ranks_the_realised_revenue(tables):
+    """Over every (user, item) pair, the oracle's top decile realises far more revenue than its bottom
+    decile; a random oracle gives both the mean."""
+    inter = tables.interactions
+    realised = np.zeros((USERS, ITEMS))
+    np.add.at(realised, (inter["user_id"].to_numpy(), inter["item_id"].to_numpy()), inter["revenue"].to_numpy())
+    users = np.arange(USERS)
+    score = expected_revenue(tables, users, np.broadcast_to(np.arange(ITEMS), (USERS, ITEMS)))
+    assert score.shape == (USERS, ITEMS) and (score > 0).all()
+    # a per-draw expectation: over all pairs it sums to the revenue of one draw per user
+    assert np.isclose(score.sum(axis=1).mean(), inter["revenue"].mean(), rtol=0.25)
+    order = np.argsort(score, axis=None)
+    decile = score.size // 10
+    mean = realised.mean()
+    top, bottom = realised.flat[order[-decile:]].mean(), realised.flat[order[:decile]].mean()
+    assert top > 5 * mean and bottom < 0.2 * mean
+    shuffled = np.random.default_rng(0).permutation(realised.ravel())[: decile]
+    assert shuffled.mean() < 2 * mean  # what the assertion above would see from a random oracle
+
+    empty = expected_revenue(tables, users[:3], np.array([[0, -1], [-1, -1], [5, 7]]))
+    assert empty[0, 1] == empty[1, 0] == empty[1, 1] == 0.0 and empty[0, 0] == score[0, 0]
+    assert np.array_equal(empty[2], score[2, [5, 7]])
+    with pytest.raises(RecfunnelError, match="items"):
+        expected_revenue(tables, users, np.arange(ITEMS))
+    with pytest.raises(RecfunnelError, match="num_clusters=3"):
+        expected_revenue(tables, users[:1], np.zeros((1, 1), np.int64), num_clusters=3)
+    with pytest.raises(RecfunnelError, match="lacks"):
+        expected_revenue(Tables(inter, tables.users, tables.items.drop(columns="appeal")), users[:1],
+                         np.zeros((1, 1), np.int64))
+
+
+def test_tables_and_oracle_survive_the_parquet_cache(tables, tmp_path):
+    tables.save(tmp_path / "tables")
+    loaded = Tables.load(tmp_path / "tables")
+    _assert_same(tables, loaded)
+    users, items = np.arange(50), np.tile(np.arange(-1, 30), (50, 1))
+    assert np.array_equal(expected_revenue(loaded, users, items), expected_revenue(tables, users, items))

@@ -30,13 +30,33 @@
   a member of another cluster; self-pairs and repeats are dropped. ``edges`` stores every friendship
   in both directions (``src -> dst`` and ``dst -> src``), sorted by (src, dst), so a user's friends are
   the rows with ``src == user`` and the mean number of friends is about ``friends_per_user``.
+- **Purchases and revenue.** Every event is a click; a click becomes a purchase with probability
+  ``sigmoid(PURCHASE_BASE + appeal_i - sensitivity_c(u) * log(price_i / median price)
+  + OWN_CLUSTER_BONUS * [c(u) == c(i)])`` (``purchase_probability``), the median over the catalogue.
+  Items get a visible ``price`` (float64, cents; lognormal with sigma ``PRICE_SIGMA`` around a
+  cluster-specific median, log-uniform in ``PRICE_MEDIAN_RANGE``; clipped to ``PRICE_RANGE``). Each
+  user cluster gets a price sensitivity from ``SENSITIVITY_RANGE`` (evenly spaced, in random order: some
+  clusters barely care, some avoid expensive items). Item appeal is N(0, ``APPEAL_SIGMA``), except
+  for clickbait: ``CLICKBAIT_SHARE`` of the ``CLICKBAIT_POOL`` most popular items (by weight) have
+  appeal ``CLICKBAIT_APPEAL``, so they are clicked a lot and rarely bought. ``interactions`` gets
+  ``purchase`` (float32 0/1) and ``revenue`` (float32, price x purchase). At the default config
+  (10k users, 5k items, 500k events) about 23% of events are purchases. ``expected_revenue`` is the
+  planted expected revenue of showing an item to a user, the oracle of a revenue ranking.
+
+**Answer keys** (``ANSWER_KEY_COLUMNS``), kept in the tables so that evaluation can read the planted
+truth, also from tables loaded back from the parquet cache, but never features (``features=auto``
+skips them): ``users.cluster``, ``users.price_sensitivity`` (of the user's cluster), ``items.cluster``,
+``items.popularity`` (the weight ``rank ** -zipf_exponent``) and ``items.appeal``.
 
 Ids are 0-based and equal to the dense index (``user_id`` 0..num_users-1, ``item_id`` 0..num_items-1).
 
 Determinism and scale: the same arguments give identical tables. The catalogue, users and activity
 come from one stream; the events of each block of ``BLOCK_USERS`` consecutive users from that block's
-own stream; the graph from a third stream. Events are generated a chunk of whole blocks at a time
-(at most ``chunk_size`` events, or one block if that holds more), so memory stays
+own stream; the graph from a third stream; prices, appeal, sensitivities and purchases from a fourth
+(``SeedSequence(seed).spawn(4)``, whose first three children are those of ``spawn(3)``), so the
+other columns are those the generator made before purchases existed. Events are generated a chunk
+of whole blocks at a time (at most ``chunk_size`` events, or one block if that holds more), and
+purchases drawn in time order ``chunk_size`` events at a time (one uniform each), so memory stays
 O(num_interactions + chunk_size), no users x items array is ever built, and the tables do not depend
 on ``chunk_size``. Changing the graph arguments leaves the other tables unchanged.
 """
@@ -44,7 +64,7 @@ on ``chunk_size``. Changing the graph arguments leaves the other tables unchange
 from __future__ import annotations
 
 import numbers
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -75,6 +95,19 @@ IN_SESSION_MAX_S = 1799
 BETWEEN_SESSION_MIN_S = 3600
 BETWEEN_SESSION_MEDIAN_S = 86_400.0
 
+PRICE_MEDIAN_RANGE = (8.0, 80.0)  # cluster median prices, log-uniform in this range
+PRICE_SIGMA = 0.7  # sigma of an item's log price around its cluster's median
+PRICE_RANGE = (0.99, 999.99)  # prices are clipped to this range (and rounded to cents)
+SENSITIVITY_RANGE = (0.0, 2.5)  # price sensitivities of the user clusters, evenly spaced, random order
+APPEAL_SIGMA = 0.7  # sigma of the appeal of an ordinary item
+CLICKBAIT_POOL = 0.2  # the most popular fifth of the catalogue (by weight) ...
+CLICKBAIT_SHARE = 0.15  # ... of which this share, drawn at random, is clickbait ...
+CLICKBAIT_APPEAL = -4.0  # ... with this appeal: clicked a lot, rarely bought
+PURCHASE_BASE = -1.7  # logit of a purchase for appeal 0, the median price, another cluster
+OWN_CLUSTER_BONUS = 0.5  # added to the logit when the item is in the user's cluster
+ANSWER_KEY_COLUMNS = ("users.cluster", "users.price_sensitivity", "items.cluster", "items.popularity",
+                      "items.appeal")  # "table.column": the planted truth, never a feature
+
 
 def generate_synthetic(num_users: int, num_items: int, num_interactions: int, *, seed: int = 0,
                        num_clusters: int = 8, zipf_exponent: float = 1.1, mean_session_length: float = 8.0,
@@ -83,9 +116,12 @@ def generate_synthetic(num_users: int, num_items: int, num_interactions: int, *,
     """Canonical tables with the planted structure of the module docstring.
 
     Returns ``Tables`` with
-    interactions (num_interactions rows): user_id int64, item_id int64, ts int64, rating float32;
-    users (num_users rows): user_id, age int64, gender, occupation, zip (str), cluster int64;
-    items (num_items rows): item_id, title (str), year float64, genres (list[str]), cluster int64;
+    interactions (num_interactions rows): user_id int64, item_id int64, ts int64, rating float32,
+    purchase float32 (0/1; every event is a click), revenue float32 (price x purchase);
+    users (num_users rows): user_id, age int64, gender, occupation, zip (str), and the answer keys
+    cluster int64, price_sensitivity float64;
+    items (num_items rows): item_id, title (str), year float64, genres (list[str]), price float64, and
+    the answer keys cluster int64, popularity float64 (planted weight), appeal float64;
     edges (2 x friendships rows): src int64, dst int64, both directions of every friendship.
 
     Raises ``RecfunnelError`` for arguments that cannot give such tables (non-positive sizes, fewer
@@ -93,12 +129,13 @@ def generate_synthetic(num_users: int, num_items: int, num_interactions: int, *,
     """
     _check_args(num_users, num_items, num_interactions, seed, num_clusters, zipf_exponent,
                 mean_session_length, friends_per_user, friend_same_cluster, chunk_size)
-    static_seed, events_seed, graph_seed = np.random.SeedSequence(seed).spawn(3)
+    static_seed, events_seed, graph_seed, purchase_seed = np.random.SeedSequence(seed).spawn(4)
     rng = np.random.default_rng(static_seed)
     users, user_cluster = _users(rng, num_users, num_clusters)
     items, item_cluster = _items(rng, num_items, num_clusters)
     popularity = rng.permutation(num_items).astype(np.float64) + 1.0
-    sampler = _ItemSampler(popularity ** -zipf_exponent, item_cluster, num_clusters)
+    weight = popularity ** -zipf_exponent
+    sampler = _ItemSampler(weight, item_cluster, num_clusters)
     item_quality = rng.normal(0.0, 0.4, num_items)
     counts = _activity(rng, num_users, num_interactions, _max_events_per_user(num_items))
 
@@ -125,9 +162,129 @@ def generate_synthetic(num_users: int, num_items: int, num_interactions: int, *,
     for name in columns:  # one column at a time: peak memory is the table plus one column
         columns[name] = columns[name][order]
     del order
+    catalogue_seed, purchase_events_seed = purchase_seed.spawn(2)
+    price, appeal, sensitivity = _purchase_model(np.random.default_rng(catalogue_seed), weight, item_cluster,
+                                                 num_clusters)
+    columns["purchase"], columns["revenue"] = _purchases(
+        np.random.default_rng(purchase_events_seed), columns["user_id"], columns["item_id"], user_cluster,
+        item_cluster, price, appeal, sensitivity, chunk_size)
     interactions = pd.DataFrame(columns, copy=False)
+    users["price_sensitivity"] = sensitivity[user_cluster]
+    items.insert(items.columns.get_loc("cluster"), "price", price)
+    items["popularity"], items["appeal"] = weight, appeal
     edges = _edges(np.random.default_rng(graph_seed), user_cluster, friends_per_user, friend_same_cluster)
     return Tables(interactions=interactions, users=users, items=items, edges=edges)
+
+
+def purchase_probability(tables: Tables, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """(U, C) float64 planted p(purchase | click) of each item ``items[u, j]`` for user ``users[u]``.
+
+    users: (U,) rows of ``tables.users`` (== user_id, and SplitData's dense index, for synthetic
+    tables); items: (U, C) rows of ``tables.items``, -1 for an empty slot (probability 0). Reads only
+    columns of the tables (``price`` and the answer keys), so it works on tables loaded from the cache.
+    """
+    users, items, empty = _slots(users, items)
+    it = _columns(tables.items, "items", ("cluster", "price", "appeal"))
+    us = _columns(tables.users, "users", ("cluster", "price_sensitivity"))
+    log_rel = np.log(it["price"] / np.median(it["price"]))
+    u = users[:, None]
+    own = it["cluster"][items] == us["cluster"][u]
+    p = _sigmoid(_purchase_logit(us["price_sensitivity"][u], own, log_rel[items], it["appeal"][items]))
+    p[empty] = 0.0
+    return p
+
+
+def expected_revenue(tables: Tables, users: np.ndarray, items: np.ndarray,
+                     num_clusters: int | None = None) -> np.ndarray:
+    """(U, C) float64 planted expected revenue of showing item ``items[u, j]`` to user ``users[u]``:
+    p_choice(i | u) x p(purchase | u, i) x price_i, the oracle of a revenue ranking.
+
+    p_choice is the generator's probability that one draw for user u picks item i:
+    ``OWN_CLUSTER_SHARE`` x w_i / (total w of u's cluster) [i in u's cluster] + (1 - OWN_CLUSTER_SHARE)
+    x w_i / (total w), with w the ``popularity`` weights (repeats are redrawn by the generator, which
+    this per-draw probability ignores). users, items as in ``purchase_probability``; an empty slot
+    (-1) scores 0, below every real item (whose expected revenue is > 0), so sums over a slate and
+    rankings both stay right. ``num_clusters`` (default: 1 + the largest cluster in the tables) must
+    exceed every cluster id. Reads only the tables' columns (``price`` and the answer keys).
+    """
+    users_, items_, empty = _slots(users, items)
+    it = _columns(tables.items, "items", ("cluster", "price", "popularity"))
+    user_cluster = _columns(tables.users, "users", ("cluster",))["cluster"]
+    largest = int(max(it["cluster"].max(initial=0), user_cluster.max(initial=0)))
+    if num_clusters is None:
+        num_clusters = largest + 1
+    elif num_clusters <= largest:
+        raise RecfunnelError(f"num_clusters={num_clusters} but the tables hold cluster {largest}")
+    w = it["popularity"]
+    cluster_total = np.bincount(it["cluster"], weights=w, minlength=num_clusters)
+    own = it["cluster"][items_] == user_cluster[users_][:, None]
+    wi = w[items_]
+    p_choice = (1.0 - OWN_CLUSTER_SHARE) * wi / w.sum() + np.where(
+        own, OWN_CLUSTER_SHARE * wi / cluster_total[it["cluster"][items_]], 0.0)
+    out = p_choice * purchase_probability(tables, users_, items_) * it["price"][items_]
+    out[empty] = 0.0
+    return out
+
+
+def _slots(users: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(U,) users, (U, C) items with empty slots (-1) pointed at row 0, and the (U, C) empty mask."""
+    users, items = np.asarray(users, np.int64), np.asarray(items, np.int64)
+    if users.ndim != 1 or items.ndim != 2 or len(items) != len(users):
+        raise RecfunnelError(f"expected users (U,) and items (U, C), got shapes {users.shape} and {items.shape}")
+    empty = items < 0
+    return users, np.where(empty, 0, items), empty
+
+
+def _columns(df: pd.DataFrame, table: str, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The named columns of a synthetic ``table`` as arrays; an error naming those it lacks."""
+    missing = [c for c in names if c not in df.columns]
+    if missing:
+        raise RecfunnelError(f"the {table} table lacks {missing}: the planted truth needs tables made by "
+                             "generate_synthetic (regenerate older cached synthetic tables)")
+    return {c: df[c].to_numpy() for c in names}
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))  # = 1 / (1 + exp(-x)), without overflow
+
+
+def _purchase_logit(sensitivity: np.ndarray, own: np.ndarray, log_rel_price: np.ndarray,
+                    appeal: np.ndarray) -> np.ndarray:
+    """Logit of p(purchase | click); arguments broadcast (see the module docstring)."""
+    return PURCHASE_BASE + appeal - sensitivity * log_rel_price + OWN_CLUSTER_BONUS * own
+
+
+def _purchase_model(rng: np.random.Generator, weight: np.ndarray, item_cluster: np.ndarray,
+                    num_clusters: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(I,) prices, (I,) appeal and (K,) price sensitivity of each user cluster."""
+    num_items = len(weight)
+    log_median = rng.uniform(*np.log(PRICE_MEDIAN_RANGE), num_clusters)
+    price = np.exp(log_median[item_cluster] + PRICE_SIGMA * rng.standard_normal(num_items))
+    price = np.clip(np.round(price, 2), *PRICE_RANGE)
+    sensitivity = rng.permutation(np.linspace(*SENSITIVITY_RANGE, num_clusters))
+    appeal = APPEAL_SIGMA * rng.standard_normal(num_items)
+    pool = np.argsort(-weight, kind="stable")[:int(np.ceil(CLICKBAIT_POOL * num_items))]
+    bait = rng.choice(np.sort(pool), int(round(CLICKBAIT_SHARE * len(pool))), replace=False)
+    appeal[bait] = CLICKBAIT_APPEAL
+    return price, appeal, sensitivity
+
+
+def _purchases(rng: np.random.Generator, user: np.ndarray, item: np.ndarray, user_cluster: np.ndarray,
+               item_cluster: np.ndarray, price: np.ndarray, appeal: np.ndarray, sensitivity: np.ndarray,
+               chunk_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(E,) purchase and revenue (float32) of events (user, item (E,)), in their order, ``chunk_size``
+    at a time (one uniform per event, so the result does not depend on ``chunk_size``)."""
+    log_rel = np.log(price / np.median(price))
+    purchase = np.empty(len(user), np.float32)
+    revenue = np.empty(len(user), np.float32)
+    for lo in range(0, len(user), chunk_size):
+        u, i = user[lo:lo + chunk_size], item[lo:lo + chunk_size]
+        c = user_cluster[u]
+        p = _sigmoid(_purchase_logit(sensitivity[c], item_cluster[i] == c, log_rel[i], appeal[i]))
+        bought = rng.random(len(u)) < p
+        purchase[lo:lo + chunk_size] = bought
+        revenue[lo:lo + chunk_size] = np.where(bought, price[i], 0.0)
+    return purchase, revenue
 
 
 def _check_args(num_users, num_items, num_interactions, seed, num_clusters, zipf_exponent,

@@ -39,8 +39,14 @@ context, item, each in this order):
   every list empty), a constant column (one value, missing counted as a value; for lists, one list),
   an id-like token column: one of at least ``ID_LIKE_MIN`` values in which fewer than 2 rows share
   a value on average (a title, an e-mail, a full zip code: user_id / item_id already learn what it
-  could, and its table would be as large), a column holding lists in some rows only, and a
-  column named like a computed source (users' ``activity``, items' ``pop_count`` / ``pop_decayed``).
+  could, and its table would be as large), a column holding lists in some rows only, a
+  column named like a computed source (users' ``activity``, items' ``pop_count`` / ``pop_decayed``),
+  and the synthetic generator's answer keys (``recfunnel.data.synthetic.ANSWER_KEY_COLUMNS``:
+  ``users.cluster`` / ``price_sensitivity``, ``items.cluster`` / ``popularity`` / ``appeal``), the
+  planted truth, which as features would leak it (a real dataset's column of one of those names is
+  skipped too; the INFO line says so, and a feature written in ``features`` with a kind and source
+  still reads it). Only the users and items tables are read: no column of the interactions
+  (``rating``, labels such as ``purchase`` / ``revenue``) ever becomes a feature.
 
 Embedding widths: ``id_dim`` for the ids (whose table the history and session share), 8 for
 hist_age, 4 for session_pos, hour and weekday; a column's width is
@@ -68,6 +74,7 @@ import numpy as np
 import pandas as pd
 
 from recfunnel.data.dataset import TRAIN, SplitData
+from recfunnel.data.synthetic import ANSWER_KEY_COLUMNS
 from recfunnel.features.pipeline import as_numbers, column_lists, column_shape
 from recfunnel.features.schema import COMPUTED, QUERY_TOWERS, FeatureSchema
 from recfunnel.utils.errors import RecfunnelError
@@ -134,6 +141,9 @@ def _build(data: SplitData, cfg: dict[str, Any], where: str) -> tuple[dict[str, 
         df = getattr(data.tables, table)
         for col in df.columns:
             if col == f"{prefix}_id":
+                continue
+            if f"{table}.{col}" in ANSWER_KEY_COLUMNS:
+                skipped.append(f"{table}.{col} (answer key of the synthetic generator, not a feature)")
                 continue
             spec, note = _column_feature(prefix, str(col), df[col], weights, opts)
             if spec is None:
