@@ -4,6 +4,7 @@ import csv
 import json
 import os
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -129,3 +130,120 @@ def test_optuna_sweep_runs_two_trials(tmp_path):
     assert len(rows) == 2 and all(r["model.net.history_encoder"] == "none" for r in rows)
     assert len({r["model.lr"] for r in rows}) == 2  # sampled, not fixed
     assert "best_value" in (tmp_path / "sweep" / "optimization_results.yaml").read_text()
+
+
+# --- the Pareto view (--pareto X Y), on fake run directories -----------------------------------------
+
+ENG, SAT = "test/objective/engagement/ndcg@10", "test/objective/satisfaction/ndcg@10"
+WEIGHT = "funnel.objective_weights.satisfaction"
+# (weight, seed) -> (engagement, satisfaction); weight 2 is dominated by weight 1 (mean .21/.17 < .27/.22)
+POINTS = {(0, 0): (0.30, 0.10), (0, 1): (0.32, 0.12), (1, 0): (0.26, 0.20), (1, 1): (0.28, 0.24),
+          (2, 0): (0.20, 0.16), (2, 1): (0.22, 0.18)}
+
+
+def fake_sweep(root, drop=()):
+    """A Hydra multirun directory of finished funnel runs, one per POINTS entry (``root/<i>/``, with
+    metrics.json and the resolved config.yaml); ``drop`` holds (weight, seed, metric) to leave out."""
+    import yaml
+
+    for i, ((w, seed), (eng, sat)) in enumerate(POINTS.items()):
+        d = root / str(i)
+        d.mkdir(parents=True)
+        metrics = {ENG: eng, SAT: sat, "test/ndcg@10": 0.1}
+        for dw, ds, m in drop:
+            if (dw, ds) == (w, seed):
+                metrics.pop(m)
+        (d / "metrics.json").write_text(json.dumps(metrics))
+        config = {"seed": seed, "run_name": f"funnel-{i}", "paths": {"output_dir": str(d)},
+                  "funnel": {"objective_weights": {"engagement": 1.0, "satisfaction": w}}}
+        (d / "config.yaml").write_text(yaml.safe_dump(config))
+    return root
+
+
+def make_run(name, config, metrics):
+    from recfunnel.compare import Run
+
+    return Run(name, config, metrics)
+
+
+@pytest.mark.parametrize("points, front", [
+    ([[1, 1], [2, 2], [0, 3]], [False, True, True]),                 # (1,1) dominated by (2,2)
+    ([[1, 2], [1, 1], [2, 1]], [True, False, True]),                 # equal in one, worse in the other: dominated
+    ([[1, 1], [1, 1], [0, 0]], [True, True, False]),                 # equal points both stay on the front
+    ([[0.5, 0.5]], [True]),                                          # a single point
+    ([[0, 3], [1, 2], [2, 1], [3, 0]], [True] * 4),                  # collinear, falling: all trade off
+    ([[0, 0], [1, 1], [2, 2]], [False, False, True]),                # collinear, rising: only the best
+    ([[3, 3], [float("nan"), 9], [1, 4]], [True, False, True]),      # NaN: never on it, dominates nothing
+])
+def test_pareto_mask(points, front):
+    from recfunnel.compare import pareto_mask
+
+    mask = pareto_mask(np.array(points, dtype=float))
+    assert mask.dtype == bool and mask.tolist() == front
+
+
+def test_pareto_mask_matches_the_definition_on_random_points():
+    from recfunnel.compare import pareto_mask
+
+    pts = np.random.default_rng(0).integers(0, 6, size=(60, 2)).astype(float)  # many ties
+    dominated = [any((q >= p).all() and (q > p).any() for q in pts) for p in pts]
+    assert pareto_mask(pts).tolist() == [not d for d in dominated]
+    assert pareto_mask(np.empty((0, 2))).shape == (0,)
+
+
+def test_pareto_table_without_repeated_seeds_has_one_row_per_run():
+    from recfunnel.compare import pareto_table
+
+    # the seed differs, but with one run per setting there is nothing to average: it stays a key
+    runs = [make_run(f"{i}", {"w": w, "seed": i}, {"x": x, "y": y})
+            for i, (w, x, y) in enumerate([(0, 0.3, 0.1), (1, 0.2, 0.2), (2, 0.1, 0.15)])]
+    df = pareto_table(runs, "x", "y")
+    assert list(df.columns) == ["run", "w", "seed", "x", "y", "pareto"]
+    assert df["w"].tolist() == [0, 1, 2] and df["pareto"].tolist() == [True, True, False]
+
+
+def test_compare_pareto_aggregates_seeds_per_setting(tmp_path):
+    sweep, out = fake_sweep(tmp_path / "sweep"), tmp_path / "out"
+    proc = run("recfunnel.compare", str(sweep), "--pareto", ENG, SAT, "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "WARNING" not in proc.stderr
+    assert "2 of 3 settings" in proc.stdout and "on the Pareto front" in proc.stdout
+    table = pd.read_csv(out / "pareto.csv")
+    assert list(table.columns) == [WEIGHT, ENG, f"{ENG} std", SAT, f"{SAT} std", "seeds", "pareto"]
+    assert table[WEIGHT].tolist() == [0, 1, 2] and table["seeds"].tolist() == [2, 2, 2]
+    assert table["pareto"].tolist() == [True, True, False]
+    for w, row in zip((0, 1, 2), table.itertuples(index=False)):
+        eng, sat = np.array([POINTS[w, 0], POINTS[w, 1]]).T
+        assert row[1] == pytest.approx(eng.mean()) and row[2] == pytest.approx(eng.std(ddof=1))
+        assert row[3] == pytest.approx(sat.mean()) and row[4] == pytest.approx(sat.std(ddof=1))
+    data = (out / "pareto.png").read_bytes()
+    assert len(data) > 1000 and data.startswith(PNG_MAGIC)
+    assert not (out / "comparison.csv").exists()  # --pareto replaces the default table
+
+
+def test_compare_pareto_default_out_is_the_sweeps_compare_dir(tmp_path):
+    sweep = fake_sweep(tmp_path / "sweep")
+    proc = run("recfunnel.compare", str(sweep), "--pareto", ENG, SAT)
+    assert proc.returncode == 0, proc.stderr
+    assert (sweep / "compare" / "pareto.csv").is_file() and (sweep / "compare" / "pareto.png").is_file()
+
+
+def test_compare_pareto_leaves_out_runs_lacking_a_metric_with_one_warning(tmp_path):
+    sweep = fake_sweep(tmp_path / "sweep", drop=[(2, 0, SAT), (2, 1, SAT), (0, 1, ENG)])
+    proc = run("recfunnel.compare", str(sweep), "--pareto", ENG, SAT, "--out", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if "WARNING" in line]
+    assert len(warnings) == 1, proc.stderr
+    assert "3 of 6 runs" in warnings[0] and f"1 lacks {ENG}" in warnings[0] and f"2 lack {SAT}" in warnings[0]
+    table = pd.read_csv(tmp_path / "out" / "pareto.csv")
+    assert table[WEIGHT].tolist() == [0, 1] and table["seeds"].tolist() == [1, 2]
+    assert table[ENG].tolist() == pytest.approx([0.30, 0.27]) and table["pareto"].tolist() == [True, True]
+
+
+def test_compare_pareto_with_no_run_holding_the_metrics_is_one_clear_error(tmp_path):
+    sweep = fake_sweep(tmp_path / "sweep")
+    proc = run("recfunnel.compare", str(sweep), "--pareto", ENG, "test/revenue@10", "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error: ")
+    assert "6 lack test/revenue@10" in proc.stderr and SAT in proc.stderr  # names the metrics the runs have
+    assert not (tmp_path / "out" / "pareto.csv").exists()

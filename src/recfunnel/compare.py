@@ -13,6 +13,15 @@ directory, else ``compare/``): ``comparison.csv``, ``metric_vs_<key>.png`` per d
 ``learning_curves.png`` (the validation metric per epoch and ``train/loss``, from each run's
 ``csv/metrics.csv``). With ``--wandb-project``/``--wandb-group`` the runs come from W&B instead
 (summary and config; needs W&B online).
+
+    python -m recfunnel.compare SWEEP_DIR --pareto test/objective/engagement/ndcg@10 test/objective/satisfaction/ndcg@10
+
+``--pareto X Y`` shows the trade-off between two metrics (both higher-is-better) instead of the
+table above: one point per setting (its differing config keys; when a seed key differs and some
+setting has several seeds, the mean over seeds with std error bars), the Pareto-optimal points
+highlighted and joined by a step line; printed, and written as ``pareto.csv`` (the keys, each
+metric's mean, ``<metric> std`` and ``seeds`` when aggregated, and a boolean ``pareto`` column) and
+``pareto.png``. Runs lacking either metric are left out with one WARNING line.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from recfunnel.utils.cli import friendly_errors
@@ -283,7 +293,6 @@ def compare(runs: Sequence[Run], metric: str, out: Path, title: str) -> None:
 def aggregate(runs: Sequence[Run], out: Path, metrics: Sequence[str] = AGGREGATE_METRICS) -> Any:
     """Mean ± std of each metric over runs that share a parent directory (e.g. ``row/seed0``,
     ``row/seed1``); printed, and written as ``aggregate.csv`` and a Markdown table ``aggregate.md``."""
-    import numpy as np
     import pandas as pd
 
     groups: dict[str, list[Run]] = {}
@@ -305,6 +314,159 @@ def aggregate(runs: Sequence[Run], out: Path, metrics: Sequence[str] = AGGREGATE
     return df
 
 
+def pareto_mask(points: np.ndarray) -> np.ndarray:
+    """(N, 2) → (N,) bool: True where no other point is >= in every column and > in one (all
+    columns higher-is-better). Equal points do not dominate each other, so ties stay on the front
+    together; rows with a NaN or infinite value are never on it (nor dominate others)."""
+    pts = np.asarray(points, dtype=float)
+    if pts.ndim != 2:
+        raise ValueError(f"pareto_mask needs an (N, 2) array, got shape {pts.shape}")
+    finite = np.isfinite(pts).all(axis=1)
+    pts = np.where(finite[:, None], pts, -np.inf)  # a non-finite row dominates nothing
+    ge = (pts[None, :, :] >= pts[:, None, :]).all(axis=2)  # ge[i, j]: point j >= point i everywhere
+    gt = (pts[None, :, :] > pts[:, None, :]).any(axis=2)
+    return finite & ~(ge & gt & finite[None, :]).any(axis=1)
+
+
+def split_by_metrics(runs: Sequence[Run], metrics: Sequence[str]) -> tuple[list[Run], dict[str, list[Run]]]:
+    """The runs holding a finite value of every metric, and per metric the runs lacking one."""
+    missing = {m: [r for r in runs if not math.isfinite(_value(r.metrics.get(m)))] for m in metrics}
+    dropped = {id(r) for rs in missing.values() for r in rs}
+    return [r for r in runs if id(r) not in dropped], missing
+
+
+def is_seed_key(key: str) -> bool:
+    last = key.rsplit(".", 1)[-1].lower()
+    return last == "seed" or last.endswith("_seed")
+
+
+def pareto_table(runs: Sequence[Run], x: str, y: str) -> Any:
+    """One row per point of the Pareto view, sorted by ``x`` descending (the front in order).
+
+    The point's setting is the runs' differing config keys. When seed keys are among them and some
+    setting holds more than one run, the seeds are averaged: one row per setting with ``x``, ``y``
+    (means), ``<x> std``, ``<y> std`` (sample std; NaN for one seed) and ``seeds``; otherwise one
+    row per run (``run``, its differing keys, ``x``, ``y``). Last column: ``pareto`` (on the front).
+    The setting's keys are in ``df.attrs["params"]``. Every run must hold ``x`` and ``y``.
+    """
+    import pandas as pd
+
+    params = differing_keys(runs)
+    seeds = [k for k in params if is_seed_key(k)]
+    setting = [k for k in params if k not in seeds]
+    groups: dict[str, list[Run]] = {}
+    for r in runs:
+        groups.setdefault(json.dumps([r.config.get(k) for k in setting], sort_keys=True, default=str), []).append(r)
+    if seeds and any(len(g) > 1 for g in groups.values()):
+        rows = []
+        for g in groups.values():
+            vals = {m: np.array([_value(r.metrics[m]) for r in g]) for m in (x, y)}
+            rows.append({**{k: g[0].config.get(k) for k in setting},
+                         **{m: float(v.mean()) for m, v in vals.items()},
+                         **{f"{m} std": float(v.std(ddof=1)) if len(v) > 1 else math.nan for m, v in vals.items()},
+                         "seeds": len(g)})
+        columns = [*setting, x, f"{x} std", y, f"{y} std", "seeds"]
+    else:
+        setting = params
+        rows = [{"run": r.name, **{k: r.config.get(k) for k in params}, x: _value(r.metrics[x]),
+                 y: _value(r.metrics[y])} for r in runs]
+        columns = ["run", *params, x, y]
+    df = pd.DataFrame(rows, columns=columns)
+    df["pareto"] = pareto_mask(df[[x, y]].to_numpy()) if len(df) else pd.Series(dtype=bool)
+    df = df.sort_values([x, y], ascending=False, kind="stable").reset_index(drop=True)
+    df.attrs["params"] = setting
+    return df
+
+
+def _point_labels(df: Any) -> list[str]:
+    """Each row's setting, ``key=value, ...`` (keys shortened to their last part where unambiguous)."""
+    params = df.attrs.get("params", [])
+    short = {k: k.rsplit(".", 1)[-1] for k in params}
+    if len(set(short.values())) < len(short):
+        short = {k: k for k in params}
+    if not params:
+        return list(df["run"]) if "run" in df else ["all runs"] * len(df)
+    return [", ".join(f"{short[k]}={_fmt(row[k], False)}" for k in params) for _, row in df.iterrows()]
+
+
+def plot_pareto(df: Any, x: str, y: str, out: Path) -> None:
+    """``pareto.png``: the points of ``pareto_table`` in the (x, y) plane, each labelled with its
+    setting; the front highlighted and joined by a step line (the edge of what it dominates)."""
+    import matplotlib.pyplot as plt
+
+    aggregated = "seeds" in df
+    labels = _point_labels(df)
+    fig, ax = plt.subplots(figsize=(7, 5))
+    if aggregated:
+        counts = sorted(set(df["seeds"]))
+        n = str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+        what = f"mean ± std over {n} seeds"
+    else:
+        what = "runs"
+    for on, style in ((False, {"color": "tab:gray", "alpha": 0.7}), (True, {"color": "tab:red", "zorder": 3})):
+        part = df[df["pareto"] == on]
+        if part.empty:
+            continue
+        label = f"{'Pareto-optimal' if on else 'dominated'} ({what})"
+        if aggregated:
+            ax.errorbar(part[x], part[y], xerr=part[f"{x} std"].fillna(0), yerr=part[f"{y} std"].fillna(0),
+                        fmt="o", capsize=3, markersize=7 if on else 5, label=label, **style)
+        else:
+            ax.scatter(part[x], part[y], s=45 if on else 25, label=label, **style)
+    front = df[df["pareto"]].sort_values([x, y], ascending=[True, False])
+    ax.step(front[x], front[y], where="pre", color="tab:red", alpha=0.6, label="Pareto front")
+    for label, xv, yv in zip(labels, df[x], df[y]):
+        ax.annotate(label, (xv, yv), xytext=(4, 4), textcoords="offset points", fontsize=7)
+    ax.set(xlabel=x, ylabel=y, title=f"Pareto front: {len(front)} of {len(df)} {'settings' if aggregated else 'runs'}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(out / "pareto.png", dpi=100)
+    plt.close(fig)
+
+
+def _names(runs: Sequence[Run], limit: int = 5) -> str:
+    names = [r.name for r in runs]
+    return ", ".join(names[:limit]) + (f", … ({len(names) - limit} more)" if len(names) > limit else "")
+
+
+def pareto(runs: Sequence[Run], x: str, y: str, out: Path, title: str) -> Any:
+    """The ``--pareto X Y`` view: runs lacking either metric left out (one WARNING line), the
+    table of ``pareto_table`` printed and written as ``pareto.csv``, the plot as ``pareto.png``."""
+    kept, missing = split_by_metrics(runs, (x, y))
+
+    def lacking(names: bool) -> str:
+        return "; ".join(f"{len(rs)} lack{'s' if len(rs) == 1 else ''} {m}" + (f" ({_names(rs)})" if names else "")
+                         for m, rs in missing.items() if rs)
+
+    if not kept:
+        known = sorted({k for r in runs for k in r.metrics})
+        raise RecfunnelError(f"--pareto: no run has both {x} and {y} (of {len(runs)} runs, {lacking(False)}); "
+                             f"the runs' metrics are: {', '.join(known) or 'none'}")
+    if len(kept) < len(runs):
+        print(f"WARNING: --pareto leaves out {len(runs) - len(kept)} of {len(runs)} runs: {lacking(True)}",
+              file=sys.stderr)
+    df = pareto_table(kept, x, y)
+    shown = df.copy()
+    for m in (x, y):
+        if f"{m} std" in df:  # one "mean ± std" column per metric keeps the table narrow
+            shown[m] = [f"{v:.4f} ± {sd:.4f}" if math.isfinite(sd) else f"{v:.4f}" for v, sd in zip(df[m], df[f"{m} std"])]
+            shown = shown.drop(columns=f"{m} std").rename(columns={m: f"{m} (mean ± std)"})
+    numeric = [c for c in shown.columns if c in (x, y, f"{x} (mean ± std)", f"{y} (mean ± std)", "seeds")]
+    print_table(shown, numeric, f"Pareto view: {title}")
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out / "pareto.csv", index=False)
+    plot_pareto(df, x, y, out)
+    what = "settings (mean over seeds)" if "seeds" in df else "runs"
+    print(f"{int(df['pareto'].sum())} of {len(df)} {what} on the Pareto front of {x} and {y}; "
+          f"written to {out}/ (pareto.csv, pareto.png)")
+    return df
+
+
 def default_out(paths: Sequence[str]) -> Path:
     first = Path(paths[0]) if paths else None
     if first is not None and first.is_dir() and not (first / "metrics.json").is_file():
@@ -321,6 +483,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--wandb-group", help="only the runs of this W&B group")
     parser.add_argument("--aggregate", action="store_true",
                         help="also print mean ± std per parent directory (runs of one setting over seeds)")
+    parser.add_argument("--pareto", nargs=2, metavar=("METRIC_X", "METRIC_Y"),
+                        help="instead of the table: the Pareto front of two higher-is-better metrics, one point "
+                             "per setting (mean ± std over seeds); writes pareto.csv and pareto.png")
     args = parser.parse_args(argv)
     if not args.paths and not args.wandb_project:
         parser.error("give run/sweep directories (PATH ...) or --wandb-project")
@@ -328,6 +493,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("give either PATHs or --wandb-project, not both")
     if args.wandb_group and not args.wandb_project:
         parser.error("--wandb-group needs --wandb-project")
+    if args.pareto and args.pareto[0] == args.pareto[1]:
+        parser.error("--pareto needs two different metrics")
     return args
 
 
@@ -341,7 +508,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs = load_local_runs(args.paths)
         title = ", ".join(args.paths)
     out = args.out or default_out(args.paths)
-    compare(runs, args.metric, out, title)
+    if args.pareto:
+        pareto(runs, *args.pareto, out, title)
+    else:
+        compare(runs, args.metric, out, title)
     if args.aggregate:
         aggregate(runs, out)
     return 0
