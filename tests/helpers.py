@@ -10,6 +10,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import torch
+
+from recfunnel.features.batch import TowerInput, make_kjt
+from recfunnel.features.schema import FeatureSchema
+from recfunnel.models.dlrm import DLRM
+
 ROOT = Path(__file__).resolve().parents[1]
 # ML-100K is fetched once into the repo's data/ cache (as `make train` does)
 DATA_DIR = Path(os.environ.get("RECFUNNEL_DATA_DIR", ROOT / "data"))
@@ -83,3 +90,60 @@ def wandb_runs(folder: Path) -> list[dict]:
                 run["artifacts"].append(record.artifact.name)
         runs.append(run)
     return runs
+
+
+# -- a tiny DLRM ranker and its batches (tests/test_dlrm.py, tests/test_multitask.py) --------------------
+# query side (user, context) and item side; the history shares the item-id table; dims differ on purpose
+SCHEMA = FeatureSchema.from_config({
+    "name": "tiny_rank",
+    "features": {
+        "user_id": {"tower": "user", "kind": "categorical", "source": "user_id", "dim": 8},
+        "gender": {"tower": "user", "kind": "categorical", "source": "user.gender", "dim": 4},
+        "hist": {"tower": "user", "kind": "multi_hot", "source": "history.item_id", "table": "item_id", "max_len": 5},
+        "hour": {"tower": "context", "kind": "categorical", "source": "context.hour", "dim": 2},
+        "item_id": {"tower": "item", "kind": "categorical", "source": "item_id", "dim": 16},
+        "genres": {"tower": "item", "kind": "multi_hot", "source": "item.genres", "dim": 3},
+        "pop": {"tower": "item", "kind": "dense", "source": "item.pop_count"},
+    },
+})
+NUM_EMB = {"user_id": 10, "gender": 3, "hour": 24, "item_id": 20, "genres": 5}
+P = 3  # pair dense features
+D = 8  # embedding_dim
+
+
+
+def random_raw(B: int, C: int, seed: int) -> dict:
+    """Plain python inputs: per query (user, gender, history of item ids 10..19, hour) and per
+    (query, candidate) (item id 0..9, genres, popularity, pair features). One history is empty."""
+    rng = np.random.default_rng(seed)
+    queries = [{"user_id": int(rng.integers(10)), "gender": int(rng.integers(3)),
+                "hist": [int(x) for x in rng.integers(10, 20, rng.integers(0, 5) if b else 0)],
+                "hour": int(rng.integers(24))} for b in range(B)]
+    cands = [[{"item_id": int(rng.integers(10)), "genres": [int(x) for x in rng.choice(5, rng.integers(1, 4), replace=False)],
+               "pop": float(rng.random() * 5)} for _ in range(C)] for _ in range(B)]
+    pair = rng.normal(size=(B, C, P)).astype(np.float32)
+    return {"queries": queries, "cands": cands, "pair": pair}
+
+
+def tower(rows: list[dict], sparse: list[str], dense: list[str]) -> TowerInput:
+    def bag(v):
+        return v if isinstance(v, list) else [v]
+    values = [np.array([x for r in rows for x in bag(r[k])], np.int64) for k in sparse]
+    lengths = [np.array([len(bag(r[k])) for r in rows], np.int64) for k in sparse]
+    dense_arr = np.array([[r[k] for k in dense] for r in rows], np.float32).reshape(len(rows), len(dense))
+    return TowerInput(make_kjt(sparse, values, lengths), torch.from_numpy(dense_arr))
+
+
+def to_batch(raw: dict) -> dict:
+    q = raw["queries"]
+    flat = [c for row in raw["cands"] for c in row]  # query-major
+    return {"user": tower(q, ["user_id", "gender", "hist"], []),
+            "context": tower(q, ["hour"], []),
+            "cand": tower(flat, ["item_id", "genres"], ["pop"]),
+            "pair_dense": torch.from_numpy(raw["pair"].copy())}
+
+
+def make_model(interaction="dot", dcn=None, backend="torch", seed=0, **kw) -> DLRM:
+    torch.manual_seed(seed)
+    return DLRM(SCHEMA, NUM_EMB, P, embedding_dim=D, dense_hidden=(16,), interaction=interaction, dcn=dcn,
+                top_width=16, top_depth=2, dropout=0.1, backend=backend, **kw)

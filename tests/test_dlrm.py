@@ -9,29 +9,12 @@ import pytest
 import torch
 from torchrec.modules.crossnet import CrossNet, LowRankCrossNet
 
-from recfunnel.features.batch import TowerInput, make_kjt
-from recfunnel.features.schema import FeatureSchema
 from recfunnel.models.dlrm import DLRM, Interaction
 from recfunnel.utils.errors import RecfunnelError
 
-# query side (user, context) and item side; the history shares the item-id table; dims differ on purpose
-SCHEMA = FeatureSchema.from_config({
-    "name": "tiny_rank",
-    "features": {
-        "user_id": {"tower": "user", "kind": "categorical", "source": "user_id", "dim": 8},
-        "gender": {"tower": "user", "kind": "categorical", "source": "user.gender", "dim": 4},
-        "hist": {"tower": "user", "kind": "multi_hot", "source": "history.item_id", "table": "item_id", "max_len": 5},
-        "hour": {"tower": "context", "kind": "categorical", "source": "context.hour", "dim": 2},
-        "item_id": {"tower": "item", "kind": "categorical", "source": "item_id", "dim": 16},
-        "genres": {"tower": "item", "kind": "multi_hot", "source": "item.genres", "dim": 3},
-        "pop": {"tower": "item", "kind": "dense", "source": "item.pop_count"},
-    },
-})
-NUM_EMB = {"user_id": 10, "gender": 3, "hour": 24, "item_id": 20, "genres": 5}
-TABLES = ("user_id", "gender", "hour", "item_id", "genres")
-P = 3  # pair dense features
-D = 8  # embedding_dim
+from helpers import NUM_EMB, SCHEMA, P, make_model, random_raw, to_batch
 
+TABLES = ("user_id", "gender", "hour", "item_id", "genres")
 CONFIGS = [
     ("dot", None),
     ("cat", None),
@@ -41,44 +24,6 @@ CONFIGS = [
     ("dcn", {"layers": 2, "rank": 3, "structure": "parallel", "deep": [16, 8]}),
 ]
 IDS = ["dot", "cat", "dcn-stacked-full", "dcn-stacked-lowrank", "dcn-parallel-full", "dcn-parallel-lowrank"]
-
-
-def random_raw(B: int, C: int, seed: int) -> dict:
-    """Plain python inputs: per query (user, gender, history of item ids 10..19, hour) and per
-    (query, candidate) (item id 0..9, genres, popularity, pair features). One history is empty."""
-    rng = np.random.default_rng(seed)
-    queries = [{"user_id": int(rng.integers(10)), "gender": int(rng.integers(3)),
-                "hist": [int(x) for x in rng.integers(10, 20, rng.integers(0, 5) if b else 0)],
-                "hour": int(rng.integers(24))} for b in range(B)]
-    cands = [[{"item_id": int(rng.integers(10)), "genres": [int(x) for x in rng.choice(5, rng.integers(1, 4), replace=False)],
-               "pop": float(rng.random() * 5)} for _ in range(C)] for _ in range(B)]
-    pair = rng.normal(size=(B, C, P)).astype(np.float32)
-    return {"queries": queries, "cands": cands, "pair": pair}
-
-
-def tower(rows: list[dict], sparse: list[str], dense: list[str]) -> TowerInput:
-    def bag(v):
-        return v if isinstance(v, list) else [v]
-    values = [np.array([x for r in rows for x in bag(r[k])], np.int64) for k in sparse]
-    lengths = [np.array([len(bag(r[k])) for r in rows], np.int64) for k in sparse]
-    dense_arr = np.array([[r[k] for k in dense] for r in rows], np.float32).reshape(len(rows), len(dense))
-    return TowerInput(make_kjt(sparse, values, lengths), torch.from_numpy(dense_arr))
-
-
-def to_batch(raw: dict) -> dict:
-    q = raw["queries"]
-    flat = [c for row in raw["cands"] for c in row]  # query-major
-    return {"user": tower(q, ["user_id", "gender", "hist"], []),
-            "context": tower(q, ["hour"], []),
-            "cand": tower(flat, ["item_id", "genres"], ["pop"]),
-            "pair_dense": torch.from_numpy(raw["pair"].copy())}
-
-
-def make_model(interaction="dot", dcn=None, backend="torch", seed=0, **kw) -> DLRM:
-    torch.manual_seed(seed)
-    return DLRM(SCHEMA, NUM_EMB, P, embedding_dim=D, dense_hidden=(16,), interaction=interaction, dcn=dcn,
-                top_width=16, top_depth=2, dropout=0.1, backend=backend, **kw)
-
 
 @pytest.mark.parametrize("interaction, dcn", CONFIGS, ids=IDS)
 def test_forward_shapes_and_gradients_reach_every_table(interaction, dcn):
@@ -300,7 +245,7 @@ def test_ranking_losses_by_hand():
     mask[1, 3:] = mask[2, 1] = False
     label = torch.zeros(B, C)
     label[:, 0] = 1.0
-    batch.update(mask=mask, label=label)
+    batch.update(mask=mask, label=label[..., None])  # (B, C, T=1): engagement alone
     losses = {}
     for loss in RankingTask.LOSSES:
         task = RankingTask(lambda **_: make_model(seed=0), schema=SCHEMA, num_embeddings=NUM_EMB, num_pair_dense=P,

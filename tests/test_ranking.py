@@ -402,7 +402,7 @@ def test_training_pairs(ranking_dm):
     rows = dm.train_rows[positions]
     B, C = len(rows), 1 + HARD + UNIFORM
     cand, label, mask = batch["cand_idx"].numpy(), batch["label"].numpy(), batch["mask"].numpy()
-    assert cand.shape == label.shape == mask.shape == (B, C) and batch["pair_dense"].shape == (B, C, len(PAIR_FEATURES))
+    assert cand.shape == mask.shape == (B, C) and label.shape == (B, C, 1) and batch["pair_dense"].shape == (B, C, len(PAIR_FEATURES))
     assert batch["cand"].batch_size == B * C and batch["user"].batch_size == B
     pos = d.item_idx[rows]
     assert (cand[:, 0] == pos).all() and (label[:, 0] == 1).all() and (label[:, 1:] == 0).all()

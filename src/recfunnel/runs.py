@@ -37,10 +37,11 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from recfunnel.data.datamodule import RecDataModule
 from recfunnel.data.sources import load_split
-from recfunnel.eval.funnel import evaluate_funnel, rerank_ablation
+from recfunnel.eval.funnel import evaluate_funnel, objective_metrics, rerank_ablation
 from recfunnel.eval.protocol import EvalSet
 from recfunnel.eval.protocol import evaluate as evaluate_protocol
 from recfunnel.eval.report import flatten, print_metrics, write_funnel_report, write_metrics
+from recfunnel.models.multitask import ObjectiveMix
 from recfunnel.serving.fusion import RankFusion
 from recfunnel.serving.index import ItemIndex, index_fingerprint
 from recfunnel.serving.pipeline import Funnel, item_catalogue
@@ -48,7 +49,7 @@ from recfunnel.serving.rerank import Seen, build_reranker
 from recfunnel.serving.retriever import Retriever
 from recfunnel.tasks.build import build_datamodule, build_task
 from recfunnel.tasks.callbacks import AppendingCSVLogger, EpochSummary, SaveOnSigterm
-from recfunnel.tasks.checkpoints import checkpoint_step
+from recfunnel.tasks.checkpoints import checkpoint_step, load_checkpoint
 from recfunnel.tasks.sharding import DEFAULT_OPTIMIZER, DEFAULT_TYPES, ShardedStrategy, check_sharding
 from recfunnel.utils.config_checks import check_config
 from recfunnel.utils.dist import barrier, is_main_process
@@ -170,6 +171,21 @@ def _alive(pid: Any) -> bool:
     return True
 
 
+def config_differences(before: Mapping[str, Any], now: Mapping[str, Any], allowed: tuple[str, ...]) -> list[str]:
+    """Flat keys whose values differ between two resolved configs, less the ``allowed`` ones (a key, or
+    a prefix ending in "."); paths are compared after replacing the old ``paths.*`` by the new ones, so
+    a moved or copied run directory (or data folder) is the same run."""
+    before, now = flatten_config(before), flatten_config(now)
+    for key in [k for k in before if k.startswith("paths.")]:
+        old, new = before[key], now.get(key)
+        if isinstance(old, str) and isinstance(new, str) and old and old != new:
+            before = {k: v.replace(old, new) if isinstance(v, str) and v.startswith(old) else v
+                      for k, v in before.items()}
+    return sorted(k for k in before.keys() | now.keys()
+                  if before.get(k, "<absent>") != now.get(k, "<absent>")
+                  and not any(k == r.rstrip(".") or (r.endswith(".") and k.startswith(r)) for r in allowed))
+
+
 def check_same_run(out: Path, resolved: Mapping[str, Any], resume: bool) -> None:
     """Refuse to reuse a directory that holds another run: a config that differs from its
     ``config.yaml`` outside ``RESUMABLE_KEYS``, or any earlier run when ``resume`` is false."""
@@ -179,23 +195,17 @@ def check_same_run(out: Path, resolved: Mapping[str, Any], resume: bool) -> None
     if not resume:
         raise RecfunnelError(f"{out} already holds a run and resume=false; choose another hydra.run.dir, or "
                              "resume=true to continue it")
-    before = flatten_config(OmegaConf.to_container(OmegaConf.load(path)))
-    now = flatten_config(resolved)
-    # a moved or copied run directory (or data folder) is the same run: compare with its paths replaced
-    for key in [k for k in before if k.startswith("paths.")]:
-        old, new = before[key], now.get(key)
-        if isinstance(old, str) and isinstance(new, str) and old and old != new:
-            before = {k: v.replace(old, new) if isinstance(v, str) and v.startswith(old) else v
-                      for k, v in before.items()}
-    differ = sorted(k for k in before.keys() | now.keys()
-                    if before.get(k, "<absent>") != now.get(k, "<absent>")
-                    and not any(k == r.rstrip(".") or (r.endswith(".") and k.startswith(r)) for r in RESUMABLE_KEYS))
+    differ = config_differences(OmegaConf.to_container(OmegaConf.load(path)), resolved, RESUMABLE_KEYS)
     if differ:
-        keys = ", ".join(differ[:12]) + (f" and {len(differ) - 12} more" if len(differ) > 12 else "")
-        first = differ[0]
-        raise RecfunnelError(f"{out} holds a run with another config: {keys} differ (e.g. {first}: "
-                             f"{before.get(first, '<absent>')!r} → {now.get(first, '<absent>')!r}). A run directory "
-                             "resumes only its own config; choose another hydra.run.dir for a new run")
+        raise RecfunnelError(f"{out} holds a run with another config: {_describe(differ, path, resolved)}. A run "
+                             "directory resumes only its own config; choose another hydra.run.dir for a new run")
+
+
+def _describe(differ: list[str], path: Path, resolved: Mapping[str, Any]) -> str:
+    before, now = flatten_config(OmegaConf.to_container(OmegaConf.load(path))), flatten_config(resolved)
+    keys = ", ".join(differ[:12]) + (f" and {len(differ) - 12} more" if len(differ) > 12 else "")
+    first = differ[0]
+    return f"{keys} differ (e.g. {first}: {before.get(first, '<absent>')!r} → {now.get(first, '<absent>')!r})"
 
 
 # -- W&B: one run per stage ------------------------------------------------------------------------
@@ -471,12 +481,18 @@ def train_retriever(cfg: DictConfig, out: Path) -> Path:
 def run_funnel(cfg: DictConfig) -> dict[str, float]:
     """The whole funnel (see ``recfunnel.funnel``); returns the flat metrics of ``metrics.json``."""
     with open_run(cfg) as run:
-        retriever_dir = Path(cfg.retriever.run_dir) if cfg.retriever.run_dir else train_retriever(cfg, run.out / "retriever")
+        ranker_dir = reusable_ranker(cfg, run)
+        if ranker_dir is not None:
+            retriever_dir = Path((ranker_dir / "retriever_run.txt").read_text().strip())
+        elif cfg.retriever.run_dir:
+            retriever_dir = Path(cfg.retriever.run_dir)
+        else:
+            retriever_dir = train_retriever(cfg, run.out / "retriever")
         # the retriever's own data (checked against its fingerprint), or the folder asked for on the command line
         retriever = Retriever.from_run(retriever_dir, data_dir=_data_dir_given(cfg))
         record_data(run, retriever.data_name, retriever.data_dir, retriever.data_fingerprint)
         fusion = RankFusion.build(retriever, cfg.get("first_stage"), seed=cfg.seed)
-        dm, task, metrics = train_ranker(run, retriever, retriever_dir, fusion)
+        dm, task, metrics = train_ranker(run, retriever, retriever_dir, fusion, ranker_dir)
         metrics.update(evaluate_stages(cfg, retriever, dm, task, fusion))
         if not is_main_process():
             return metrics
@@ -501,10 +517,40 @@ def _data_dir_given(cfg: DictConfig) -> str | None:
     return str(cfg.paths.data_dir) if "paths.data_dir" in keys else None
 
 
-def train_ranker(run: Run, retriever: Retriever, retriever_dir: Path, fusion: RankFusion | None = None
-                 ) -> tuple[Any, pl.LightningModule, dict[str, float]]:
+#: what a funnel run may change of the run whose ranker it reuses (``ranker.run_dir``)
+REUSE_KEYS = RESUMABLE_KEYS + ("funnel.", "rerank.", "ranker.", "retriever.", "hydra.", "hparams_search")
+
+
+def reusable_ranker(cfg: DictConfig, run: Run) -> Path | None:
+    """``ranker.run_dir``: a finished funnel run whose first stage and ranker this run evaluates again
+    (under other ``funnel.*`` settings, e.g. ``objective_weights``, or other ``rerank`` stages), instead
+    of training them; None when not set. Its config must equal this one outside ``REUSE_KEYS``."""
+    reuse = OmegaConf.select(cfg, "ranker.run_dir", default=None)
+    if not reuse:
+        return None
+    reuse = Path(reuse)
+    for name in ("config.yaml", "retriever_run.txt", "checkpoints/best.ckpt"):
+        if not (reuse / name).is_file():
+            raise RecfunnelError(f"ranker.run_dir: {reuse / name} is missing; give a finished `recfunnel.funnel` run")
+    differ = config_differences(OmegaConf.to_container(OmegaConf.load(reuse / "config.yaml")), run.resolved,
+                                REUSE_KEYS)
+    if differ:
+        raise RecfunnelError(f"ranker.run_dir={reuse} was trained with another config: "
+                             f"{_describe(differ, reuse / 'config.yaml', run.resolved)}; reusing its ranker allows "
+                             "other funnel.* and rerank settings only: drop the other overrides, or train a new ranker")
+    if cfg.retriever.run_dir and Path(cfg.retriever.run_dir).resolve() != \
+            Path((reuse / "retriever_run.txt").read_text().strip()).resolve():
+        raise RecfunnelError(f"retriever.run_dir={cfg.retriever.run_dir} is not the retriever of ranker.run_dir={reuse} "
+                             f"({(reuse / 'retriever_run.txt').read_text().strip()}); drop retriever.run_dir")
+    log.info("reusing the first stage and ranker of %s", reuse)
+    return reuse
+
+
+def train_ranker(run: Run, retriever: Retriever, retriever_dir: Path, fusion: RankFusion | None = None,
+                 reuse: Path | None = None) -> tuple[Any, pl.LightningModule, dict[str, float]]:
     """The funnel's second stage: pairs from the first stage (``fusion`` when given, else ``retriever``;
-    ``cfg.pairs``), the ranker (``cfg.model``) trained with its own W&B run; returns its DataModule,
+    ``cfg.pairs``), the ranker (``cfg.model``) trained with its own W&B run, or loaded from the run
+    ``reuse`` (``reusable_ranker``) and scored under this run's settings; returns its DataModule,
     the task with the weights best on validation, and the funnel's ``ranker/...`` metrics (pair AUC
     and log-loss, cost)."""
     cfg = run.cfg
@@ -512,9 +558,14 @@ def train_ranker(run: Run, retriever: Retriever, retriever_dir: Path, fusion: Ra
     pl.seed_everything(cfg.seed, workers=True)
     dm = hydra.utils.instantiate(cfg.pairs, _partial_=True)(
         retriever=fusion or retriever, features=cfg.features, seed=cfg.seed,
-        cooccurrence=fusion.cooccurrence if fusion else None)
+        cooccurrence=fusion.cooccurrence if fusion else None, objectives=cfg.get("objectives"))
     dm.setup()
     task = build_task(cfg.model, dm)
+    task.net.mix = ObjectiveMix.from_config(task.net.objectives, cfg.funnel)
+    log.info("the ranker's score: %s", task.net.mix.describe())
+    if reuse is not None:
+        task.load_state_dict(load_checkpoint(reuse / "checkpoints" / "best.ckpt")["state_dict"])
+        return dm, task, ranker_metrics(score(cfg, task, dm, None))
     # the ranker's W&B config: the funnel's, less the later stages
     config = {k: v for k, v in run.resolved.items() if k not in ("rerank", "funnel")}
     loggers = build_loggers(run, "ranker", {**config, "retriever_run": str(retriever_dir.resolve())})
@@ -524,12 +575,18 @@ def train_ranker(run: Run, retriever: Retriever, retriever_dir: Path, fusion: Ra
               "train/epochs": trainer.current_epoch}
     if is_main_process():
         finish_loggers(loggers, ranker)
-    metrics = {"ranker/fit_seconds": fit_s, "ranker/epochs": trainer.current_epoch}
+    return dm, task, {"ranker/fit_seconds": fit_s, "ranker/epochs": trainer.current_epoch, **ranker_metrics(ranker)}
+
+
+def ranker_metrics(ranker: Mapping[str, float]) -> dict[str, float]:
+    """The ranker stage's metrics the funnel reports: pair AUC and log-loss (``{split}/ranker/...``),
+    each objective head's AUC (``{split}/objective/<name>/auc``)."""
+    metrics = {}
     for k, v in ranker.items():
         if k.endswith(("/auc", "/logloss", "/users")):
             split, name = k.split("/", 1)
-            metrics[f"{split}/ranker/{name}"] = v
-    return dm, task, metrics
+            metrics[f"{split}/{name}" if name.startswith("objective/") else f"{split}/ranker/{name}"] = v
+    return metrics
 
 
 def evaluate_stages(cfg: DictConfig, retriever: Retriever, dm: Any, task: pl.LightningModule,
@@ -546,6 +603,8 @@ def evaluate_stages(cfg: DictConfig, retriever: Retriever, dm: Any, task: pl.Lig
         seen = Seen(*retriever.seen_before(retriever.pipeline, rows))
         stage.update(rerank_ablation(slates["ranked"], catalogue, seen, reranker, dm.pipeline.item_idx[rows],
                                      cfg.funnel.top_n, dm.data.num_items, catalogue.genres.astype(np.float32)))
+        stage.update(objective_metrics(slates["final"], dm.pipeline.item_idx[rows], dm.labels[rows],
+                                       [o.name for o in dm.objectives], cfg.funnel.top_n))
         metrics.update({f"{split}/{k}": v for k, v in stage.items()})
         metrics.update({f"{split}/{k.split('/', 1)[1]}": v for k, v in stage.items() if k.startswith("final/")})
     return metrics

@@ -14,8 +14,11 @@ A batch (``build_batch``) is a dict::
 
     {"user", "context": TowerInput (B rows), "cand": TowerInput (B·C rows, query-major),
      "cand_idx": (B, C) long (−1 = empty slot), "pair_dense": (B, C, P) float,
-     "label": (B, C) float, "mask": (B, C) bool}           # label/mask: training pairs only
-    + eval batches: "target": (B,) long, "retrieval_score": (B, C) float
+     "label": (B, C, T) float, "mask": (B, C) bool}        # label/mask: training pairs only
+    + eval batches: "target": (B,) long, "target_labels": (B, T) float, "retrieval_score": (B, C) float
+
+T objectives (``recfunnel.data.objectives``): a pair's labels are its event's when the candidate is
+the event's item (the first column of a training batch), 0 otherwise.
 
 Pair dense features (``PairFeatures.names``), which only the ranker sees: the retriever's score, the
 log of the item's rank in the first stage's list (K+1 when not in it), the cosine between the item's
@@ -39,6 +42,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from recfunnel.data.dataset import TRAIN, SplitData
 from recfunnel.data.loaders import evaluation_loader, training_loader, unpack_key
+from recfunnel.data.objectives import event_labels, parse_objectives
 from recfunnel.eval.protocol import EvalSet
 from recfunnel.features.pipeline import FeaturePipeline
 from recfunnel.features.auto import resolve_schema
@@ -98,7 +102,7 @@ class PairFeatures:
     RECENT = 5
 
     def __init__(self, item_vectors: np.ndarray, genres: np.ndarray, profile_len: int = 50,
-                 cooccurrence: CooccurrenceScores | None = None):
+                 cooccurrence: CooccurrenceScores | None = None, objectives: Mapping[str, Any] | None = None):
         self.item_vectors = np.asarray(item_vectors, np.float32)
         norm = np.linalg.norm(self.item_vectors, axis=1, keepdims=True)
         self.unit_vectors = self.item_vectors / np.maximum(norm, 1e-12)
@@ -192,8 +196,8 @@ class TrainPairs(Dataset):
         mask = np.concatenate([np.ones((B, 1), bool), hard_ok, uniform != pos[:, None]], axis=1)
         batch = build_batch(p, dm.pairs, rows, dm.train_queries[positions], cands, lists[:, :dm.candidates],
                             in_sample=True)
-        label = np.zeros(cands.shape, np.float32)
-        label[:, 0] = 1.0
+        label = np.zeros((*cands.shape, dm.labels.shape[1]), np.float32)
+        label[:, 0] = dm.labels[rows]
         batch["label"], batch["mask"] = torch.from_numpy(label), torch.from_numpy(mask)
         return batch
 
@@ -213,6 +217,7 @@ class CandidateLists(Dataset):
         lists = dm.eval_lists[self.split][positions]
         batch = build_batch(dm.pipeline, dm.pairs, rows, dm.eval_queries[self.split][positions], lists, lists)
         batch["target"] = torch.from_numpy(dm.pipeline.item_idx[rows])
+        batch["target_labels"] = torch.from_numpy(dm.labels[rows])
         batch["retrieval_score"] = torch.from_numpy(dm.eval_scores[self.split][positions])
         return batch
 
@@ -235,6 +240,8 @@ class RankingDataModule(pl.LightningDataModule):
         profile_len: history length of the genre profile feature.
         batch_size: training events per batch (each with 1 + negatives pairs).
         eval_batch_size: users per evaluation batch.
+        objectives: the funnel's ``objectives`` config: what the ranker predicts
+            (``recfunnel.data.objectives``); None: engagement alone. ``labels``: (N, T) per event.
     """
 
     def __init__(self, retriever: CandidateSource, features: Mapping[str, Any], candidates: int = 100,
@@ -242,7 +249,7 @@ class RankingDataModule(pl.LightningDataModule):
                  max_events_per_user: int | None = None, retrieved_positives_only: bool = True,
                  profile_len: int = 50, batch_size: int = 256,
                  eval_batch_size: int = 256, num_workers: int = 0, seed: int = 0,
-                 cooccurrence: CooccurrenceScores | None = None):
+                 cooccurrence: CooccurrenceScores | None = None, objectives: Mapping[str, Any] | None = None):
         super().__init__()
         if hard_negatives + uniform_negatives < 1:
             raise RecfunnelError("pairs: hard_negatives + uniform_negatives must be ≥ 1 (a ranker needs negatives)")
@@ -254,6 +261,7 @@ class RankingDataModule(pl.LightningDataModule):
         self.max_events_per_user, self.profile_len = max_events_per_user, profile_len
         self.retrieved_positives_only = retrieved_positives_only
         self.batch_size, self.eval_batch_size, self.num_workers, self.seed = batch_size, eval_batch_size, num_workers, seed
+        self.objectives = parse_objectives(objectives)
         self.pipeline: FeaturePipeline | None = None
 
     def setup(self, stage: str | None = None) -> None:
@@ -261,6 +269,7 @@ class RankingDataModule(pl.LightningDataModule):
             return
         r = self.retriever
         self.data = r.data
+        self.labels = event_labels(self.data.tables.interactions, self.objectives)
         self.schema, self.pipeline, self.genres, self.pairs = ranker_inputs(self.data, r.item_vectors, self.features_cfg,
                                                                             self.profile_len, self.cooccurrence)
         rows = np.flatnonzero(self.data.split == TRAIN)
@@ -307,7 +316,7 @@ class RankingDataModule(pl.LightningDataModule):
     def model_inputs(self) -> dict[str, Any]:
         """What a ranker built for this data needs to know (``recfunnel.tasks.build.build_task``)."""
         return {"schema": self.schema, "num_embeddings": self.num_embeddings, "num_pair_dense": self.num_pair_dense,
-                "dense_stats": self.dense_stats()}
+                "dense_stats": self.dense_stats(), "objectives": self.objectives}
 
     # -- loaders ----------------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:

@@ -20,7 +20,7 @@ from recfunnel.features.pipeline import FeaturePipeline
 from recfunnel.serving.pipeline import STAGES, Funnel
 from recfunnel.serving.rerank import Reranker, Seen, Slate
 
-__all__ = ["STAGES", "evaluate_funnel", "rerank_ablation", "stage_metrics"]
+__all__ = ["STAGES", "evaluate_funnel", "objective_metrics", "rerank_ablation", "stage_metrics"]
 
 
 def stage_metrics(slates: Mapping[str, Slate], targets: np.ndarray, top_n: int, num_items: int,
@@ -36,6 +36,31 @@ def stage_metrics(slates: Mapping[str, Slate], targets: np.ndarray, top_n: int, 
         out[f"{stage}/mrr@{top_n}"] = float(list_metrics(torch.as_tensor(head), t)["mrr"].mean())  # comparable across stages
         out[f"{stage}/coverage@{top_n}"] = catalogue_coverage(head, num_items)
         out[f"{stage}/ild@{top_n}"] = intra_list_diversity(head, genres)
+    return out
+
+
+def objective_metrics(slate: Slate, targets: np.ndarray, labels: np.ndarray, names: list[str], top_n: int
+                      ) -> dict[str, float]:
+    """Per objective, how the top ``top_n`` of ``slate`` serve it, the target's label as gain.
+
+    labels: (U, T) each user's target labels for the T objectives ``names``. With one target per user
+    the gain only scales a user's ideal list, so:
+
+    - ``objective/<name>/ndcg@N``: mean NDCG@N over the users whose target has a positive label
+      (for satisfaction: the users who liked their next item), 0 for a target outside the top N;
+    - ``<name>@N``: mean over all users of the target's label when it is in the top N (revenue@10:
+      the revenue the lists capture per user; engagement@10: the hit rate).
+    """
+    head = np.asarray(slate.items)[:, :top_n]
+    hit = head == np.asarray(targets)[:, None]
+    found = hit.any(1)
+    ndcg = np.where(found, 1.0 / np.log2(hit.argmax(1) + 2.0), 0.0)
+    out = {}
+    for j, name in enumerate(names):
+        gain = labels[:, j].astype(np.float64)
+        positive = gain > 0
+        out[f"objective/{name}/ndcg@{top_n}"] = float(ndcg[positive].mean()) if positive.any() else 0.0
+        out[f"{name}@{top_n}"] = float((gain * found).mean()) if len(gain) else 0.0
     return out
 
 

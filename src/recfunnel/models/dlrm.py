@@ -11,6 +11,8 @@ A ranking batch scores C candidate items for each of B queries (events or reques
                       "dcn" — DCN-v2 cross layers (Wang et al. 2021) over the concatenation, full or
                               low-rank, "stacked" (cross → over arch) or "parallel" (cross ‖ deep MLP)
     over arch:        MLP → one logit per (query, candidate)            → (B, C)
+                      or, for T > 1 objectives, multi-task heads (shared bottom, MMoE, PLE:
+                      ``recfunnel.models.multitask``) → (B, C, T), mixed into one score (B, C)
 
 Pair dense features are those only the ranker sees (the retriever's score and rank, genre overlap
 with the history, ...); they are normalised with train statistics like the towers' dense features.
@@ -28,10 +30,12 @@ from torch import Tensor, nn
 from torchrec.models.dlrm import InteractionArch as DotInteraction
 from torchrec.modules.crossnet import CrossNet, LowRankCrossNet
 
+from recfunnel.data.objectives import Objective, parse_objectives
 from recfunnel.features.batch import TowerInput
 from recfunnel.features.embedding import build_feature_embedding
 from recfunnel.features.schema import QUERY_TOWERS, FeatureSchema
 from recfunnel.models.mlp import MLP
+from recfunnel.models.multitask import MultiTaskHeads, ObjectiveMix
 from recfunnel.utils.errors import RecfunnelError
 
 INTERACTIONS = ("dot", "cat", "dcn")
@@ -122,13 +126,28 @@ class DLRM(nn.Module):
         top_width, top_depth, dropout: the over arch.
         dense_stats: {tower: (mean, std)} for user/context/item, and "pair" for the pair features.
         backend: embedding backend, "auto" | "torchrec" | "torch".
+        objectives: the T objectives it predicts (``recfunnel.data.objectives``); None: engagement alone.
+        multitask: None (one objective: the over arch gives its logit) or the ``MultiTaskHeads``
+            arguments ({kind, experts, shared_experts, expert_hidden, tower_hidden}) for T > 1.
+
+    ``heads(batch)`` gives the (B, C, T) outputs; ``forward`` mixes them into one (B, C) score with
+    ``mix`` (``ObjectiveMix``; every objective weighs 1 until the funnel sets its own).
     """
 
     def __init__(self, schema: FeatureSchema, num_embeddings: Mapping[str, int], num_pair_dense: int,
                  embedding_dim: int = 32, dense_hidden: Sequence[int] = (64,), interaction: str = "dot",
                  dcn: Mapping | None = None, top_width: int = 256, top_depth: int = 2, dropout: float = 0.1,
-                 dense_stats: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None, backend: str = "auto"):
+                 dense_stats: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None, backend: str = "auto",
+                 objectives: Sequence[Objective] | None = None, multitask: Mapping | None = None):
         super().__init__()
+        self.objectives = list(objectives or parse_objectives(None))
+        names = [o.name for o in self.objectives]
+        if multitask is None and len(names) != 1:
+            raise RecfunnelError(f"the ranker predicts {len(names)} objectives {names} but has one head: set "
+                                 "model.net.multitask (e.g. model=mmoe), or keep one objective")
+        if multitask is not None and len(names) < 2:
+            raise RecfunnelError(f"model.net.multitask is set but the ranker predicts one objective {names}: "
+                                 "name two or more in `objectives`, or set model.net.multitask=null")
         self.sparse_arch = SparseArch(schema, num_embeddings, embedding_dim, backend)
         stats = dict(dense_stats or {})
         for tower in (*QUERY_TOWERS, "item"):
@@ -146,14 +165,25 @@ class DLRM(nn.Module):
                 raise RecfunnelError(f"pair dense {name} has shape {tuple(buf.shape)}; expected ({num_pair_dense},)")
         self.dense_arch = DenseArch(num_dense, dense_hidden, embedding_dim)
         self.interaction = Interaction(interaction, self.sparse_arch.num_features, embedding_dim, dcn)
-        self.over_arch = OverArch(self.interaction.out_dim, top_width, top_depth, dropout)
+        self.multitask = multitask is not None
+        if not self.multitask:
+            self.over_arch = OverArch(self.interaction.out_dim, top_width, top_depth, dropout)
+        else:
+            self.heads_arch = MultiTaskHeads(self.interaction.out_dim, len(names), dropout=dropout, **dict(multitask))
+        self.mix = ObjectiveMix(self.objectives)
 
-    def forward(self, batch: Mapping[str, object]) -> Tensor:
-        """Logits (B, C) for ``batch["cand"]`` (item tower, B·C rows, query-major) given the query
-        towers ``batch["user"]``, ``batch["context"]`` (B rows) and ``batch["pair_dense"]`` (B, C, P)."""
+    def heads(self, batch: Mapping[str, object]) -> Tensor:
+        """(B, C, T) head outputs for ``batch["cand"]`` (item tower, B·C rows, query-major) given the
+        query towers ``batch["user"]``, ``batch["context"]`` (B rows) and ``batch["pair_dense"]`` (B, C, P):
+        a logit per bce objective, a value per mse objective."""
         pair = batch["pair_dense"]
         B, C, P = pair.shape
         sparse, dense = self.sparse_arch(batch, batch["cand"], C)
         pair = ((pair - self.pair_mean) / self.pair_std).reshape(B * C, P)
-        x = self.dense_arch(torch.cat([dense, pair], dim=1))
-        return self.over_arch(self.interaction(x, sparse)).view(B, C)
+        x = self.interaction(self.dense_arch(torch.cat([dense, pair], dim=1)), sparse)
+        out = self.heads_arch(x) if self.multitask else self.over_arch(x).unsqueeze(-1)
+        return out.view(B, C, -1)
+
+    def forward(self, batch: Mapping[str, object]) -> Tensor:
+        """(B, C) scores: the heads mixed by ``mix`` (with one objective: its logit)."""
+        return self.mix(self.heads(batch))

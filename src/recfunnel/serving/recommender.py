@@ -34,7 +34,9 @@ from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from recfunnel.data.dataset import TRAIN
+from recfunnel.data.objectives import parse_objectives
 from recfunnel.data.ranking import ranker_inputs
+from recfunnel.models.multitask import ObjectiveMix
 from recfunnel.serving.fusion import RankFusion
 from recfunnel.serving.pipeline import Funnel, item_catalogue
 from recfunnel.serving.rerank import build_reranker
@@ -111,15 +113,17 @@ class Recommender:
         schema, pipeline, genres, pairs = ranker_inputs(retriever.data, retriever.item_vectors, cfg.features,
                                                         cfg.pairs.profile_len, fusion.cooccurrence if fusion else None)
         net = hydra.utils.instantiate(cfg.model.net)(schema=schema, num_embeddings=pipeline.num_embeddings,
-                                                      num_pair_dense=len(pairs.names))
+                                                      num_pair_dense=len(pairs.names),
+                                                      objectives=parse_objectives(cfg.get("objectives")))
         checkpoint = load_checkpoint(run_dir / "checkpoints" / "best.ckpt")
-        state = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items()}
+        state = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
         try:
             check_compatible(net, {"state_dict": state})
         except RecfunnelError as e:
             raise RecfunnelError(f"{run_dir}: the ranker checkpoint does not fit features '{schema.name}' / model "
                                  f"config of {run_dir / 'config.yaml'}: {e}") from None
         net.load_state_dict(state)
+        net.mix = ObjectiveMix.from_config(net.objectives, cfg.funnel)
         catalogue = item_catalogue(retriever.dm.data.tables.items, genres, retriever.item_vectors)
         funnel = Funnel(retriever, net, pairs, build_reranker(cfg.rerank), catalogue, cfg.pairs.candidates,
                         cfg.funnel.top_n, fusion)

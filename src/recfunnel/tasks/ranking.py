@@ -7,8 +7,14 @@ Validation/test batches hold each user's retrieved list; the ranker re-orders it
 
 * ``{split}/ndcg@10``, ``recall@K``, ``mrr``: of the re-ordered list (a target the retriever missed
   scores 0), what early stopping and sweeps watch;
-* ``{split}/auc``, ``{split}/logloss``: over the held-out (user, candidate) pairs of those lists,
-  for users whose target was retrieved (the others have no positive pair).
+* ``{split}/auc``, ``{split}/logloss``: of the ranker's score over the held-out (user, candidate)
+  pairs of those lists, for users whose target was retrieved (the others have no positive pair);
+* ``{split}/objective/<name>/auc``: per objective (``recfunnel.data.objectives``), of its head over
+  the same pairs, the pair's label being the target's label for that objective (> 0 for an mse head).
+
+With several objectives, each head has its own loss (``bce`` or ``mse``, weighted by the
+objective's ``loss_weight``), or the losses are weighted by learned uncertainty
+(``uncertainty_weighting``: Kendall et al. 2018, Σ_t exp(−s_t)·L_t + s_t with one learned s_t per task).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.functional.classification import binary_auroc
 
+from recfunnel.data.objectives import Objective
 from recfunnel.eval.metrics import list_metrics
 from recfunnel.features.schema import FeatureSchema
 from recfunnel.models.dlrm import DLRM
@@ -39,7 +46,11 @@ class RankingTask(RecTask):
         schema, num_embeddings, num_pair_dense, dense_stats: from the ranking DataModule.
         lr, weight_decay: AdamW settings.
         loss: ``bce`` (binary cross-entropy over the real pairs), ``softmax`` (cross-entropy of the
-            positive against its event's negatives: listwise) or ``bce+softmax`` (their sum).
+            positive against its event's negatives: listwise) or ``bce+softmax`` (their sum); with
+            several objectives, ``bce``: each objective's own loss.
+        objectives: the objectives the data labels (``RankingDataModule.objectives``).
+        uncertainty_weighting: weigh the objectives' losses by learned uncertainty instead of their
+            ``loss_weight``.
     """
 
     LOSSES = ("bce", "softmax", "bce+softmax")
@@ -48,15 +59,21 @@ class RankingTask(RecTask):
 
     def __init__(self, net: Callable[..., DLRM], schema: FeatureSchema, num_embeddings: Mapping[str, int],
                  num_pair_dense: int, dense_stats: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
-                 lr: float = 1e-3, weight_decay: float = 0.0, loss: str = "bce"):
+                 lr: float = 1e-3, weight_decay: float = 0.0, loss: str = "bce",
+                 objectives: list[Objective] | None = None, uncertainty_weighting: bool = False):
         super().__init__()
         if loss not in self.LOSSES:
             raise RecfunnelError(f"model.loss={loss!r} is not valid; choose one of: {', '.join(self.LOSSES)}")
         self.loss = loss
         self.net = net(schema=schema, num_embeddings=num_embeddings, num_pair_dense=num_pair_dense,
-                       dense_stats=dense_stats)
+                       dense_stats=dense_stats, objectives=objectives)
+        self.objectives = self.net.objectives
+        if len(self.objectives) > 1 and loss != "bce":
+            raise RecfunnelError(f"model.loss={loss!r} is for one objective; with {len(self.objectives)} objectives "
+                                 "each head has its own (objectives.<name>.loss): set model.loss=bce")
+        self.log_vars = torch.nn.Parameter(torch.zeros(len(self.objectives))) if uncertainty_weighting else None
         self.lr, self.weight_decay = lr, weight_decay
-        self._pairs: list[tuple[Tensor, Tensor]] = []
+        self._pairs: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
 
     def forward(self, batch: Mapping[str, Any]) -> Tensor:
         """(B, C) logits; empty candidate slots (``cand_idx`` −1) get −inf."""
@@ -64,15 +81,29 @@ class RankingTask(RecTask):
         return logits.masked_fill(batch["cand_idx"] < 0, float("-inf"))
 
     def compute_loss(self, batch: dict[str, Any]) -> Tensor:
-        """``loss`` over the batch's real (query, candidate) pairs; the label is 1 in each event's
-        first column (its positive), 0 elsewhere, ``mask`` (B, C) marks the real pairs."""
-        mask, logits = batch["mask"], self.net(batch)
-        loss = logits.new_zeros(())
-        if "bce" in self.loss:
-            loss = loss + F.binary_cross_entropy_with_logits(logits[mask], batch["label"][mask])
-        if "softmax" in self.loss:
-            listwise = logits.masked_fill(~mask, float("-inf"))
-            loss = loss + F.cross_entropy(listwise, batch["label"].argmax(1))
+        """``loss`` over the batch's real (query, candidate) pairs. ``label`` (B, C, T): each event's
+        labels in its first column (its positive), 0 elsewhere; ``mask`` (B, C) marks the real pairs."""
+        mask, outputs, labels = batch["mask"], self.net.heads(batch), batch["label"]
+        if len(self.objectives) == 1:
+            logits, label = outputs[..., 0], labels[..., 0]
+            loss = logits.new_zeros(())
+            if "bce" in self.loss:
+                loss = loss + F.binary_cross_entropy_with_logits(logits[mask], label[mask])
+            if "softmax" in self.loss:
+                listwise = logits.masked_fill(~mask, float("-inf"))
+                loss = loss + F.cross_entropy(listwise, label.argmax(1))
+            return loss
+        loss = outputs.new_zeros(())
+        for t, o in enumerate(self.objectives):
+            y_hat, y = outputs[..., t][mask], labels[..., t][mask]
+            part = F.binary_cross_entropy_with_logits(y_hat, y) if o.binary else F.mse_loss(y_hat, y)
+            if self._trainer is not None:
+                self.log(f"train/loss_{o.name}", part.detach(), on_step=False, on_epoch=True,
+                         batch_size=int(mask.sum()))
+            if self.log_vars is None:
+                loss = loss + o.loss_weight * part
+            else:
+                loss = loss + torch.exp(-self.log_vars[t]) * part + self.log_vars[t]
         return loss
 
     def train_batch_size(self, batch: dict[str, Any]) -> int:
@@ -83,14 +114,18 @@ class RankingTask(RecTask):
 
     # -- evaluation ----------------------------------------------------------------------------
     def eval_step(self, batch: dict[str, Any], split: str) -> dict[str, Tensor]:
-        logits = self(batch)
+        outputs = self.net.heads(batch)
+        logits = self.net.mix(outputs).masked_fill(batch["cand_idx"] < 0, float("-inf"))
         order = logits.argsort(dim=1, descending=True, stable=True)
         ranked = batch["cand_idx"].gather(1, order)
         targets = batch["target"]
         labels = (batch["cand_idx"] == targets[:, None])
         has_positive = labels.any(1)
         real = (batch["cand_idx"] >= 0) & has_positive[:, None]
-        self._pairs.append((logits[real].float().cpu(), labels[real].float().cpu()))
+        # per objective: the pair's label is the target's label for it (> 0), on the target's pair only
+        objective_labels = labels[..., None] & (batch["target_labels"][:, None, :] > 0)
+        self._pairs.append((logits[real].float().cpu(), labels[real].float().cpu(),
+                            outputs[real].float().cpu(), objective_labels[real].float().cpu()))
         return list_metrics(ranked, targets)
 
     def eval_end(self, split: str) -> None:
@@ -100,8 +135,15 @@ class RankingTask(RecTask):
             dist.all_gather_object(gathered, pairs)  # every rank's pairs: AUC is not a mean of per-rank AUCs
             pairs = [p for part in gathered for p in part]
         if pairs:
-            logits, labels = (torch.cat(x) for x in zip(*pairs))
+            logits, labels, outputs, objective_labels = (torch.cat(x) for x in zip(*pairs))
             if labels.numel() and 0 < labels.sum() < labels.numel():
                 self.log(f"{split}/auc", binary_auroc(logits, labels.long()).item(), sync_dist=True)
-                self.log(f"{split}/logloss", F.binary_cross_entropy_with_logits(logits, labels).item(), sync_dist=True)
+                if len(self.objectives) == 1:  # the score is a logit
+                    self.log(f"{split}/logloss", F.binary_cross_entropy_with_logits(logits, labels).item(),
+                             sync_dist=True)
+            for t, o in enumerate(self.objectives):
+                y = objective_labels[:, t]
+                if 0 < y.sum() < y.numel():
+                    self.log(f"{split}/objective/{o.name}/auc", binary_auroc(outputs[:, t], y.long()).item(),
+                             sync_dist=True)
         self._pairs = []
