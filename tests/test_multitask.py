@@ -4,6 +4,9 @@ the per-objective metrics of the final lists (src/recfunnel/eval/funnel.py), eac
 
 from __future__ import annotations
 
+import json
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,9 +17,10 @@ from recfunnel.data.objectives import Objective, event_labels, parse_objectives
 from recfunnel.eval.funnel import objective_metrics
 from recfunnel.models.multitask import MultiTaskHeads, ObjectiveMix
 from recfunnel.serving.rerank import Slate
+from recfunnel.tasks.checkpoints import load_checkpoint
 from recfunnel.utils.errors import RecfunnelError
 
-from helpers import NUM_EMB, SCHEMA, P, make_model, random_raw, to_batch
+from helpers import NUM_EMB, SCHEMA, TINY_FUNNEL, P, make_model, random_raw, run, to_batch
 
 ML = {"engagement": {"column": None}, "satisfaction": {"column": "rating", "at_least": 4}}
 SHOP = {"click": {}, "purchase": {"column": "purchase"}, "revenue": {"column": "revenue", "loss": "mse"}}
@@ -151,3 +155,69 @@ def test_objective_metrics_by_hand():
     assert m["revenue@3"] == pytest.approx((10 + 0 + 0 + 2) / 4)  # revenue of the targets the lists hold
     m = objective_metrics(Slate(items, np.zeros(items.shape)), targets, labels, ["click", "purchase", "revenue"], 1)
     assert m["revenue@1"] == pytest.approx(2 / 4) and m["objective/click/ndcg@1"] == pytest.approx(0.25)
+
+
+# -- end to end: a tiny multi-task funnel on ML-100K, and its ranker evaluated again under other weights ---
+MULTI = ["objectives=ml100k_satisfaction", "model=mmoe", "model.net.multitask.expert_hidden=[32]",
+         "funnel.objective_weights={engagement: 1.0, satisfaction: 1.0}", "logger=csv"]
+
+
+@pytest.fixture(scope="module")
+def multitask_run(funnel_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("multitask") / "run"
+    proc = run("recfunnel.funnel", *TINY_FUNNEL, *MULTI, f"retriever.run_dir={funnel_run / 'retriever'}",
+               f"hydra.run.dir={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_a_multitask_funnel_reports_every_objective(multitask_run):
+    m = json.loads((multitask_run / "metrics.json").read_text())
+    for split in ("valid", "test"):
+        for name in ("engagement", "satisfaction"):
+            assert 0 < m[f"{split}/objective/{name}/auc"] < 1
+            assert 0 <= m[f"{split}/objective/{name}/ndcg@10"] <= 1
+            assert 0 <= m[f"{split}/{name}@10"] <= 1
+        # engagement's gain is 1 for every target: its NDCG and hit rate are the funnel's own
+        assert m[f"{split}/objective/engagement/ndcg@10"] == pytest.approx(m[f"{split}/ndcg@10"])
+        assert m[f"{split}/engagement@10"] == pytest.approx(m[f"{split}/recall@10"])
+        assert m[f"{split}/satisfaction@10"] < m[f"{split}/engagement@10"]  # some targets were rated < 4
+    state = load_checkpoint(multitask_run / "checkpoints" / "best.ckpt")["state_dict"]
+    assert {k.split(".")[2] for k in state if k.startswith("net.heads_arch.")} == {"experts", "gates", "towers"}
+    assert not any(k.startswith("net.over_arch.") for k in state)
+
+
+def test_a_trained_ranker_is_evaluated_again_under_other_weights(multitask_run, tmp_path):
+    """ranker.run_dir reuses the first stage and the ranker: with the same weights every metric is the
+    same, with other weights the heads (their AUC) are the same and the lists are not."""
+    before = json.loads((multitask_run / "metrics.json").read_text())
+    same = tmp_path / "same"
+    proc = run("recfunnel.funnel", *TINY_FUNNEL, *MULTI, f"ranker.run_dir={multitask_run}", f"hydra.run.dir={same}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    after = json.loads((same / "metrics.json").read_text())
+    keys = [k for k in before if k.startswith(("test/", "valid/")) and "ms_per_user" not in k]
+    assert {k: after[k] for k in keys} == pytest.approx({k: before[k] for k in keys})
+    assert not (same / "checkpoints").exists()  # nothing trained
+    other = tmp_path / "other"
+    proc = run("recfunnel.funnel", *TINY_FUNNEL, *MULTI, f"ranker.run_dir={multitask_run}", f"hydra.run.dir={other}",
+               "funnel.objective_weights.engagement=0", "funnel.objective_combine=product")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    after = json.loads((other / "metrics.json").read_text())
+    assert after["test/objective/satisfaction/auc"] == pytest.approx(before["test/objective/satisfaction/auc"])
+    assert after["test/ranker/auc"] != pytest.approx(before["test/ranker/auc"])  # the score is satisfaction's alone
+    assert "the ranker's score: 1·satisfaction (product)" in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("override, match", [
+    ("model.lr=0.5", r"ranker.run_dir=.* was trained with another config: model.lr differ"),
+    ("+funnel.objective_weights.revenue=1", r"names \['revenue'\], which the ranker does not predict"),
+    ("model.net.multitask=null", r"predicts 2 objectives \['engagement', 'satisfaction'\] but has one head"),
+])
+def test_bad_reuse_and_weights_are_one_line_before_anything_runs(multitask_run, tmp_path, override, match):
+    out = tmp_path / "bad"
+    proc = run("recfunnel.funnel", *TINY_FUNNEL, *MULTI, f"ranker.run_dir={multitask_run}", f"hydra.run.dir={out}",
+               override)
+    assert proc.returncode == 2 and re.search(match, proc.stderr), proc.stderr[-2000:]
+    assert [line.startswith("error: ") for line in proc.stderr.splitlines() if "Traceback" in line or "rror" in line] \
+        == [True]  # one error line, no traceback
+    assert not out.exists() or not (out / "metrics.json").exists()

@@ -41,7 +41,8 @@ from recfunnel.eval.funnel import evaluate_funnel, objective_metrics, rerank_abl
 from recfunnel.eval.protocol import EvalSet
 from recfunnel.eval.protocol import evaluate as evaluate_protocol
 from recfunnel.eval.report import flatten, print_metrics, write_funnel_report, write_metrics
-from recfunnel.models.multitask import ObjectiveMix
+from recfunnel.data.objectives import parse_objectives, predicted
+from recfunnel.models.multitask import ObjectiveMix, check_heads
 from recfunnel.serving.fusion import RankFusion
 from recfunnel.serving.index import ItemIndex, index_fingerprint
 from recfunnel.serving.pipeline import Funnel, item_catalogue
@@ -480,6 +481,7 @@ def train_retriever(cfg: DictConfig, out: Path) -> Path:
 
 def run_funnel(cfg: DictConfig) -> dict[str, float]:
     """The whole funnel (see ``recfunnel.funnel``); returns the flat metrics of ``metrics.json``."""
+    check_objectives(cfg)
     with open_run(cfg) as run:
         ranker_dir = reusable_ranker(cfg, run)
         if ranker_dir is not None:
@@ -504,6 +506,13 @@ def run_funnel(cfg: DictConfig) -> dict[str, float]:
     print(report)
     print(f"run directory: {run.out.resolve()}")
     return metrics
+
+
+def check_objectives(cfg: DictConfig) -> None:
+    """The objectives, the ranker's heads and the funnel's weights agree (before anything trains)."""
+    objectives = predicted(parse_objectives(cfg.get("objectives")))
+    check_heads(objectives, OmegaConf.select(cfg, "model.net.multitask", default=None))
+    ObjectiveMix.from_config(objectives, cfg.funnel)
 
 
 def _data_dir_given(cfg: DictConfig) -> str | None:

@@ -7,6 +7,7 @@ never a later one): config ``objectives`` of ``configs/funnel.yaml``, one entry 
       engagement:   {column: null}                 # the interaction happened: 1 for every event
       satisfaction: {column: rating, at_least: 4}  # 1 where the event's rating is >= 4, else 0
       revenue:      {column: revenue, loss: mse}   # the column's value (a regression target)
+      liked:        {column: rating, at_least: 4, predict: false}   # reported, not predicted
 
 A ranker pair (a user's event and a candidate item) has, for each objective, the event's label when
 the candidate is the event's item and 0 otherwise (a candidate the user did not pick was neither
@@ -42,6 +43,8 @@ class Objective:
     at_least: binarise ``column``: 1 where the value is >= at_least, else 0; None: the value as is.
     loss: ``bce`` (the label is a probability, in [0, 1]) or ``mse`` (a value, e.g. revenue).
     loss_weight: this objective's weight in the ranker's training loss.
+    predict: False: a label reported only (its metrics of the final lists), with no head in the ranker
+        (e.g. satisfaction beside a single-objective ranker, to compare it with a multi-task one).
     """
 
     name: str
@@ -49,6 +52,7 @@ class Objective:
     at_least: float | None = None
     loss: str = "bce"
     loss_weight: float = 1.0
+    predict: bool = True
 
     @property
     def binary(self) -> bool:
@@ -64,7 +68,7 @@ def parse_objectives(cfg: Mapping[str, Any] | None) -> list[Objective]:
         unknown = sorted(set(spec) - {f.name for f in dataclasses.fields(Objective)} - {"name"})
         if unknown:
             raise RecfunnelError(f"objectives.{name}: unknown key(s) {unknown}; an objective has column, at_least, "
-                                 "loss, loss_weight")
+                                 "loss, loss_weight, predict")
         spec.pop("name", None)
         objective = Objective(name=str(name), **spec)
         if objective.loss not in LOSSES:
@@ -75,7 +79,15 @@ def parse_objectives(cfg: Mapping[str, Any] | None) -> list[Objective]:
         if objective.column is None and objective.at_least is not None:
             raise RecfunnelError(f"objectives.{name}: at_least needs a column (column: null is the event itself)")
         out.append(objective)
+    if not any(o.predict for o in out):
+        raise RecfunnelError(f"objectives {[o.name for o in out]} all have predict: false; the ranker needs one to "
+                             "predict")
     return out
+
+
+def predicted(objectives: list[Objective]) -> list[Objective]:
+    """The objectives the ranker has a head for (``predict``), in order."""
+    return [o for o in objectives if o.predict]
 
 
 def event_labels(interactions: pd.DataFrame, objectives: list[Objective], where: str = "objectives"

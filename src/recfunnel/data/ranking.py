@@ -17,8 +17,9 @@ A batch (``build_batch``) is a dict::
      "label": (B, C, T) float, "mask": (B, C) bool}        # label/mask: training pairs only
     + eval batches: "target": (B,) long, "target_labels": (B, T) float, "retrieval_score": (B, C) float
 
-T objectives (``recfunnel.data.objectives``): a pair's labels are its event's when the candidate is
-the event's item (the first column of a training batch), 0 otherwise.
+T objectives the ranker predicts (``recfunnel.data.objectives``; those with ``predict: false`` are
+left out): a pair's labels are its event's when the candidate is the event's item (the first column
+of a training batch), 0 otherwise.
 
 Pair dense features (``PairFeatures.names``), which only the ranker sees: the retriever's score, the
 log of the item's rank in the first stage's list (K+1 when not in it), the cosine between the item's
@@ -42,7 +43,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from recfunnel.data.dataset import TRAIN, SplitData
 from recfunnel.data.loaders import evaluation_loader, training_loader, unpack_key
-from recfunnel.data.objectives import event_labels, parse_objectives
+from recfunnel.data.objectives import event_labels, parse_objectives, predicted
 from recfunnel.eval.protocol import EvalSet
 from recfunnel.features.pipeline import FeaturePipeline
 from recfunnel.features.auto import resolve_schema
@@ -196,8 +197,8 @@ class TrainPairs(Dataset):
         mask = np.concatenate([np.ones((B, 1), bool), hard_ok, uniform != pos[:, None]], axis=1)
         batch = build_batch(p, dm.pairs, rows, dm.train_queries[positions], cands, lists[:, :dm.candidates],
                             in_sample=True)
-        label = np.zeros((*cands.shape, dm.labels.shape[1]), np.float32)
-        label[:, 0] = dm.labels[rows]
+        label = np.zeros((*cands.shape, len(dm.predicted)), np.float32)
+        label[:, 0] = dm.labels[rows][:, dm.predicted]
         batch["label"], batch["mask"] = torch.from_numpy(label), torch.from_numpy(mask)
         return batch
 
@@ -217,7 +218,7 @@ class CandidateLists(Dataset):
         lists = dm.eval_lists[self.split][positions]
         batch = build_batch(dm.pipeline, dm.pairs, rows, dm.eval_queries[self.split][positions], lists, lists)
         batch["target"] = torch.from_numpy(dm.pipeline.item_idx[rows])
-        batch["target_labels"] = torch.from_numpy(dm.labels[rows])
+        batch["target_labels"] = torch.from_numpy(dm.labels[rows][:, dm.predicted])
         batch["retrieval_score"] = torch.from_numpy(dm.eval_scores[self.split][positions])
         return batch
 
@@ -241,7 +242,8 @@ class RankingDataModule(pl.LightningDataModule):
         batch_size: training events per batch (each with 1 + negatives pairs).
         eval_batch_size: users per evaluation batch.
         objectives: the funnel's ``objectives`` config: what the ranker predicts
-            (``recfunnel.data.objectives``); None: engagement alone. ``labels``: (N, T) per event.
+            (``recfunnel.data.objectives``); None: engagement alone. ``labels``: (N, T) per event;
+            ``predicted``: the columns of the T' objectives the ranker predicts (in batches' labels).
     """
 
     def __init__(self, retriever: CandidateSource, features: Mapping[str, Any], candidates: int = 100,
@@ -262,6 +264,7 @@ class RankingDataModule(pl.LightningDataModule):
         self.retrieved_positives_only = retrieved_positives_only
         self.batch_size, self.eval_batch_size, self.num_workers, self.seed = batch_size, eval_batch_size, num_workers, seed
         self.objectives = parse_objectives(objectives)
+        self.predicted = [j for j, o in enumerate(self.objectives) if o.predict]
         self.pipeline: FeaturePipeline | None = None
 
     def setup(self, stage: str | None = None) -> None:
@@ -316,7 +319,8 @@ class RankingDataModule(pl.LightningDataModule):
     def model_inputs(self) -> dict[str, Any]:
         """What a ranker built for this data needs to know (``recfunnel.tasks.build.build_task``)."""
         return {"schema": self.schema, "num_embeddings": self.num_embeddings, "num_pair_dense": self.num_pair_dense,
-                "dense_stats": self.dense_stats(), "objectives": self.objectives}
+                "dense_stats": self.dense_stats(),
+                "objectives": predicted(self.objectives)}
 
     # -- loaders ----------------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:

@@ -35,7 +35,7 @@ from recfunnel.features.batch import TowerInput
 from recfunnel.features.embedding import build_feature_embedding
 from recfunnel.features.schema import QUERY_TOWERS, FeatureSchema
 from recfunnel.models.mlp import MLP
-from recfunnel.models.multitask import MultiTaskHeads, ObjectiveMix
+from recfunnel.models.multitask import MultiTaskHeads, ObjectiveMix, check_heads
 from recfunnel.utils.errors import RecfunnelError
 
 INTERACTIONS = ("dot", "cat", "dcn")
@@ -141,13 +141,7 @@ class DLRM(nn.Module):
                  objectives: Sequence[Objective] | None = None, multitask: Mapping | None = None):
         super().__init__()
         self.objectives = list(objectives or parse_objectives(None))
-        names = [o.name for o in self.objectives]
-        if multitask is None and len(names) != 1:
-            raise RecfunnelError(f"the ranker predicts {len(names)} objectives {names} but has one head: set "
-                                 "model.net.multitask (e.g. model=mmoe), or keep one objective")
-        if multitask is not None and len(names) < 2:
-            raise RecfunnelError(f"model.net.multitask is set but the ranker predicts one objective {names}: "
-                                 "name two or more in `objectives`, or set model.net.multitask=null")
+        check_heads(self.objectives, multitask)
         self.sparse_arch = SparseArch(schema, num_embeddings, embedding_dim, backend)
         stats = dict(dense_stats or {})
         for tower in (*QUERY_TOWERS, "item"):
@@ -169,7 +163,7 @@ class DLRM(nn.Module):
         if not self.multitask:
             self.over_arch = OverArch(self.interaction.out_dim, top_width, top_depth, dropout)
         else:
-            self.heads_arch = MultiTaskHeads(self.interaction.out_dim, len(names), dropout=dropout, **dict(multitask))
+            self.heads_arch = MultiTaskHeads(self.interaction.out_dim, len(self.objectives), dropout=dropout, **dict(multitask))
         self.mix = ObjectiveMix(self.objectives)
 
     def heads(self, batch: Mapping[str, object]) -> Tensor:

@@ -36,6 +36,17 @@ KINDS = ("shared_bottom", "mmoe", "ple")
 COMBINES = ("sum", "product")
 
 
+def check_heads(objectives: Sequence[Objective], multitask: Mapping | None) -> None:
+    """One head per predicted objective: ``multitask`` (the heads' config) is set iff there are two or more."""
+    names = [o.name for o in objectives]
+    if multitask is None and len(names) != 1:
+        raise RecfunnelError(f"the ranker predicts {len(names)} objectives {names} but has one head: set "
+                             "model.net.multitask (e.g. model=mmoe), or keep one objective")
+    if multitask is not None and len(names) < 2:
+        raise RecfunnelError(f"model.net.multitask is set but the ranker predicts one objective {names}: "
+                             "name two or more in `objectives`, or set model.net.multitask=null")
+
+
 class Expert(nn.Sequential):
     """(N, in_dim) → (N, hidden[-1]): an MLP whose output is activated too (it feeds a tower)."""
 

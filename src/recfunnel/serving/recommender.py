@@ -34,7 +34,7 @@ from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from recfunnel.data.dataset import TRAIN
-from recfunnel.data.objectives import parse_objectives
+from recfunnel.data.objectives import parse_objectives, predicted
 from recfunnel.data.ranking import ranker_inputs
 from recfunnel.models.multitask import ObjectiveMix
 from recfunnel.serving.fusion import RankFusion
@@ -114,7 +114,7 @@ class Recommender:
                                                         cfg.pairs.profile_len, fusion.cooccurrence if fusion else None)
         net = hydra.utils.instantiate(cfg.model.net)(schema=schema, num_embeddings=pipeline.num_embeddings,
                                                       num_pair_dense=len(pairs.names),
-                                                      objectives=parse_objectives(cfg.get("objectives")))
+                                                      objectives=predicted(parse_objectives(cfg.get("objectives"))))
         checkpoint = load_checkpoint(run_dir / "checkpoints" / "best.ckpt")
         state = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
         try:
