@@ -97,7 +97,7 @@ def criteo_like(batch_size: int, batches: int, rows_cap: int, zipf: float, seed:
         cand = TowerInput(make_kjt(keys, [ids[k][sl] for k in keys], [ones] * len(keys)), torch.zeros(batch_size, 0))
         out.append({"user": empty, "context": empty, "cand": cand,
                     "pair_dense": torch.from_numpy(dense[sl]).view(batch_size, 1, NUM_DENSE),
-                    "label": torch.from_numpy(label[sl]).view(batch_size, 1),
+                    "label": torch.from_numpy(label[sl]).view(batch_size, 1, 1),  # (B, C, T): one objective
                     "mask": torch.ones(batch_size, 1, dtype=torch.bool)})
     return schema, rows, {"pair": (mean, std)}, out, float(label.mean())
 
@@ -111,7 +111,7 @@ def plain_loop(net, batches, lr: float, weight_decay: float, steps: list) -> flo
     start = time.perf_counter()
     for b in batches:
         mask = b["mask"]
-        loss = F.binary_cross_entropy_with_logits(net(b)[mask], b["label"][mask])
+        loss = F.binary_cross_entropy_with_logits(net(b)[mask], b["label"][..., 0][mask])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

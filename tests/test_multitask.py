@@ -185,6 +185,12 @@ def test_a_multitask_funnel_reports_every_objective(multitask_run):
     state = load_checkpoint(multitask_run / "checkpoints" / "best.ckpt")["state_dict"]
     assert {k.split(".")[2] for k in state if k.startswith("net.heads_arch.")} == {"experts", "gates", "towers"}
     assert not any(k.startswith("net.over_arch.") for k in state)
+    # served as trained: the same heads, mixed with the run's weights
+    from recfunnel.serving.recommender import Recommender
+
+    rec = Recommender.from_run(multitask_run, threads=None)
+    assert rec.funnel.ranker.mix.describe() == "1·engagement + 1·satisfaction (sum)"
+    assert len(rec.recommend(196, k=10)["items"]) == 10
 
 
 def test_a_trained_ranker_is_evaluated_again_under_other_weights(multitask_run, tmp_path):
