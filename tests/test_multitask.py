@@ -226,4 +226,4 @@ def test_bad_reuse_and_weights_are_one_line_before_anything_runs(multitask_run, 
     assert proc.returncode == 2 and re.search(match, proc.stderr), proc.stderr[-2000:]
     assert [line.startswith("error: ") for line in proc.stderr.splitlines() if "Traceback" in line or "rror" in line] \
         == [True]  # one error line, no traceback
-    assert not out.exists() or not (out / "metrics.json").exists()
+    assert not (out / "config.yaml").exists()  # refused before the run is written: the same folder can be used again

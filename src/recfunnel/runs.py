@@ -36,12 +36,12 @@ from pytorch_lightning.loggers import Logger, WandbLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from recfunnel.data.datamodule import RecDataModule
+from recfunnel.data.objectives import parse_objectives, predicted
 from recfunnel.data.sources import load_split
 from recfunnel.eval.funnel import evaluate_funnel, objective_metrics, rerank_ablation
 from recfunnel.eval.protocol import EvalSet
 from recfunnel.eval.protocol import evaluate as evaluate_protocol
 from recfunnel.eval.report import flatten, print_metrics, write_funnel_report, write_metrics
-from recfunnel.data.objectives import parse_objectives, predicted
 from recfunnel.models.multitask import ObjectiveMix, check_heads
 from recfunnel.serving.fusion import RankFusion
 from recfunnel.serving.index import ItemIndex, index_fingerprint
@@ -482,8 +482,8 @@ def train_retriever(cfg: DictConfig, out: Path) -> Path:
 def run_funnel(cfg: DictConfig) -> dict[str, float]:
     """The whole funnel (see ``recfunnel.funnel``); returns the flat metrics of ``metrics.json``."""
     check_objectives(cfg)
+    ranker_dir = reusable_ranker(cfg)  # checked before the run directory is written
     with open_run(cfg) as run:
-        ranker_dir = reusable_ranker(cfg, run)
         if ranker_dir is not None:
             retriever_dir = Path((ranker_dir / "retriever_run.txt").read_text().strip())
         elif cfg.retriever.run_dir:
@@ -530,7 +530,7 @@ def _data_dir_given(cfg: DictConfig) -> str | None:
 REUSE_KEYS = RESUMABLE_KEYS + ("funnel.", "rerank.", "ranker.", "retriever.", "hydra.", "hparams_search")
 
 
-def reusable_ranker(cfg: DictConfig, run: Run) -> Path | None:
+def reusable_ranker(cfg: DictConfig) -> Path | None:
     """``ranker.run_dir``: a finished funnel run whose first stage and ranker this run evaluates again
     (under other ``funnel.*`` settings, e.g. ``objective_weights``, or other ``rerank`` stages), instead
     of training them; None when not set. Its config must equal this one outside ``REUSE_KEYS``."""
@@ -541,11 +541,11 @@ def reusable_ranker(cfg: DictConfig, run: Run) -> Path | None:
     for name in ("config.yaml", "retriever_run.txt", "checkpoints/best.ckpt"):
         if not (reuse / name).is_file():
             raise RecfunnelError(f"ranker.run_dir: {reuse / name} is missing; give a finished `recfunnel.funnel` run")
-    differ = config_differences(OmegaConf.to_container(OmegaConf.load(reuse / "config.yaml")), run.resolved,
-                                REUSE_KEYS)
+    resolved = redact(OmegaConf.to_container(cfg, resolve=True))
+    differ = config_differences(OmegaConf.to_container(OmegaConf.load(reuse / "config.yaml")), resolved, REUSE_KEYS)
     if differ:
         raise RecfunnelError(f"ranker.run_dir={reuse} was trained with another config: "
-                             f"{_describe(differ, reuse / 'config.yaml', run.resolved)}; reusing its ranker allows "
+                             f"{_describe(differ, reuse / 'config.yaml', resolved)}; reusing its ranker allows "
                              "other funnel.* and rerank settings only: drop the other overrides, or train a new ranker")
     if cfg.retriever.run_dir and Path(cfg.retriever.run_dir).resolve() != \
             Path((reuse / "retriever_run.txt").read_text().strip()).resolve():
