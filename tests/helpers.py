@@ -21,8 +21,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # ML-100K is fetched once into the repo's data/ cache (as `make train` does)
 DATA_DIR = Path(os.environ.get("RECFUNNEL_DATA_DIR", ROOT / "data"))
 # a funnel that trains in seconds: one epoch of a few batches per stage, 2 train events per user; its first
-# stage fuses the retriever with co-occurrence, as experiment=ml100k_funnel's does
-TINY_FUNNEL = ["debug=fast", "logger=wandb", f"paths.data_dir={DATA_DIR}", "pairs.max_events_per_user=2",
+# stage fuses the retriever with co-occurrence and its ranker predicts engagement and reports satisfaction, as
+# experiment=ml100k_funnel's does
+TINY_FUNNEL = ["debug=fast", "logger=wandb", f"paths.data_dir={DATA_DIR}", "pairs.max_events_per_user=2", "objectives=ml100k",
                "funnel.timing_users=5", "+model@first_stage.cooccurrence=cooccurrence", "first_stage.folds=2",
                "retriever.overrides=['features=ml100k_seq','model.net.user_hidden=[]','data.batch_size=256']"]
 

@@ -74,6 +74,10 @@ def test_funnel_writes_stage_metrics_report_and_plot(funnel_run):
         assert 0 < m[f"{split}/ms_per_user_mean"] <= m[f"{split}/ms_per_user_p99"]
         for stage in ("exclude_seen", "freshness", "mmr", "genre_cap"):
             assert f"{split}/rerank_without_{stage}/ndcg@10" in m
+        # objectives=ml100k: engagement predicted (one head), satisfaction reported only
+        assert m[f"{split}/objective/engagement/auc"] == m[f"{split}/ranker/auc"]
+        assert f"{split}/objective/satisfaction/auc" not in m
+        assert 0 < m[f"{split}/satisfaction@10"] < m[f"{split}/engagement@10"] == m[f"{split}/recall@10"]
     assert (funnel_run / "retriever" / "metrics.json").exists()  # trained inside, in its own run dir
     report = (funnel_run / "funnel.md").read_text()
     assert "| retrieval only |" in report and "| + re-ranking |" in report
