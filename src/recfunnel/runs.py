@@ -196,14 +196,16 @@ def check_same_run(out: Path, resolved: Mapping[str, Any], resume: bool) -> None
     if not resume:
         raise RecfunnelError(f"{out} already holds a run and resume=false; choose another hydra.run.dir, or "
                              "resume=true to continue it")
-    differ = config_differences(OmegaConf.to_container(OmegaConf.load(path)), resolved, RESUMABLE_KEYS)
+    before = OmegaConf.to_container(OmegaConf.load(path))
+    differ = config_differences(before, resolved, RESUMABLE_KEYS)
     if differ:
-        raise RecfunnelError(f"{out} holds a run with another config: {_describe(differ, path, resolved)}. A run "
+        raise RecfunnelError(f"{out} holds a run with another config: {_describe(differ, before, resolved)}. A run "
                              "directory resumes only its own config; choose another hydra.run.dir for a new run")
 
 
-def _describe(differ: list[str], path: Path, resolved: Mapping[str, Any]) -> str:
-    before, now = flatten_config(OmegaConf.to_container(OmegaConf.load(path))), flatten_config(resolved)
+def _describe(differ: list[str], before: Mapping[str, Any], now: Mapping[str, Any]) -> str:
+    """The differing keys (the first 12) and the first one's two values, for an error message."""
+    before, now = flatten_config(before), flatten_config(now)
     keys = ", ".join(differ[:12]) + (f" and {len(differ) - 12} more" if len(differ) > 12 else "")
     first = differ[0]
     return f"{keys} differ (e.g. {first}: {before.get(first, '<absent>')!r} → {now.get(first, '<absent>')!r})"
@@ -542,10 +544,11 @@ def reusable_ranker(cfg: DictConfig) -> Path | None:
         if not (reuse / name).is_file():
             raise RecfunnelError(f"ranker.run_dir: {reuse / name} is missing; give a finished `recfunnel.funnel` run")
     resolved = redact(OmegaConf.to_container(cfg, resolve=True))
-    differ = config_differences(OmegaConf.to_container(OmegaConf.load(reuse / "config.yaml")), resolved, REUSE_KEYS)
+    before = OmegaConf.to_container(OmegaConf.load(reuse / "config.yaml"))
+    differ = config_differences(before, resolved, REUSE_KEYS)
     if differ:
         raise RecfunnelError(f"ranker.run_dir={reuse} was trained with another config: "
-                             f"{_describe(differ, reuse / 'config.yaml', resolved)}; reusing its ranker allows "
+                             f"{_describe(differ, before, resolved)}; reusing its ranker allows "
                              "other funnel.* and rerank settings only: drop the other overrides, or train a new ranker")
     if cfg.retriever.run_dir and Path(cfg.retriever.run_dir).resolve() != \
             Path((reuse / "retriever_run.txt").read_text().strip()).resolve():

@@ -197,8 +197,8 @@ class TrainPairs(Dataset):
         mask = np.concatenate([np.ones((B, 1), bool), hard_ok, uniform != pos[:, None]], axis=1)
         batch = build_batch(p, dm.pairs, rows, dm.train_queries[positions], cands, lists[:, :dm.candidates],
                             in_sample=True)
-        label = np.zeros((*cands.shape, len(dm.predicted)), np.float32)
-        label[:, 0] = dm.labels[rows][:, dm.predicted]
+        label = np.zeros((*cands.shape, dm.head_labels.shape[1]), np.float32)
+        label[:, 0] = dm.head_labels[rows]
         batch["label"], batch["mask"] = torch.from_numpy(label), torch.from_numpy(mask)
         return batch
 
@@ -218,7 +218,7 @@ class CandidateLists(Dataset):
         lists = dm.eval_lists[self.split][positions]
         batch = build_batch(dm.pipeline, dm.pairs, rows, dm.eval_queries[self.split][positions], lists, lists)
         batch["target"] = torch.from_numpy(dm.pipeline.item_idx[rows])
-        batch["target_labels"] = torch.from_numpy(dm.labels[rows][:, dm.predicted])
+        batch["target_labels"] = torch.from_numpy(dm.head_labels[rows])
         batch["retrieval_score"] = torch.from_numpy(dm.eval_scores[self.split][positions])
         return batch
 
@@ -243,7 +243,7 @@ class RankingDataModule(pl.LightningDataModule):
         eval_batch_size: users per evaluation batch.
         objectives: the funnel's ``objectives`` config: what the ranker predicts
             (``recfunnel.data.objectives``); None: engagement alone. ``labels``: (N, T) per event;
-            ``predicted``: the columns of the T' objectives the ranker predicts (in batches' labels).
+            ``head_labels``: (N, T') those of the objectives the ranker predicts (batches' labels).
     """
 
     def __init__(self, retriever: CandidateSource, features: Mapping[str, Any], candidates: int = 100,
@@ -264,7 +264,6 @@ class RankingDataModule(pl.LightningDataModule):
         self.retrieved_positives_only = retrieved_positives_only
         self.batch_size, self.eval_batch_size, self.num_workers, self.seed = batch_size, eval_batch_size, num_workers, seed
         self.objectives = parse_objectives(objectives)
-        self.predicted = [j for j, o in enumerate(self.objectives) if o.predict]
         self.pipeline: FeaturePipeline | None = None
 
     def setup(self, stage: str | None = None) -> None:
@@ -273,6 +272,7 @@ class RankingDataModule(pl.LightningDataModule):
         r = self.retriever
         self.data = r.data
         self.labels = event_labels(self.data.tables.interactions, self.objectives)
+        self.head_labels = np.ascontiguousarray(self.labels[:, [o.predict for o in self.objectives]])
         self.schema, self.pipeline, self.genres, self.pairs = ranker_inputs(self.data, r.item_vectors, self.features_cfg,
                                                                             self.profile_len, self.cooccurrence)
         rows = np.flatnonzero(self.data.split == TRAIN)
