@@ -193,7 +193,7 @@ class RecDataModule(pl.LightningDataModule):
     def model_inputs(self) -> dict[str, Any]:
         """What a model built for this data needs to know (``recfunnel.tasks.build.build_task``)."""
         return {"schema": self.schema, "num_embeddings": self.num_embeddings, "item_counts": self.data.item_counts(),
-                "dense_stats": self.dense_stats()}
+                "dense_stats": self.dense_stats(), "text_vectors": self.pipeline.text_vectors}
 
     # -- loaders ---------------------------------------------------------------------------------
     def eval_dataloader(self, split: str) -> DataLoader:

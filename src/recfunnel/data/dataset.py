@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -42,9 +43,10 @@ class SplitData:
     ts: np.ndarray  # (N,) int64, seconds
     split: np.ndarray  # (N,) int8: TRAIN / VALID / TEST
     order: np.ndarray  # (N,) int64
+    cache_dir: Path | None = None  # the dataset's cache folder (``load_split``): derived data (text vectors) goes there
 
     @classmethod
-    def from_tables(cls, tables: Tables, min_events: int = 3) -> "SplitData":
+    def from_tables(cls, tables: Tables, min_events: int = 3) -> SplitData:
         tables.users = tables.users.sort_values("user_id", kind="stable").reset_index(drop=True)
         tables.items = tables.items.sort_values("item_id", kind="stable").reset_index(drop=True)
         inter = tables.interactions

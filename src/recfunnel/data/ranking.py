@@ -319,7 +319,7 @@ class RankingDataModule(pl.LightningDataModule):
     def model_inputs(self) -> dict[str, Any]:
         """What a ranker built for this data needs to know (``recfunnel.tasks.build.build_task``)."""
         return {"schema": self.schema, "num_embeddings": self.num_embeddings, "num_pair_dense": self.num_pair_dense,
-                "dense_stats": self.dense_stats(),
+                "dense_stats": self.dense_stats(), "text_vectors": self.pipeline.text_vectors,
                 "objectives": predicted(self.objectives)}
 
     # -- loaders ----------------------------------------------------------------------------------

@@ -39,9 +39,7 @@ import importlib
 import json
 import logging
 import os
-import shutil
 import sys
-import tempfile
 import types
 from collections.abc import Mapping
 from datetime import datetime, timezone
@@ -172,8 +170,10 @@ def load_tables(data_cfg: Mapping[str, Any], data_dir: str | Path) -> Tables:
 
 
 def load_split(data_cfg: Mapping[str, Any], data_dir: str | Path) -> SplitData:
-    """Tables plus dense indices and the protocol split."""
-    return SplitData.from_tables(load_tables(data_cfg, data_dir), min_events=int(data_cfg.get("min_events", 3)))
+    """Tables plus dense indices and the protocol split; ``cache_dir`` = ``data_dir/<name>``."""
+    data = SplitData.from_tables(load_tables(data_cfg, data_dir), min_events=int(data_cfg.get("min_events", 3)))
+    data.cache_dir = Path(data_dir) / str(data_cfg["name"])
+    return data
 
 
 # -- helpers ---------------------------------------------------------------------------------------

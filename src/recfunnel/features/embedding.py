@@ -8,7 +8,10 @@ For each tower the output is
 
     concat(pooled embedding of each sparse feature, in schema order;  (x_dense - mean) / std)
 
-with shape (B, ``tower_dim(tower)``). ``mean`` / ``std`` are per-tower buffers that the caller fills
+with shape (B, ``tower_dim(tower)``). A ``text`` feature is not a table of the collection: its id
+selects a row of a frozen (R, E) buffer of pretrained text vectors (``text_vectors``, from the
+pipeline), which a learned ``TextProjection`` maps to ``dim`` (row 0, no text, to a learned vector);
+it then takes its place among the pooled sparse features. ``mean`` / ``std`` are per-tower buffers that the caller fills
 from the train split with ``set_dense_stats`` (defaults 0 / 1, so raw values pass through).
 
 Two interchangeable backends, with identical parameters, state-dict keys
@@ -91,6 +94,26 @@ class TorchEmbeddingBagCollection(nn.Module):
         return out
 
 
+class TextProjection(nn.Module):
+    """Frozen text vectors → learned ``dim``-wide features: ids (B,) → (B, dim).
+
+    ``vectors`` (R, E) is a buffer (saved with the model, never trained); row 0 means "no text" and
+    maps to the learned ``missing`` vector, every other row to ``proj(vectors[id])``.
+    """
+
+    def __init__(self, vectors: np.ndarray | Tensor, dim: int):
+        super().__init__()
+        vectors = torch.as_tensor(np.asarray(vectors, dtype=np.float32))
+        self.register_buffer("vectors", vectors)
+        self.proj = nn.Linear(vectors.shape[1], dim)
+        self.missing = nn.Parameter(torch.empty(dim).uniform_(-0.05, 0.05))
+
+    def forward(self, ids: Tensor) -> Tensor:
+        ids = ids.long()
+        out = self.proj(self.vectors.index_select(0, ids))
+        return torch.where((ids == 0).unsqueeze(1), self.missing.to(out.dtype), out)
+
+
 class FeatureEmbedding(nn.Module):
     """Embeds the sparse features and normalises the dense features of every tower.
 
@@ -99,13 +122,17 @@ class FeatureEmbedding(nn.Module):
         num_embeddings: rows per table, keyed by table name (= the owning feature's name); extra
             keys are ignored.
         backend: ``"torchrec"`` or ``"torch"`` (see the module docstring).
+        text_vectors: {text feature: (R, E) pretrained vectors} for every ``text`` feature of the
+            schema (``FeaturePipeline.text_vectors``); loading a checkpoint replaces them.
 
     Attributes:
         ebc: the embedding-bag collection holding every table of every tower.
+        text: {text feature: TextProjection}.
         dense_mean_<tower>, dense_std_<tower>: (F_tower,) buffers, one pair per tower in ``TOWERS``.
     """
 
-    def __init__(self, schema: FeatureSchema, num_embeddings: Mapping[str, int], backend: str = "torchrec"):
+    def __init__(self, schema: FeatureSchema, num_embeddings: Mapping[str, int], backend: str = "torchrec",
+                 text_vectors: Mapping[str, np.ndarray] | None = None):
         super().__init__()
         if backend not in BACKENDS:
             raise RecfunnelError(f"embedding backend {backend!r} is not valid; choose one of: {', '.join(BACKENDS)}")
@@ -121,6 +148,13 @@ class FeatureEmbedding(nn.Module):
         self.table_features = {cfg.name: list(cfg.feature_names) for cfg in tables}
         self._sparse = {t: [f.name for f in schema.tower(t, "sparse")] for t in TOWERS}
         self._dims = {f.name: schema[f.table_name].dim for f in schema.features if f.is_sparse}
+        self.text = nn.ModuleDict()
+        for f in schema.text_features:
+            if text_vectors is None or f.name not in text_vectors:
+                raise RecfunnelError(f"feature '{f.name}' is kind text: the model needs its text vectors "
+                                     "(FeaturePipeline.text_vectors) as text_vectors")
+            self.text[f.name] = TextProjection(text_vectors[f.name], f.dim)
+        self._text = {t: [f.name for f in schema.tower(t, "text")] for t in TOWERS}
         for tower in TOWERS:
             n_dense = len(schema.tower(tower, "dense"))
             self.register_buffer(f"dense_mean_{tower}", torch.zeros(n_dense))
@@ -180,7 +214,10 @@ class FeatureEmbedding(nn.Module):
             if any(inputs[t].batch_size != batch_size for t in towers):
                 raise RecfunnelError(f"towers {towers} have batch sizes {[inputs[t].batch_size for t in towers]}; "
                                      "the query towers (user, context) must have one batch size")
-            out = self._call_collection(self._merge([inputs[t] for t in towers], batch_size))
+            out = self._call_collection(self._merge([inputs[t] for t in towers], batch_size)) if self._keys else {}
+            for t in towers:
+                for name in self._text[t]:
+                    out[name] = self.text[name](inputs[t].sparse[name].values())
             pooled.update((name, out[name]) for t in towers for name in self._sparse[t])
         return pooled
 
@@ -209,8 +246,8 @@ class FeatureEmbedding(nn.Module):
             spec = self.schema[name]
         except KeyError:
             spec = None
-        if spec is None or not spec.is_sparse:
-            raise RecfunnelError(f"sequence(): '{name}' is not a sparse feature of the schema; "
+        if spec is None or not spec.is_sparse or spec.kind == "text":
+            raise RecfunnelError(f"sequence(): '{name}' is not a sparse feature with a table; "
                                  f"choose one of: {', '.join(self._keys)}")
         if name not in kjt.keys():
             raise RecfunnelError(f"sequence(): the KJT has no key '{name}' (it has {kjt.keys()})")
@@ -313,7 +350,7 @@ def _table_configs(schema: FeatureSchema, num_embeddings: Mapping[str, int]) -> 
     """One config per table owner, in schema order; feature_names = owner, then its sharers."""
     configs = []
     for owner in schema.features:
-        if not owner.is_sparse or owner.table is not None:
+        if not owner.owns_table:
             continue
         users = [owner.name] + [f.name for f in schema.features if f.table == owner.name]
         rows = num_embeddings.get(owner.name)
@@ -328,7 +365,7 @@ def _table_configs(schema: FeatureSchema, num_embeddings: Mapping[str, int]) -> 
 
 
 def _table_names(schema: FeatureSchema) -> list[str]:
-    return [f.name for f in schema.features if f.is_sparse and f.table is None]
+    return [f.name for f in schema.features if f.owns_table]
 
 
 def fbgemm_ops_available() -> bool:
@@ -346,7 +383,8 @@ def fbgemm_ops_available() -> bool:
 
 
 def build_feature_embedding(schema: FeatureSchema, num_embeddings: Mapping[str, int],
-                            backend: str = "auto") -> FeatureEmbedding:
+                            backend: str = "auto", text_vectors: Mapping[str, np.ndarray] | None = None
+                            ) -> FeatureEmbedding:
     """``FeatureEmbedding`` with ``backend`` "torchrec", "torch" or "auto".
 
     "auto" picks "torchrec" when ``fbgemm_ops_available()`` (the target device is taken to be CUDA
@@ -357,4 +395,4 @@ def build_feature_embedding(schema: FeatureSchema, num_embeddings: Mapping[str, 
         backend = "torchrec" if fbgemm_ops_available() else "torch"
     elif backend not in BACKENDS:
         raise RecfunnelError(f"embedding backend {backend!r} is not valid; choose one of: auto, {', '.join(BACKENDS)}")
-    return FeatureEmbedding(schema, num_embeddings, backend)
+    return FeatureEmbedding(schema, num_embeddings, backend, text_vectors)

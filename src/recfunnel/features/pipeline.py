@@ -13,13 +13,17 @@ What "as of" means here (see ``../shared/EVALUATION.md``):
 - static attributes (demographics, genres, year: any column of the users / items table read by a
   ``user.<column>`` / ``item.<column>`` source) are known at all times. Each is encoded once per user
   / item (``static_codes``; list-valued columns as a CSR, ``list_ptr``), so a batch only gathers rows.
+  A ``text`` column is embedded once per distinct text (``text_vectors``: the frozen (R, E) table the
+  model projects; ``static_codes``: each user's / item's row in it, 0 = no text).
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import zlib
 from itertools import chain
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -28,8 +32,11 @@ import torch
 from recfunnel.data.dataset import SplitData
 from recfunnel.features.batch import TowerInput, make_kjt
 from recfunnel.features.schema import QUERY_TOWERS, FeatureSchema, FeatureSpec, table_column
+from recfunnel.features.text import TextEncoder, text_table
 from recfunnel.utils.arrays import concat_ranges, searchsorted_segments, sorted_unique
 from recfunnel.utils.errors import RecfunnelError
+
+log = logging.getLogger(__name__)
 
 # Sources whose ids are dense item indices: features of these may share the item-id table.
 ITEM_SPACE = {"item_id", "history.item_id", "session.item_id", "social.friend_items"}
@@ -145,10 +152,14 @@ class FeaturePipeline:
         schema: the validated feature schema.
         data: events with dense indices and the protocol split.
         where: name of the schema's source (a file or config path) for error messages.
+
+    ``text`` features are encoded once and cached in ``data.cache_dir / "text"`` (when the data has a
+    cache folder; otherwise encoded every time).
     """
 
     def __init__(self, schema: FeatureSchema, data: SplitData, where: str = "features"):
         self.schema, self.where = schema, where
+        self.text_cache = None if data.cache_dir is None else Path(data.cache_dir) / "text"
         self.num_users, self.num_items = data.num_users, data.num_items
         self.user_idx, self.item_idx, self.ts = data.user_idx, data.item_idx, data.ts
         self.split = data.split
@@ -202,12 +213,17 @@ class FeaturePipeline:
         self.static_codes: dict[str, np.ndarray] = {}  # feature → (E,) rows, or (nnz,) rows of a list column
         self.list_ptr: dict[str, np.ndarray] = {}  # list-valued source → (E+1,) CSR pointer into those rows
         self.dense_values: dict[str, np.ndarray] = {}  # dense column feature → (E,) float64, NaN → 0
+        self.text_vectors: dict[str, np.ndarray] = {}  # text feature → (R, E) float32, row 0 = no text
+        self._text_encoder: TextEncoder | None = None
         columns: dict[str, pd.Series] = {}
         for spec in schema.features:
             if table_column(spec.source) is not None:
                 if spec.source not in columns:
                     columns[spec.source] = self._source_column(spec, data)
                 self._column_feature(spec, columns[spec.source])
+            elif spec.kind == "text":
+                raise RecfunnelError(f"{where}: feature '{spec.name}' is kind text but reads {spec.source}; a text "
+                                     "feature reads a column: user.<column> or item.<column>")
             elif spec.kind != "dense":
                 enc = _Categorical(spec, None, where)
                 if enc.mode == "dense":
@@ -234,6 +250,9 @@ class FeaturePipeline:
         """Encode one ``user.<column>`` / ``item.<column>`` feature once per user / item: its
         ``static_codes`` (and ``list_ptr`` for multi_hot), or its ``dense_values``."""
         at = f"{self.where}: feature '{spec.name}' reads {spec.source}"
+        if spec.kind == "text":
+            self._text_feature(spec, values, at)
+            return
         shape = column_shape(values)
         if shape == "mixed":
             raise RecfunnelError(f"{at}, whose column holds lists in some rows only; make every value a list "
@@ -264,6 +283,18 @@ class FeaturePipeline:
         enc = _Categorical(spec, raw, self.where, numeric=shape == "numeric")
         self.encoders[spec.name] = enc
         self.static_codes[spec.name] = enc.encode(raw)
+
+    def _text_feature(self, spec: FeatureSpec, values: pd.Series, at: str) -> None:
+        """Embed a text column once per distinct text: ``text_vectors`` and each entity's row."""
+        if column_shape(values) == "numeric":
+            raise RecfunnelError(f"{at}, whose values are numbers, not text; make the feature kind: dense or categorical")
+        if self._text_encoder is None:
+            self._text_encoder = TextEncoder.from_config(self.schema.text_encoder_config,
+                                                         where=f"{self.where}: text_encoder")
+        rows, table, missing = text_table(values.to_numpy(dtype=object), self._text_encoder, self.text_cache)
+        if missing:
+            log.info("%s: %d of %d values have no text; they get the learned 'no text' vector", at, missing, len(values))
+        self.static_codes[spec.name], self.text_vectors[spec.name] = rows, table
 
     def _entity(self, table: str, rows, item_idx) -> np.ndarray:
         """(B,) users (of event ``rows``) or items (``item_idx``, else the events' own items)."""
@@ -403,7 +434,7 @@ class FeaturePipeline:
 
     def _sparse(self, spec: FeatureSpec, rows, item_idx, ts) -> tuple[np.ndarray, np.ndarray]:
         """(values, lengths) of one sparse feature for the batch."""
-        s, enc = spec.source, self.encoders[spec.name]
+        s, enc = spec.source, self.encoders.get(spec.name)
         if s == "user_id":
             return self.user_idx[rows], np.ones(len(rows), np.int64)
         if spec.name in self.static_codes:  # a users / items column

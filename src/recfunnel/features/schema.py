@@ -11,6 +11,9 @@ multi_hot       a bag of ids (e.g. an item's genres)
 sequence        an ordered list of ids, oldest first (e.g. the user's history); pooled by the
                 embedding bag, and also available unpooled for sequence encoders
 dense           one float per event, normalised with train-split statistics
+text            a text column (an item's title) embedded once per distinct text by the schema's
+                ``text_encoder`` (``features/text.py``), frozen, then projected to ``dim`` by a
+                learned linear map; missing text gets a learned "no text" vector
 ==============  ==================================================================================
 
 Besides the computed sources below (``SOURCES``), ``user.<column>`` and ``item.<column>`` read any
@@ -19,6 +22,9 @@ multi_hot (a list-valued column, e.g. a RecBole ``token_seq`` field) or dense (a
 Whether the column exists, and holds what the kind needs, is checked by the pipeline against the
 dataset's table. A feature of the user / context towers reads only query-side sources, one of the
 item tower only item-side sources (an item attribute on the query side would leak the target).
+
+The schema's ``text_encoder`` (optional mapping: ``kind``, ``model``, ``dim``, ``batch_size``; see
+``features/text.py``) embeds every ``text`` feature; ``kind: wordllama`` runs offline from its wheel.
 
 Sparse features own an embedding table (``dim``, ``pooling``) or share another feature's table
 (``table: item_id``): shared tables must agree on pooling. Ids are made dense by ``vocab: auto``
@@ -37,11 +43,11 @@ from recfunnel.utils.errors import RecfunnelError
 
 TOWERS = ("user", "item", "context")
 QUERY_TOWERS = ("user", "context")  # what is known of a request: the user and its context
-KINDS = ("categorical", "multi_hot", "sequence", "dense")
+KINDS = ("categorical", "multi_hot", "sequence", "dense", "text")
 POOLINGS = ("sum", "mean")
 TRANSFORMS = ("none", "log1p")
 
-COLUMN_KINDS = ("categorical", "multi_hot", "dense")  # what a user.<column> / item.<column> source can feed
+COLUMN_KINDS = ("categorical", "multi_hot", "dense", "text")  # what a user.<column> / item.<column> source can feed
 
 # source -> (tower it describes, kinds it can feed). The user.* / item.* ones named here are columns
 # as any other (listed for the record: the ML-100K demographics, genres and year).
@@ -114,7 +120,14 @@ class FeatureSpec:
 
     @property
     def is_sparse(self) -> bool:
+        """In the tower's KJT (one or more ids per row): every kind but dense (a text feature's id is
+        its row in the text table)."""
         return self.kind != "dense"
+
+    @property
+    def owns_table(self) -> bool:
+        """Owns an embedding table of the collection (text features own a frozen text table instead)."""
+        return self.is_sparse and self.kind != "text" and self.table is None
 
     @property
     def table_name(self) -> str:
@@ -130,6 +143,15 @@ class FeatureSchema:
     session_gap_s: int = 1800
     popularity_half_life_days: float = 30.0
     friend_items_per_friend: int = 2
+    text_encoder: tuple[tuple[str, Any], ...] = ()  # sorted (key, value) pairs; see features/text.py
+
+    @property
+    def text_encoder_config(self) -> dict[str, Any]:
+        return dict(self.text_encoder)
+
+    @property
+    def text_features(self) -> list[FeatureSpec]:
+        return [f for f in self.features if f.kind == "text"]
 
     def tower(self, tower: str, kind: str | None = None) -> list[FeatureSpec]:
         """Features of one tower (optionally one kind: 'sparse' / 'dense' / a KINDS value), in order."""
@@ -161,11 +183,17 @@ class FeatureSchema:
         feats_cfg = cfg.pop("features", None)
         if not feats_cfg:
             raise RecfunnelError(f"{where}: no 'features' mapping; declare at least one feature")
-        known_top = {"name", "session_gap_s", "popularity_half_life_days", "friend_items_per_friend"}
+        known_top = {"name", "session_gap_s", "popularity_half_life_days", "friend_items_per_friend", "text_encoder"}
         unknown = set(cfg) - known_top
         if unknown:
             raise RecfunnelError(f"{where}: unknown key(s) {sorted(unknown)}; valid keys: {sorted(known_top | {'features'})}")
         specs = [_parse_feature(name, dict(fc), where) for name, fc in dict(feats_cfg).items()]
+        if "text_encoder" in cfg:
+            encoder = cfg["text_encoder"]
+            if encoder is not None and not isinstance(encoder, Mapping):
+                raise RecfunnelError(f"{where}: text_encoder must be a mapping (kind, model, dim, batch_size), "
+                                     f"got {encoder!r}")
+            cfg["text_encoder"] = tuple(sorted(dict(encoder or {}).items()))
         schema = cls(name=str(cfg.get("name", "schema")), features=tuple(specs),
                      **{k: cfg[k] for k in known_top - {"name"} if k in cfg})
         _check_tables(schema, where)
@@ -223,6 +251,8 @@ def _parse_feature(name: str, fc: dict[str, Any], where: str) -> FeatureSpec:
 
 def _check_tables(schema: FeatureSchema, where: str) -> None:
     for f in schema.features:
+        if f.kind == "text" and f.table is not None:
+            raise RecfunnelError(f"{where}: feature '{f.name}' is kind text: it cannot share a table; drop 'table'")
         if f.table is None:
             continue
         try:
@@ -230,7 +260,7 @@ def _check_tables(schema: FeatureSchema, where: str) -> None:
         except KeyError:
             raise RecfunnelError(f"{where}: feature '{f.name}' shares table '{f.table}', which is not a feature; "
                                  f"choose one of: {', '.join(x.name for x in schema.features if x.is_sparse)}") from None
-        if owner.table is not None or not owner.is_sparse:
+        if not owner.owns_table:
             raise RecfunnelError(f"{where}: feature '{f.name}' must share the table of a sparse feature that owns one")
         if owner.pooling != f.pooling:
             raise RecfunnelError(f"{where}: features '{owner.name}' and '{f.name}' share a table but pool "

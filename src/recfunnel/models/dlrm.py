@@ -45,9 +45,10 @@ DCN_STRUCTURES = ("stacked", "parallel")
 class SparseArch(nn.Module):
     """The shared feature-embedding layer, per feature: → (B·C, F, D) and the (B·C, P_towers) dense."""
 
-    def __init__(self, schema: FeatureSchema, num_embeddings: Mapping[str, int], embedding_dim: int, backend: str):
+    def __init__(self, schema: FeatureSchema, num_embeddings: Mapping[str, int], embedding_dim: int, backend: str,
+                 text_vectors: Mapping[str, np.ndarray] | None = None):
         super().__init__()
-        self.embedding = build_feature_embedding(schema.with_dim(embedding_dim), num_embeddings, backend)
+        self.embedding = build_feature_embedding(schema.with_dim(embedding_dim), num_embeddings, backend, text_vectors)
         self.query_names = [n for t in QUERY_TOWERS for n in self.embedding.sparse_names(t)]
         self.item_names = self.embedding.sparse_names("item")
         self.num_features = len(self.query_names) + len(self.item_names)
@@ -129,6 +130,7 @@ class DLRM(nn.Module):
         objectives: the T objectives it predicts (``recfunnel.data.objectives``); None: engagement alone.
         multitask: None (one objective: the over arch gives its logit) or the ``MultiTaskHeads``
             arguments ({kind, experts, shared_experts, expert_hidden, tower_hidden}) for T > 1.
+        text_vectors: {text feature: (R, E)} pretrained vectors of the schema's text features.
 
     ``heads(batch)`` gives the (B, C, T) outputs; ``forward`` mixes them into one (B, C) score with
     ``mix`` (``ObjectiveMix``; every objective weighs 1 until the funnel sets its own).
@@ -138,11 +140,12 @@ class DLRM(nn.Module):
                  embedding_dim: int = 32, dense_hidden: Sequence[int] = (64,), interaction: str = "dot",
                  dcn: Mapping | None = None, top_width: int = 256, top_depth: int = 2, dropout: float = 0.1,
                  dense_stats: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None, backend: str = "auto",
-                 objectives: Sequence[Objective] | None = None, multitask: Mapping | None = None):
+                 objectives: Sequence[Objective] | None = None, multitask: Mapping | None = None,
+                 text_vectors: Mapping[str, np.ndarray] | None = None):
         super().__init__()
         self.objectives = list(objectives or parse_objectives(None))
         check_heads(self.objectives, multitask)
-        self.sparse_arch = SparseArch(schema, num_embeddings, embedding_dim, backend)
+        self.sparse_arch = SparseArch(schema, num_embeddings, embedding_dim, backend, text_vectors)
         stats = dict(dense_stats or {})
         for tower in (*QUERY_TOWERS, "item"):
             if tower in stats:

@@ -39,15 +39,17 @@ class TwoTower(nn.Module):
         encoder: extra keyword arguments of the encoder (layers, heads, dropout, width).
         dense_stats: {tower: (mean, std)} of dense features over the train split.
         backend: embedding backend, "auto" | "torchrec" | "torch".
+        text_vectors: {text feature: (R, E)} pretrained vectors of the schema's text features.
     """
 
     def __init__(self, schema: FeatureSchema, num_embeddings: Mapping[str, int], dim: int = 64,
                  user_hidden: Sequence[int] = (256,), item_hidden: Sequence[int] = (256,), dropout: float = 0.1,
                  normalize: bool = True, history_encoder: str = "none", history_feature: str = "hist_items",
                  history_side: Sequence[str] = (), encoder: Mapping | None = None,
-                 dense_stats: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None, backend: str = "auto"):
+                 dense_stats: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None, backend: str = "auto",
+                 text_vectors: Mapping[str, np.ndarray] | None = None):
         super().__init__()
-        self.embedding = build_feature_embedding(schema, num_embeddings, backend)
+        self.embedding = build_feature_embedding(schema, num_embeddings, backend, text_vectors)
         for tower, (mean, std) in (dense_stats or {}).items():
             self.embedding.set_dense_stats(tower, mean, std)
         self.normalize = normalize

@@ -113,7 +113,7 @@ class Recommender:
         schema, pipeline, genres, pairs = ranker_inputs(retriever.data, retriever.item_vectors, cfg.features,
                                                         cfg.pairs.profile_len, fusion.cooccurrence if fusion else None)
         net = hydra.utils.instantiate(cfg.model.net)(schema=schema, num_embeddings=pipeline.num_embeddings,
-                                                      num_pair_dense=len(pairs.names),
+                                                      num_pair_dense=len(pairs.names), text_vectors=pipeline.text_vectors,
                                                       objectives=predicted(parse_objectives(cfg.get("objectives"))))
         checkpoint = load_checkpoint(run_dir / "checkpoints" / "best.ckpt")
         state = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}

@@ -43,7 +43,7 @@ class RankingTask(RecTask):
     """Args:
         net: a ``DLRM`` factory (Hydra ``_partial_``) called with schema, num_embeddings, num_pair_dense,
             dense_stats.
-        schema, num_embeddings, num_pair_dense, dense_stats: from the ranking DataModule.
+        schema, num_embeddings, num_pair_dense, dense_stats, text_vectors: from the ranking DataModule.
         lr, weight_decay: AdamW settings.
         loss: ``bce`` (binary cross-entropy over the real pairs), ``softmax`` (cross-entropy of the
             positive against its event's negatives: listwise) or ``bce+softmax`` (their sum); with
@@ -60,13 +60,14 @@ class RankingTask(RecTask):
     def __init__(self, net: Callable[..., DLRM], schema: FeatureSchema, num_embeddings: Mapping[str, int],
                  num_pair_dense: int, dense_stats: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
                  lr: float = 1e-3, weight_decay: float = 0.0, loss: str = "bce",
-                 objectives: list[Objective] | None = None, uncertainty_weighting: bool = False):
+                 objectives: list[Objective] | None = None, uncertainty_weighting: bool = False,
+                 text_vectors: Mapping[str, np.ndarray] | None = None):
         super().__init__()
         if loss not in self.LOSSES:
             raise RecfunnelError(f"model.loss={loss!r} is not valid; choose one of: {', '.join(self.LOSSES)}")
         self.loss = loss
         self.net = net(schema=schema, num_embeddings=num_embeddings, num_pair_dense=num_pair_dense,
-                       dense_stats=dense_stats, objectives=objectives)
+                       dense_stats=dense_stats, objectives=objectives, text_vectors=text_vectors)
         self.objectives = self.net.objectives
         if len(self.objectives) > 1 and loss != "bce":
             raise RecfunnelError(f"model.loss={loss!r} is for one objective; with {len(self.objectives)} objectives "

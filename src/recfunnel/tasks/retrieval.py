@@ -41,7 +41,8 @@ class RetrievalTask(RecTask):
     """Args:
         net: a ``TwoTower`` factory (Hydra ``_partial_``) called with schema, num_embeddings, dense_stats.
         loss: the ``SampledSoftmaxLoss``.
-        schema, num_embeddings, dense_stats, item_counts: from the DataModule (train split only).
+        schema, num_embeddings, dense_stats, item_counts: from the DataModule (train split only);
+            text_vectors: the pretrained vectors of its text features.
         logq_source: where log q comes from when ``loss.logq_correction``: "exact" | "streaming".
         full_softmax: score each positive against the whole catalogue (exact softmax, as SASRec's
             next-item cross-entropy; the loss's temperature and label smoothing apply, its logQ,
@@ -57,12 +58,12 @@ class RetrievalTask(RecTask):
                  num_embeddings: Mapping[str, int], item_counts: np.ndarray,
                  dense_stats: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
                  logq_source: str = "exact", lr: float = 1e-3, weight_decay: float = 0.0, warmup_steps: int = 0,
-                 full_softmax: bool = False):
+                 full_softmax: bool = False, text_vectors: Mapping[str, np.ndarray] | None = None):
         super().__init__()
         if logq_source not in LOGQ_SOURCES:
             raise RecfunnelError(f"model.logq_source={logq_source!r} is not valid; choose one of: {', '.join(LOGQ_SOURCES)}")
         logq = logq_source if loss.logq_correction else "none"
-        self.net = net(schema=schema, num_embeddings=num_embeddings, dense_stats=dense_stats)
+        self.net = net(schema=schema, num_embeddings=num_embeddings, dense_stats=dense_stats, text_vectors=text_vectors)
         self.loss = loss
         self.logq, self.lr, self.weight_decay, self.warmup_steps = logq, lr, weight_decay, warmup_steps
         self.full_softmax = full_softmax
