@@ -144,15 +144,16 @@ def test_friend_items_come_from_friends_train_events_before_ts():
 
 
 @pytest.mark.parametrize("patch, message", [
-    ({"kind": "tensor"}, "kind='tensor' is not valid; choose one of: categorical, multi_hot, sequence, dense"),
+    ({"kind": "tensor"}, "kind='tensor' is not valid; choose one of: categorical, multi_hot, sequence, dense, text"),
     ({"source": "users.shoe_size"}, "source='users.shoe_size' is not valid; choose one of: .*user.age.*, or "
-                                    "user.<column> / item.<column> for a column of the users / items table"),
+                                    "user.<column> / item.<column> / context.<column> for a column of the users / "
+                                    "items / interactions table"),
     ({"source": "item.year"}, "source item.year describes the item; put it in the item tower"),
     ({"pooling": "max"}, "pooling='max' is not valid; choose one of: sum, mean"),
     ({"colour": 3}, r"unknown key\(s\) \['colour'\]"),
     ({"table": "nope"}, "shares table 'nope', which is not a feature"),
     ({"kind": "sequence"}, "kind \\(for source user.gender\\)='sequence' is not valid; choose one of: categorical, "
-                           "multi_hot, dense"),
+                           "multi_hot, dense, text"),
 ])
 def test_schema_errors_name_the_key_and_the_choices(patch, message):
     cfg = copy.deepcopy(SCHEMA)

@@ -10,12 +10,17 @@ from recfunnel.data.synthetic import (
     ANSWER_KEY_COLUMNS,
     CLICKBAIT_APPEAL,
     GENRES,
+    IN_SESSION_MAX_S,
     OCCUPATIONS,
+    QUERY_GENERIC,
+    QUERY_THEMES,
+    QUERY_VOCAB_SIZE,
     T_END,
     T_START,
     expected_revenue,
     generate_synthetic,
     purchase_probability,
+    query_vocabulary,
 )
 from recfunnel.data.tables import Tables
 from recfunnel.utils.errors import RecfunnelError
@@ -49,19 +54,29 @@ def test_same_seed_same_tables_other_seed_differs(tables):
 
 # Fingerprints (recfunnel.data.fingerprint.tables_fingerprint) of the tables the generator made before
 # prices and purchases existed (commit 2a6171c), restricted to the columns it made then: adding the
-# purchase stream (the 4th child of SeedSequence(seed).spawn(4)) must leave them bit-identical.
+# purchase stream (the 4th child of SeedSequence(seed).spawn(4)) must leave them bit-identical. Likewise
+# the tables it made before search queries existed (commit 972156d) and the query stream (the 5th child
+# of spawn(5)), whatever query_share.
 OLD_COLUMNS = {"interactions": ["user_id", "item_id", "ts", "rating"],
                "users": ["user_id", "age", "gender", "occupation", "zip", "cluster"],
                "items": ["item_id", "title", "year", "genres", "cluster"]}
+PRE_QUERY_COLUMNS = {"interactions": ["user_id", "item_id", "ts", "rating", "purchase", "revenue"],
+                     "users": ["user_id", "age", "gender", "occupation", "zip", "cluster", "price_sensitivity"],
+                     "items": ["item_id", "title", "year", "genres", "price", "cluster", "popularity", "appeal"]}
+SMALL = ((300, 200, 4000), {"seed": 3, "num_clusters": 5})
 
 
-@pytest.mark.parametrize("args, kwargs, fingerprint", [
-    ((USERS, ITEMS, EVENTS), {"seed": 0}, "ad132dd527c4c1b3"),
-    ((300, 200, 4000), {"seed": 3, "num_clusters": 5}, "017f799f4c84f1bd"),
+@pytest.mark.parametrize("columns, args, kwargs, fingerprint", [
+    (OLD_COLUMNS, (USERS, ITEMS, EVENTS), {"seed": 0}, "ad132dd527c4c1b3"),
+    (OLD_COLUMNS, *SMALL, "017f799f4c84f1bd"),
+    (PRE_QUERY_COLUMNS, (USERS, ITEMS, EVENTS), {"seed": 0}, "2f9669b8fb305b69"),
+    (PRE_QUERY_COLUMNS, *SMALL, "d6706bccf25485c2"),
+    (PRE_QUERY_COLUMNS, SMALL[0], {**SMALL[1], "query_share": 0.0}, "d6706bccf25485c2"),
+    (PRE_QUERY_COLUMNS, SMALL[0], {**SMALL[1], "query_share": 1.0}, "d6706bccf25485c2"),
 ])
-def test_purchases_leave_the_earlier_columns_bit_identical(tables, args, kwargs, fingerprint):
+def test_new_streams_leave_the_earlier_columns_bit_identical(tables, columns, args, kwargs, fingerprint):
     t = tables if kwargs == {"seed": 0} else generate_synthetic(*args, **kwargs)
-    old = Tables(**{name: getattr(t, name)[cols] for name, cols in OLD_COLUMNS.items()}, edges=t.edges)
+    old = Tables(**{name: getattr(t, name)[cols] for name, cols in columns.items()}, edges=t.edges)
     assert tables_fingerprint(old) == fingerprint
 
 
@@ -81,9 +96,10 @@ def test_chunk_size_changes_nothing(tables, monkeypatch):
 
 def test_columns_and_dtypes(tables):
     inter, users, items, edges = tables.interactions, tables.users, tables.items, tables.edges
-    assert list(inter.columns) == ["user_id", "item_id", "ts", "rating", "purchase", "revenue"]
+    assert list(inter.columns) == ["user_id", "item_id", "ts", "rating", "purchase", "revenue", "query",
+                                   "query_cluster"]
     assert [str(inter[c].dtype) for c in inter.columns] == ["int64", "int64", "int64", "float32", "float32",
-                                                            "float32"]
+                                                            "float32", "str", "int64"]
     assert inter["user_id"].between(0, USERS - 1).all() and inter["item_id"].between(0, ITEMS - 1).all()
     assert inter["ts"].is_monotonic_increasing  # a log: global time order
     assert inter["ts"].min() >= T_START and inter["ts"].max() < T_END
@@ -97,8 +113,8 @@ def test_columns_and_dtypes(tables):
     assert list(users.columns[5:]) == ["cluster", "price_sensitivity"]
 
     assert list(items.columns) == ["item_id", "title", "year", "genres", "price", "cluster", "popularity", "appeal"]
-    assert {f"{t}.{c}" for t, df in (("users", users), ("items", items)) for c in df.columns
-            if c in ("cluster", "price_sensitivity", "popularity", "appeal")} == set(ANSWER_KEY_COLUMNS)
+    assert {f"{t}.{c}" for t, df in (("users", users), ("items", items), ("interactions", inter)) for c in df.columns
+            if c in ("cluster", "price_sensitivity", "popularity", "appeal", "query_cluster")} == set(ANSWER_KEY_COLUMNS)
     assert (items["item_id"] == np.arange(ITEMS)).all() and items["title"].iloc[123] == "item 123"
     assert items["year"].between(1950, 2020).all() and (items["year"] % 1 == 0).all()
     assert all(isinstance(g, list) and 1 <= len(g) <= 3 and len(set(g)) == len(g) and set(g) <= set(GENRES)
@@ -192,6 +208,10 @@ def test_progress_bar(capsys):
     ((100, 100, 1000), {"friend_same_cluster": 1.5}, "friend_same_cluster"),
     ((100, 100, 1000), {"mean_session_length": 0.5}, "mean_session_length"),
     ((100, 100, 1000), {"chunk_size": 0}, "chunk_size"),
+    ((100, 100, 1000), {"query_share": 1.5}, r"query_share must be a number in \[0.0, 1.0\], got 1.5"),
+    ((100, 100, 1000), {"query_share": -0.1}, "query_share"),
+    ((100, 100, 1000), {"query_share": "0.3"}, "query_share"),
+    ((100, 100, 1000), {"query_share": float("nan")}, "query_share"),
     ((100.0, 100, 1000), {}, "num_users"),
 ])
 def test_bad_arguments(args, kwargs, message):
@@ -292,3 +312,117 @@ def test_tables_and_oracle_survive_the_parquet_cache(tables, tmp_path):
     _assert_same(tables, loaded)
     users, items = np.arange(50), np.tile(np.arange(-1, 30), (50, 1))
     assert np.array_equal(expected_revenue(loaded, users, items), expected_revenue(tables, users, items))
+
+
+# --- search queries -------------------------------------------------------------------------------
+def _sessions(inter: pd.DataFrame) -> np.ndarray:
+    """(N,) session number of each event, rebuilt from the log: a user's events in time order, a gap
+    over IN_SESSION_MAX_S starting a session (in-session gaps are at most that, others over an hour)."""
+    by_user = inter.sort_values(["user_id", "ts"], kind="stable")
+    user, ts = by_user["user_id"].to_numpy(), by_user["ts"].to_numpy()
+    new = np.r_[True, (user[1:] != user[:-1]) | (np.diff(ts) > IN_SESSION_MAX_S)]
+    session = np.empty(len(inter), np.int64)
+    session[by_user.index.to_numpy()] = np.cumsum(new) - 1
+    return session
+
+
+@pytest.fixture(scope="module")
+def sessions(tables):
+    """One row per session of ``tables``: its query, query_cluster, user cluster, and its events' item
+    clusters (most common first)."""
+    inter = tables.interactions
+    df = inter.assign(session=_sessions(inter), item_cluster=tables.items["cluster"].to_numpy()[inter["item_id"]],
+                      user_cluster=tables.users["cluster"].to_numpy()[inter["user_id"]])
+    grouped = df.groupby("session")
+    assert grouped["query"].nunique(dropna=False).eq(1).all()  # all events of a session share the query
+    assert grouped["query_cluster"].nunique().eq(1).all()
+    return grouped.agg(query=("query", "first"), query_cluster=("query_cluster", "first"),
+                       user_cluster=("user_cluster", "first"), events=("item_cluster", "size"),
+                       top_cluster=("item_cluster", lambda s: s.value_counts().index[0]))
+
+
+def test_a_share_of_sessions_has_a_query(tables, sessions):
+    has = sessions["query"].notna()
+    assert len(sessions) > 5000 and abs(has.mean() - 0.3) < 0.03  # query_share defaults to 0.3
+    assert ((sessions["query_cluster"] >= 0) == has).all() and (sessions["query_cluster"][~has] == -1).all()
+    inter = tables.interactions
+    assert (inter["query"].isna() == (inter["query_cluster"] == -1)).all()
+    assert sessions["query"][has].str.fullmatch(r"[a-z]+( [a-z]+){1,3}").all()  # 2-4 lowercase words
+    assert set(sessions["query"][has].str.split().str.len()) == {2, 3, 4}
+
+
+def test_query_words_come_mostly_from_the_cluster_vocabulary(tables, sessions):
+    vocab = query_vocabulary(tables.items)
+    queries = sessions[sessions["query"].notna()]
+    words = queries["query"].str.split()
+    own = np.array([sum(w in vocab[c] for w in ws) / len(ws) for ws, c in zip(words, queries["query_cluster"])])
+    assert 0.65 < own.mean() < 0.85 and (own > 0).all()  # noise, yet every query has an own word
+    assert all(len(set(ws) & set(vocab[c])) == sum(w in vocab[c] for w in ws)  # own words are distinct
+               for ws, c in zip(words, queries["query_cluster"]))
+    generic = np.mean([sum(w in QUERY_GENERIC for w in ws) / len(ws) for ws in words])
+    assert 0.05 < generic < 0.2
+    # the planted structure is recoverable from the text alone: the cluster with most words in the query
+    guess = np.array([np.argmax([len(set(ws) & set(v)) for v in vocab]) for ws in words])
+    assert (guess == queries["query_cluster"].to_numpy()).mean() > 0.85
+    # and without knowing the vocabularies: a cluster's most frequent query words are its vocabulary
+    for c, v in enumerate(vocab):
+        counts = words[queries["query_cluster"] == c].explode().value_counts()
+        assert set(counts.index[:QUERY_VOCAB_SIZE]) == set(v)
+
+
+def test_query_cluster_is_the_cluster_of_the_session_items(sessions):
+    queries = sessions[sessions["query"].notna()]
+    assert (queries["query_cluster"] == queries["user_cluster"]).all()
+    matches = queries["top_cluster"] == queries["query_cluster"]
+    assert matches.mean() > 0.75 and matches[queries["events"] >= 3].mean() > 0.85
+
+
+def test_query_vocabularies_are_themes_matching_the_genres(tables):
+    assert list(QUERY_THEMES)[:len(GENRES)] == GENRES
+    words = [w for theme in QUERY_THEMES.values() for w in theme] + list(QUERY_GENERIC)
+    assert len(words) == len(set(words)) and all(len(t) == QUERY_VOCAB_SIZE for t in QUERY_THEMES.values())
+    vocab = query_vocabulary(tables.items)
+    assert len(vocab) == 8 and len({w for v in vocab for w in v}) == 8 * QUERY_VOCAB_SIZE  # disjoint
+    theme_genre = {theme: genre for genre, theme in QUERY_THEMES.items()}
+    genres = tables.items.explode("genres")
+    overall = genres["genres"].value_counts(normalize=True)
+    for c, v in enumerate(vocab):
+        mine = genres.loc[genres["cluster"] == c, "genres"].value_counts(normalize=True)
+        genre = theme_genre[v]
+        assert genre in mine.index[:3] and mine[genre] > 2 * overall[genre]
+    assert query_vocabulary(tables.items.iloc[::-1]) == vocab  # row order does not matter
+
+
+def test_query_vocabulary_with_more_clusters_than_themes():
+    items = pd.DataFrame({"cluster": np.arange(300) % 30, "genres": [[GENRES[i % len(GENRES)]] for i in range(300)]})
+    vocab = query_vocabulary(items)
+    assert len(vocab) == 30 and len(set(vocab)) == 30 and all(len(set(v)) == QUERY_VOCAB_SIZE for v in vocab)
+    assert len({w for v in vocab[:len(QUERY_THEMES)] for w in v}) == len(QUERY_THEMES) * QUERY_VOCAB_SIZE
+    t = generate_synthetic(60, 300, 1000, num_clusters=30, query_share=1.0, seed=1)
+    assert t.interactions["query"].notna().all() and t.interactions["query_cluster"].between(0, 29).all()
+
+
+@pytest.mark.parametrize("num_clusters", [1, 2])
+def test_queries_with_few_clusters(num_clusters):
+    t = generate_synthetic(40, 20, 400, num_clusters=num_clusters, query_share=1.0, seed=2)
+    vocab = query_vocabulary(t.items)
+    inter = t.interactions
+    assert inter["query"].notna().all() and set(inter["query_cluster"]) == set(range(num_clusters))
+    allowed = {w for v in vocab for w in v} | set(QUERY_GENERIC)
+    assert set(inter["query"].str.split().explode()) <= allowed
+    if num_clusters == 1:  # noise can only be generic
+        assert set(inter["query"].str.split().explode()) <= set(vocab[0]) | set(QUERY_GENERIC)
+
+
+def test_query_share_zero_and_one_and_the_parquet_cache(tmp_path):
+    none = generate_synthetic(300, 200, 4000, seed=3, query_share=0.0)
+    assert none.interactions["query"].isna().all() and (none.interactions["query_cluster"] == -1).all()
+    assert str(none.interactions["query"].dtype) == "str"
+    every = generate_synthetic(300, 200, 4000, seed=3, query_share=1.0)
+    assert every.interactions["query"].notna().all() and (every.interactions["query_cluster"] >= 0).all()
+    some = generate_synthetic(300, 200, 4000, seed=3, query_share=0.5)
+    assert 0.4 < some.interactions["query"].notna().mean() < 0.6
+    none.save(tmp_path / "none")
+    _assert_same(none, Tables.load(tmp_path / "none"))
+    assert not generate_synthetic(300, 200, 4000, seed=4).interactions["query"].equals(
+        generate_synthetic(300, 200, 4000, seed=3).interactions["query"])

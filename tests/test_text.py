@@ -194,3 +194,34 @@ def test_text_features_configs_parse():
         schema = FeatureSchema.from_yaml(ROOT / f"configs/features/{name}.yaml")
         assert [f.name for f in schema.text_features] == ["title"]
         assert schema.text_encoder_config["kind"] == "wordllama"
+
+
+def test_a_search_query_is_read_as_of_its_own_event_and_a_served_request_has_none():
+    data = _titles_data()
+    queries = np.array([None] * 48, dtype=object)
+    queries[::3] = "spicy noodles"
+    queries[1::6] = "Ночь кино"
+    data.tables.interactions["query"] = queries
+    data.tables.interactions["place"] = np.where(np.arange(48) % 2, "cell_a", "cell_b")
+    schema = FeatureSchema.from_config({"name": "q", "features": {
+        **SCHEMA["features"],
+        "query": {"tower": "context", "kind": "text", "source": "context.query", "dim": 8},
+        "place": {"tower": "context", "kind": "categorical", "source": "context.place", "dim": 4}}})
+    pipe = FeaturePipeline(schema, data)
+    assert pipe.text_vectors["query"].shape == (3, 256)
+    rows = np.arange(48)
+    ctx = pipe.query(rows, "context")
+    codes = ctx.sparse["query"].values().numpy()
+    assert (codes[::3] > 0).all() and (codes[2::3] == 0).all() and len(set(codes[::3])) == 1
+    store_ctx = FeatureStore.build(pipe).queries(rows)["context"]
+    for key in ("query", "place"):
+        assert torch.equal(store_ctx.sparse[key].values(), ctx.sparse[key].values())
+    view, row = pipe.for_request(3, np.array([1]), np.array([10_000]), 10_001)
+    served = view.query(np.arange(row + 1), "context")
+    known = np.flatnonzero(data.user_idx == 3)[np.argsort(data.ts[data.user_idx == 3])]
+    assert served.sparse["query"].values().tolist() == [*codes[known].tolist(), 0, 0]  # the new events: no query
+    emb = build_feature_embedding(schema, pipe.num_embeddings, "torch", pipe.text_vectors)
+    assert emb({"context": ctx})["context"].shape == (48, 8 + 4)
+    with pytest.raises(RecfunnelError, match="source context.query describes the query; put it in the user or context"):
+        FeatureSchema.from_config({"name": "q", "features": {
+            **SCHEMA["features"], "query": {"tower": "item", "kind": "text", "source": "context.query"}}})

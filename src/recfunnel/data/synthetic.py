@@ -42,32 +42,52 @@
   ``purchase`` (float32 0/1) and ``revenue`` (float32, price x purchase). At the default config
   (10k users, 5k items, 500k events) about 23% of events are purchases. ``expected_revenue`` is the
   planted expected revenue of showing an item to a user, the oracle of a revenue ranking.
+- **Search queries.** A share ``query_share`` of sessions (those of the bullet above: a user's first
+  event, or one after a between-session gap, starts one) have a search query, a few noisy words
+  describing the session's taste cluster; every event of the session carries it in ``query``
+  (pandas ``str`` dtype, missing (NaN) for the events of a session without a query). Every event
+  draws its item from its user's cluster (with probability ``OWN_CLUSTER_SHARE``), so a session's
+  taste cluster is its user's cluster, the cluster most of its items belong to; the answer key
+  ``query_cluster`` (int64, -1 without a query) holds it. Each cluster has a vocabulary of
+  ``QUERY_VOCAB_SIZE`` English words, a theme of ``QUERY_THEMES`` (``query_vocabulary``): the theme
+  of the genre typical of the cluster's items (e.g. "scary haunted creepy ..." for a horror-heavy
+  cluster), each theme to one cluster while they last. A query has 2-4 words in random order, each
+  one of the cluster's own (distinct) words, or with probability ``QUERY_NOISE_SHARE`` noise: a
+  generic word (``QUERY_GENERIC``: "movie", "best", ...) or a word of another cluster's vocabulary;
+  at least one word is the cluster's own: about 76% of a query's words are its cluster's own, 12%
+  generic. With ``query_share=0`` the columns stay, with no query.
 
 **Answer keys** (``ANSWER_KEY_COLUMNS``), kept in the tables so that evaluation can read the planted
 truth, also from tables loaded back from the parquet cache, but never features (``features=auto``
 skips them): ``users.cluster``, ``users.price_sensitivity`` (of the user's cluster), ``items.cluster``,
-``items.popularity`` (the weight ``rank ** -zipf_exponent``) and ``items.appeal``.
+``items.popularity`` (the weight ``rank ** -zipf_exponent``), ``items.appeal`` and
+``interactions.query_cluster`` (the cluster a query describes).
 
 Ids are 0-based and equal to the dense index (``user_id`` 0..num_users-1, ``item_id`` 0..num_items-1).
 
 Determinism and scale: the same arguments give identical tables. The catalogue, users and activity
 come from one stream; the events of each block of ``BLOCK_USERS`` consecutive users from that block's
-own stream; the graph from a third stream; prices, appeal, sensitivities and purchases from a fourth
-(``SeedSequence(seed).spawn(4)``, whose first three children are those of ``spawn(3)``), so the
-other columns are those the generator made before purchases existed. Events are generated a chunk
-of whole blocks at a time (at most ``chunk_size`` events, or one block if that holds more), and
-purchases drawn in time order ``chunk_size`` events at a time (one uniform each), so memory stays
-O(num_interactions + chunk_size), no users x items array is ever built, and the tables do not depend
-on ``chunk_size``. Changing the graph arguments leaves the other tables unchanged.
+own stream; the graph from a third stream; prices, appeal, sensitivities and purchases from a fourth;
+the queries from a fifth (``SeedSequence(seed).spawn(5)``, whose first k children are those of
+``spawn(k)``), so the other columns are those the generator made before purchases, and queries,
+existed. Events are generated a chunk of whole blocks at a time (at most ``chunk_size`` events, or
+one block if that holds more), purchases drawn in time order ``chunk_size`` events at a time (one
+uniform each) and queries session by session in user order, about ``chunk_size`` uniforms at a time,
+so memory stays O(num_interactions + chunk_size), no users x items array is ever built, and the
+tables do not depend on ``chunk_size``. Changing the graph arguments, or ``query_share``, leaves the
+other columns unchanged.
 """
 
 from __future__ import annotations
 
+import itertools
 import numbers
 from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
 from recfunnel.data.tables import Tables
@@ -106,18 +126,55 @@ CLICKBAIT_APPEAL = -4.0  # ... with this appeal: clicked a lot, rarely bought
 PURCHASE_BASE = -1.7  # logit of a purchase for appeal 0, the median price, another cluster
 OWN_CLUSTER_BONUS = 0.5  # added to the logit when the item is in the user's cluster
 ANSWER_KEY_COLUMNS = ("users.cluster", "users.price_sensitivity", "items.cluster", "items.popularity",
-                      "items.appeal")  # "table.column": the planted truth, never a feature
+                      "items.appeal", "interactions.query_cluster")  # "table.column": planted truth, never a feature
+
+# Search queries. A theme per genre (same order as GENRES), then themes a cluster gets when the genres
+# run out; every theme has QUERY_VOCAB_SIZE words and no word is in two themes or in QUERY_GENERIC.
+QUERY_THEMES = {
+    "Action": ("explosive", "fights", "chase", "stunts", "martial", "hero", "fast", "adrenaline"),
+    "Adventure": ("quest", "journey", "treasure", "jungle", "expedition", "explore", "voyage", "island"),
+    "Animation": ("animated", "cartoon", "pixar", "anime", "colorful", "drawn", "puppet", "claymation"),
+    "Children's": ("kids", "family", "children", "bedtime", "cute", "puppy", "toddler", "playful"),
+    "Comedy": ("funny", "hilarious", "laugh", "silly", "comedy", "witty", "goofy", "parody"),
+    "Crime": ("crime", "heist", "gangster", "mafia", "cops", "robbery", "prison", "smuggling"),
+    "Documentary": ("documentary", "biography", "nature", "wildlife", "factual", "interview", "investigative",
+                    "educational"),
+    "Drama": ("emotional", "moving", "tearjerker", "drama", "serious", "tragic", "grief", "intimate"),
+    "Fantasy": ("magic", "dragons", "wizard", "elves", "sword", "enchanted", "fairy", "kingdom"),
+    "Film-Noir": ("noir", "shadowy", "hardboiled", "smoky", "cynical", "rainy", "monochrome", "fatale"),
+    "Horror": ("scary", "haunted", "creepy", "zombie", "ghost", "gory", "slasher", "nightmare"),
+    "Musical": ("musical", "singing", "dance", "broadway", "songs", "choreography", "melody", "stage"),
+    "Mystery": ("mystery", "detective", "whodunit", "clues", "puzzle", "secret", "sleuth", "riddle"),
+    "Romance": ("romantic", "love", "wedding", "heartfelt", "couple", "dating", "passion", "kiss"),
+    "Sci-Fi": ("space", "aliens", "robots", "futuristic", "spaceship", "cyberpunk", "galaxy", "dystopian"),
+    "Thriller": ("thriller", "suspense", "tense", "twist", "conspiracy", "psychological", "gripping", "spy"),
+    "War": ("war", "battle", "soldiers", "wwii", "army", "combat", "trenches", "military"),
+    "Western": ("western", "cowboy", "outlaw", "frontier", "desert", "saloon", "sheriff", "ranch"),
+    "sports": ("sports", "football", "boxing", "underdog", "team", "championship", "coach", "racing"),
+    "food": ("food", "cooking", "chef", "spicy", "recipe", "bakery", "kitchen", "delicious"),
+    "travel": ("travel", "roadtrip", "paris", "beach", "vacation", "tropical", "backpacking", "scenic"),
+    "cozy": ("cozy", "heartwarming", "gentle", "feelgood", "comforting", "warm", "relaxing", "wholesome"),
+    "history": ("historical", "medieval", "ancient", "royal", "empire", "victorian", "period", "epic"),
+    "music": ("rock", "jazz", "concert", "band", "guitar", "hiphop", "punk", "rhythm"),
+}
+QUERY_GENERIC = ("movie", "film", "best", "good", "top", "new", "classic", "tonight")  # no cluster's own
+QUERY_VOCAB_SIZE = 8  # words per cluster vocabulary (every theme's size)
+QUERY_WORDS = (2, 4)  # a query has 2 to 4 words (uniformly)
+QUERY_NOISE_SHARE = 0.25  # each word is noise with this probability (a query keeps >= 1 own word) ...
+QUERY_GENERIC_SHARE = 0.5  # ... and a noise word is generic with this probability, else another cluster's
 
 
 def generate_synthetic(num_users: int, num_items: int, num_interactions: int, *, seed: int = 0,
                        num_clusters: int = 8, zipf_exponent: float = 1.1, mean_session_length: float = 8.0,
                        friends_per_user: int = 10, friend_same_cluster: float = 0.8,
-                       chunk_size: int = 1_000_000, progress: bool = False) -> Tables:
+                       query_share: float = 0.3, chunk_size: int = 1_000_000, progress: bool = False) -> Tables:
     """Canonical tables with the planted structure of the module docstring.
 
     Returns ``Tables`` with
     interactions (num_interactions rows): user_id int64, item_id int64, ts int64, rating float32,
-    purchase float32 (0/1; every event is a click), revenue float32 (price x purchase);
+    purchase float32 (0/1; every event is a click), revenue float32 (price x purchase), query (str
+    dtype: the session's search query, NaN for a session without one) and the answer key
+    query_cluster int64 (-1 without a query);
     users (num_users rows): user_id, age int64, gender, occupation, zip (str), and the answer keys
     cluster int64, price_sensitivity float64;
     items (num_items rows): item_id, title (str), year float64, genres (list[str]), price float64, and
@@ -128,8 +185,9 @@ def generate_synthetic(num_users: int, num_items: int, num_interactions: int, *,
     than ``MIN_EVENTS`` events per user, more than half the catalogue per user, ...).
     """
     _check_args(num_users, num_items, num_interactions, seed, num_clusters, zipf_exponent,
-                mean_session_length, friends_per_user, friend_same_cluster, chunk_size)
-    static_seed, events_seed, graph_seed, purchase_seed = np.random.SeedSequence(seed).spawn(4)
+                mean_session_length, friends_per_user, friend_same_cluster, query_share, chunk_size)
+    # spawn(5)'s first four children are those of spawn(4): the query stream changes no other column
+    static_seed, events_seed, graph_seed, purchase_seed, query_seed = np.random.SeedSequence(seed).spawn(5)
     rng = np.random.default_rng(static_seed)
     users, user_cluster = _users(rng, num_users, num_clusters)
     items, item_cluster = _items(rng, num_items, num_clusters)
@@ -146,21 +204,29 @@ def generate_synthetic(num_users: int, num_items: int, num_interactions: int, *,
     item = np.empty(num_interactions, np.int64)
     ts = np.empty(num_interactions, np.int64)
     rating = np.empty(num_interactions, np.float32)
+    session_start = np.empty(num_interactions, bool)
     for b_lo, b_hi in tqdm(list(zip(bounds[:-1], bounds[1:])), desc="synthetic events", unit="chunk",
                            disable=not progress):
         u_lo, u_hi = b_lo * BLOCK_USERS, min(b_hi * BLOCK_USERS, num_users)
         e_lo, e_hi = event_end[u_lo] - counts[u_lo], event_end[u_hi - 1]
         rngs = [np.random.default_rng(s) for s in block_seeds[b_lo:b_hi]]
-        item[e_lo:e_hi], ts[e_lo:e_hi], rating[e_lo:e_hi] = _chunk_events(
+        item[e_lo:e_hi], ts[e_lo:e_hi], rating[e_lo:e_hi], session_start[e_lo:e_hi] = _chunk_events(
             rngs, counts[u_lo:u_hi], user_cluster[u_lo:u_hi], sampler, item_cluster, item_quality,
             mean_session_length)
 
     columns = {"user_id": np.repeat(np.arange(num_users, dtype=np.int64), counts),
                "item_id": item, "ts": ts, "rating": rating}
     del item, ts, rating
+    # Sessions in user order (the order of the events here); a session's taste cluster is its user's.
+    query, query_cluster = _queries(np.random.default_rng(query_seed),
+                                    user_cluster[columns["user_id"][session_start]], query_vocabulary(items),
+                                    query_share, chunk_size)
+    session = np.cumsum(session_start) - 1  # (E,) session of each event
+    del session_start
     order = np.argsort(columns["ts"], kind="stable")
     for name in columns:  # one column at a time: peak memory is the table plus one column
         columns[name] = columns[name][order]
+    session = session[order]
     del order
     catalogue_seed, purchase_events_seed = purchase_seed.spawn(2)
     price, appeal, sensitivity = _purchase_model(np.random.default_rng(catalogue_seed), weight, item_cluster,
@@ -168,6 +234,10 @@ def generate_synthetic(num_users: int, num_items: int, num_interactions: int, *,
     columns["purchase"], columns["revenue"] = _purchases(
         np.random.default_rng(purchase_events_seed), columns["user_id"], columns["item_id"], user_cluster,
         item_cluster, price, appeal, sensitivity, chunk_size)
+    # taken per event in arrow: pandas' str dtype without converting Python objects
+    columns["query"] = pd.array(query.take(pa.array(session)), dtype=pd.StringDtype("pyarrow", na_value=np.nan))
+    columns["query_cluster"] = query_cluster[session]
+    del session, query
     interactions = pd.DataFrame(columns, copy=False)
     users["price_sensitivity"] = sensitivity[user_cluster]
     items.insert(items.columns.get_loc("cluster"), "price", price)
@@ -224,6 +294,44 @@ def expected_revenue(tables: Tables, users: np.ndarray, items: np.ndarray,
     out = p_choice * purchase_probability(tables, users_, items_) * it["price"][items_]
     out[empty] = 0.0
     return out
+
+
+def query_vocabulary(items: pd.DataFrame) -> list[tuple[str, ...]]:
+    """The search-query vocabulary of each taste cluster: entry c holds cluster c's
+    ``QUERY_VOCAB_SIZE`` words (a theme of ``QUERY_THEMES``).
+
+    The genre themes go to the clusters greedily: the (cluster, genre) pair with the largest share of
+    the cluster's items listing the genre first, each cluster and genre once, so a cluster's words
+    match the genre typical of its items. Clusters left over (more clusters than genres) take the
+    other themes in order and, past those, the first half of one theme and the second half of
+    another (pairs of themes in order, repeating past the last pair): their vocabularies overlap.
+    Reads only the items' ``cluster`` and ``genres`` columns, so it works on cached tables too.
+    """
+    it = _columns(items, "items", ("cluster", "genres"))
+    cluster = it["cluster"].astype(np.int64)
+    num_clusters, num_genres = int(cluster.max(initial=-1)) + 1, len(GENRES)
+    lengths = np.fromiter(map(len, it["genres"]), np.int64, len(cluster))
+    genre = pd.Index(GENRES).get_indexer(list(itertools.chain.from_iterable(it["genres"])))
+    known = genre >= 0
+    pair = np.repeat(cluster, lengths)[known] * num_genres + genre[known]
+    share = np.bincount(pair, minlength=num_clusters * num_genres).reshape(num_clusters, num_genres)
+    share = share / np.maximum(np.bincount(cluster, minlength=num_clusters), 1)[:, None]
+    theme = np.full(num_clusters, -1, np.int64)
+    for _ in range(min(num_clusters, num_genres)):
+        c, g = np.unravel_index(np.argmax(share), share.shape)
+        theme[c] = g
+        share[c, :] = share[:, g] = -1.0
+    themes = list(QUERY_THEMES.values())
+    left = np.flatnonzero(theme < 0)
+    extra = min(len(left), len(themes) - num_genres)
+    theme[left[:extra]] = np.arange(num_genres, num_genres + extra)
+    vocab = [themes[t] for t in theme.tolist()]
+    half = QUERY_VOCAB_SIZE // 2
+    pairs = list(itertools.combinations(range(len(themes)), 2))
+    for j, c in enumerate(left[extra:].tolist()):
+        a, b = pairs[j % len(pairs)]
+        vocab[c] = themes[a][:half] + themes[b][half:]
+    return vocab
 
 
 def _slots(users: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -287,8 +395,71 @@ def _purchases(rng: np.random.Generator, user: np.ndarray, item: np.ndarray, use
     return purchase, revenue
 
 
+def _queries(rng: np.random.Generator, session_cluster: np.ndarray, vocab: list[tuple[str, ...]],
+             share: float, chunk_size: int) -> tuple[pa.Array, np.ndarray]:
+    """Queries of sessions whose taste cluster is ``session_cluster`` (S,); ``vocab`` as made by
+    ``query_vocabulary``. Returns (S,) query text (arrow large_string, null for a session without a
+    query) and (S,) query_cluster int64 (-1 without a query).
+
+    A session has a query with probability ``share``; the query has 2-4 words (``QUERY_WORDS``), each
+    noise with probability ``QUERY_NOISE_SHARE`` (a generic word with probability
+    ``QUERY_GENERIC_SHARE``, else a word of another cluster's vocabulary), else a word of the cluster's
+    own vocabulary; at least one word is the cluster's own; own words are distinct, generic words too.
+    Every word slot draws the same way, so the words come in random order. The stream gives one
+    uniform per session, then one row of uniforms per query session, ``chunk_size // width`` rows at a
+    time, so memory is O(S + chunk_size) and the result does not depend on ``chunk_size``.
+    """
+    num_sessions, num_clusters, size = len(session_cluster), len(vocab), QUERY_VOCAB_SIZE
+    table = pa.array([w for words in vocab for w in words] + list(QUERY_GENERIC), type=pa.large_string())
+    generic_at, num_generic = num_clusters * size, len(QUERY_GENERIC)  # word index of generic word 0
+    fewest, most = QUERY_WORDS
+    has = np.flatnonzero(rng.random(num_sessions) < share)
+    cluster = np.full(num_sessions, -1, np.int64)
+    cluster[has] = session_cluster[has]
+    # columns of a query's uniforms: length, forced own slot, then per slot: noise, generic, other
+    # cluster, other word, own word, generic word
+    width = 2 + 6 * most
+    rows = max(1, chunk_size // width)
+    texts = [pa.array([], pa.large_string())]
+    for lo in range(0, len(has), rows):
+        sel = has[lo:lo + rows]
+        u = rng.random((len(sel), width))
+        slot_u = u[:, 2:].reshape(len(sel), 6, most)
+        c = session_cluster[sel][:, None]
+        n = fewest + (u[:, 0] * (most - fewest + 1)).astype(np.int64)  # (m,) words
+        noise = slot_u[:, 0] < QUERY_NOISE_SHARE  # (m, most)
+        generic = (slot_u[:, 1] < QUERY_GENERIC_SHARE) | (num_clusters == 1)
+        other = (c + 1 + (slot_u[:, 2] * (num_clusters - 1)).astype(np.int64)) % num_clusters
+        other_word = other * size + (slot_u[:, 3] * size).astype(np.int64)
+        own = c * size + _distinct(slot_u[:, 4], size)
+        gen = generic_at + _distinct(slot_u[:, 5], num_generic)
+        used = np.arange(most) < n[:, None]
+        all_noise = np.flatnonzero(~(used & ~noise).any(axis=1))
+        noise[all_noise, (u[all_noise, 1] * n[all_noise]).astype(np.int64)] = False
+        word = np.where(noise, np.where(generic, gen, other_word), own)  # (m, most) word indices
+        slots = [table.take(pa.array(word[:, j], mask=~used[:, j])) for j in range(most)]  # null: unused
+        texts.append(pc.binary_join_element_wise(*slots, pa.scalar(" ", pa.large_string()),
+                                                 null_handling="skip"))
+    which = np.full(num_sessions, -1, np.int64)  # (S,) row of the session's query in ``texts``
+    which[has] = np.arange(len(has))
+    return pa.concat_arrays(texts).take(pa.array(which, mask=which < 0)), cluster
+
+
+def _distinct(u: np.ndarray, size: int) -> np.ndarray:
+    """(m, k) distinct draws per row from range(size) (k <= size), from uniforms ``u`` (m, k): column j
+    is the r-th value unused by columns < j, r uniform in range(size - j) (no per-row sort)."""
+    out = np.empty(u.shape, np.int64)
+    for j in range(u.shape[1]):
+        rank = (u[:, j] * (size - j)).astype(np.int64)
+        w = rank
+        for _ in range(j):  # w = rank + #{earlier <= w}: a fixed point after at most j steps
+            w = rank + (out[:, :j] <= w[:, None]).sum(axis=1)
+        out[:, j] = w
+    return out
+
+
 def _check_args(num_users, num_items, num_interactions, seed, num_clusters, zipf_exponent,
-                mean_session_length, friends_per_user, friend_same_cluster, chunk_size) -> None:
+                mean_session_length, friends_per_user, friend_same_cluster, query_share, chunk_size) -> None:
     def integer(name: str, value, low: int) -> None:
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
             raise RecfunnelError(f"{name} must be an integer >= {low}, got {value!r}")
@@ -306,6 +477,7 @@ def _check_args(num_users, num_items, num_interactions, seed, num_clusters, zipf
     real("zipf_exponent", zipf_exponent, 0.0, 10.0)
     real("mean_session_length", mean_session_length, 1.0)
     real("friend_same_cluster", friend_same_cluster, 0.0, 1.0)
+    real("query_share", query_share, 0.0, 1.0)
     if num_items < MIN_EVENTS:
         raise RecfunnelError(f"num_items={num_items} is too small: every user needs {MIN_EVENTS} distinct items")
     if num_clusters > num_items:
@@ -447,11 +619,13 @@ def _draw(rngs: list[np.random.Generator], counts: np.ndarray,
 
 def _chunk_events(rngs: list[np.random.Generator], counts: np.ndarray, user_cluster: np.ndarray,
                   sampler: _ItemSampler, item_cluster: np.ndarray, item_quality: np.ndarray,
-                  mean_session_length: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  mean_session_length: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Events of one chunk of users (whole blocks; ``rngs`` has one generator per block).
 
-    counts, user_cluster: (n_users,). Returns item (E,) int64, ts (E,) int64, rating (E,) float32 with
-    E = counts.sum(), grouped by user in chunk order and in time order within each user.
+    counts, user_cluster: (n_users,). Returns item (E,) int64, ts (E,) int64, rating (E,) float32 and
+    new_session (E,) bool (the event starts a session: a user's first event, or one after a
+    between-session gap) with E = counts.sum(), grouped by user in chunk order and in time order
+    within each user.
     """
     n_users = len(counts)
     local = np.repeat(np.arange(n_users), counts)  # (E,) user index within the chunk
@@ -471,7 +645,9 @@ def _chunk_events(rngs: list[np.random.Generator], counts: np.ndarray, user_clus
 
     in_session = np.minimum(np.rint(np.exp(np.log(IN_SESSION_MEDIAN_S) + normal[:, 0])), IN_SESSION_MAX_S)
     between = BETWEEN_SESSION_MIN_S + np.rint(np.exp(np.log(BETWEEN_SESSION_MEDIAN_S) + 1.2 * normal[:, 0]))
-    gap = np.where(uniform[:, 3] < 1.0 / mean_session_length, between, np.maximum(in_session, 1.0))
+    new_session = uniform[:, 3] < 1.0 / mean_session_length
+    new_session[starts] = True
+    gap = np.where(new_session, between, np.maximum(in_session, 1.0))
     gap[starts] = 0.0
     offset = np.cumsum(gap)
     offset -= np.repeat(offset[starts], counts)
@@ -485,7 +661,7 @@ def _chunk_events(rngs: list[np.random.Generator], counts: np.ndarray, user_clus
     own = item_cluster[item] == cluster
     stars = 2.9 + 1.1 * own + item_quality[item] + 0.9 * normal[:, 1]
     rating = np.clip(np.rint(stars), 1, 5).astype(np.float32)
-    return item, ts, rating
+    return item, ts, rating, new_session
 
 
 def _redraw_repeats(item: np.ndarray, local: np.ndarray, cluster: np.ndarray, sampler: _ItemSampler,

@@ -297,9 +297,12 @@ class FeaturePipeline:
         self.static_codes[spec.name], self.text_vectors[spec.name] = rows, table
 
     def _entity(self, table: str, rows, item_idx) -> np.ndarray:
-        """(B,) users (of event ``rows``) or items (``item_idx``, else the events' own items)."""
+        """(B,) users (of event ``rows``), the events themselves, or items (``item_idx``, else the
+        events' own items)."""
         if table == "users":
             return self.user_idx[rows]
+        if table == "interactions":
+            return np.asarray(rows, dtype=np.int64)
         return self.item_idx[rows] if item_idx is None else item_idx
 
     # ------------------------------------------------------------------------------------------
@@ -365,6 +368,15 @@ class FeaturePipeline:
         view.timeline_ptr = np.zeros(self.num_users + 1, dtype=np.int64)
         view.timeline_ptr[user_idx + 1:] = n
         view.session_start = _session_starts(view.user_idx, ts, self.schema.session_gap_s)
+        # context.<column> values of the view's events: the known ones', then none (row 0) for the new
+        # events and the request, whose own context the data does not hold
+        view.static_codes, view.dense_values = dict(self.static_codes), dict(self.dense_values)
+        for spec in self.schema.features:
+            col = table_column(spec.source)
+            if col is None or col[0] != "interactions":
+                continue
+            values = view.dense_values if spec.name in self.dense_values else view.static_codes
+            values[spec.name] = np.r_[values[spec.name][known], np.zeros(n - len(known), values[spec.name].dtype)]
         return view, n - 1
 
     def catalogue_time(self) -> int:

@@ -18,7 +18,10 @@ text            a text column (an item's title) embedded once per distinct text 
 
 Besides the computed sources below (``SOURCES``), ``user.<column>`` and ``item.<column>`` read any
 column of the users / items table (``table_column``): categorical (one value per user / item),
-multi_hot (a list-valued column, e.g. a RecBole ``token_seq`` field) or dense (a numeric column).
+multi_hot (a list-valued column, e.g. a RecBole ``token_seq`` field), dense (a numeric column) or
+text. ``context.<column>`` reads a column of the interactions table: the event's own value, known
+when the request is made (a search query as text, the place the user is as a categorical cell); a
+served request has none (missing: row 0) unless the data holds it.
 Whether the column exists, and holds what the kind needs, is checked by the pipeline against the
 dataset's table. A feature of the user / context towers reads only query-side sources, one of the
 item tower only item-side sources (an item attribute on the query side would leak the target).
@@ -71,18 +74,20 @@ SOURCES: dict[str, tuple[str, tuple[str, ...]]] = {
     "item.pop_count": ("item", ("dense",)),
     "item.pop_decayed": ("item", ("dense",)),
 }
-# computed sources that look like table columns: they are not read from the users / items table
-COMPUTED = {"user.activity", "item.pop_count", "item.pop_decayed"}
-COLUMN_PREFIXES = {"user.": "users", "item.": "items"}
+# computed sources that look like table columns: they are not read from the users / items / interactions table
+COMPUTED = {"user.activity", "item.pop_count", "item.pop_decayed", "context.hour", "context.weekday"}
+COLUMN_PREFIXES = {"user.": "users", "item.": "items", "context.": "interactions"}
+EVENT_COLUMN_KINDS = ("categorical", "dense", "text")  # what a context.<column> source can feed
 _FIELDS = {"tower", "kind", "source", "dim", "pooling", "table", "vocab", "buckets", "hash_size",
            "max_len", "prefix", "transform"}
 
 
 def table_column(source: str) -> tuple[str, str] | None:
-    """("users" | "items", column) a source reads from a table, or None for a computed source.
+    """("users" | "items" | "interactions", column) a source reads from a table, or None for a computed source.
 
-    ``user.age`` → ("users", "age"), ``item.brand`` → ("items", "brand"); ``user.activity``,
-    ``item.pop_count``, ``item.pop_decayed``, ``user_id``, ``history.*``... → None.
+    ``user.age`` → ("users", "age"), ``item.brand`` → ("items", "brand"), ``context.query`` →
+    ("interactions", "query"); ``user.activity``, ``item.pop_count``, ``context.hour``, ``user_id``,
+    ``history.*``... → None.
     """
     if source in COMPUTED:
         return None
@@ -99,6 +104,8 @@ def source_info(source: str) -> tuple[str, tuple[str, ...]] | None:
     col = table_column(source)
     if col is None:
         return None
+    if col[0] == "interactions":
+        return "context", EVENT_COLUMN_KINDS
     return ("user" if col[0] == "users" else "item"), COLUMN_KINDS
 
 
@@ -230,7 +237,8 @@ def _parse_feature(name: str, fc: dict[str, Any], where: str) -> FeatureSpec:
     info = source_info(str(fc["source"]))
     if info is None:
         raise RecfunnelError(f"{at}: source={fc['source']!r} is not valid; choose one of: {', '.join(sorted(SOURCES))}, "
-                             "or user.<column> / item.<column> for a column of the users / items table")
+                             "or user.<column> / item.<column> / context.<column> for a column of the users / items / "
+                             "interactions table")
     side, kinds = info
     _choice(at, f"kind (for source {fc['source']})", fc["kind"], kinds)
     if (side == "item") != (fc["tower"] == "item"):

@@ -174,7 +174,7 @@ class FeatureStore:
         """(values, lengths) of a history or session feature: the newest ``max_len`` earlier events."""
         first = _SESSION if spec.source == "session.item_id" else _FIRST
         if (first, spec.max_len) not in slices:  # hist_items and hist_age share one slice
-            end = bounds[:, _END]
+            end = bounds[:, _END].astype(np.int64)  # bounds may be uint8: end - max_len must not wrap
             start = np.maximum(bounds[:, first], end - spec.max_len)
             slices[first, spec.max_len] = (concat_ranges(start, end), end - start)
         positions, lengths = slices[first, spec.max_len]
