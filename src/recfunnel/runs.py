@@ -38,6 +38,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from recfunnel.data.datamodule import RecDataModule
 from recfunnel.data.objectives import parse_objectives, predicted
 from recfunnel.data.sources import load_split
+from recfunnel.eval.cold import cold_targets
 from recfunnel.eval.funnel import evaluate_funnel, objective_metrics, rerank_ablation
 from recfunnel.eval.protocol import EvalSet
 from recfunnel.eval.protocol import evaluate as evaluate_protocol
@@ -604,15 +605,17 @@ def ranker_metrics(ranker: Mapping[str, float]) -> dict[str, float]:
 def evaluate_stages(cfg: DictConfig, retriever: Retriever, dm: Any, task: pl.LightningModule,
                     fusion: RankFusion | None = None) -> dict[str, float]:
     """Each stage of the funnel (retrieval, + ranker, + re-ranking) on valid and test, what leaving
-    out each re-ranking stage changes, and the end of the funnel under the usual keys."""
+    out each re-ranking stage changes, and the end of the funnel under the usual keys (the final
+    lists' ``final/cold/...`` too: ``{split}/cold/ndcg@10``, beside ``{split}/cold/targets``)."""
     reranker = build_reranker(cfg.rerank)
     catalogue = item_catalogue(dm.data.tables.items, dm.genres, retriever.item_vectors)
     funnel = Funnel(retriever, task.net, dm.pairs, reranker, catalogue, cfg.pairs.candidates, cfg.funnel.top_n, fusion)
     metrics: dict[str, float] = {}
     for split in ("valid", "test"):
         rows = dm.eval_rows[split]
-        stage, slates = evaluate_funnel(funnel, dm.pipeline, rows, cfg.funnel.batch_size, cfg.funnel.timing_users)
-        seen = Seen(*retriever.seen_before(retriever.pipeline, rows))
+        stage, slates = evaluate_funnel(funnel, dm.pipeline, rows, cfg.funnel.batch_size, cfg.funnel.timing_users,
+                                        cold=cold_targets(dm.data, rows))
+        seen = funnel.seen(retriever.pipeline, rows)  # seen items and where each user is (geo stages)
         stage.update(rerank_ablation(slates["ranked"], catalogue, seen, reranker, dm.pipeline.item_idx[rows],
                                      cfg.funnel.top_n, dm.data.num_items, catalogue.genres.astype(np.float32)))
         stage.update(objective_metrics(slates["final"], dm.pipeline.item_idx[rows], dm.labels[rows],

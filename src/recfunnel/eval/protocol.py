@@ -1,8 +1,9 @@
 """The evaluation protocol as data: which users, which target, which items to exclude, per split.
 
 ``EvalSet.build(data, "test")`` gives every user with a test event, the target item, and a CSR
-list of excluded items (train items for valid; train + valid items for test). ``evaluate`` runs any
-scorer over the full catalogue in user chunks and averages ``metrics.ranking_metrics``.
+list of excluded items (train items for valid; train + valid items for test), and which targets are
+cold (``recfunnel.eval.cold``). ``evaluate`` runs any scorer over the full catalogue in user chunks and
+averages ``metrics.ranking_metrics``, over all targets and over the cold ones (``cold/...`` keys).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from recfunnel.data.dataset import TEST, TRAIN, VALID, SplitData
+from recfunnel.eval.cold import cold_means, cold_sums, cold_targets
 from recfunnel.eval.metrics import ranking_metrics
 from recfunnel.utils.arrays import concat_ranges, sorted_unique
 
@@ -28,6 +30,8 @@ class EvalSet:
     rows: (U,) event row of each target (index into the interactions table).
     users: (U,) dense user index; targets: (U,) dense item index.
     exclude_ptr: (U+1,), exclude_items: (E,) CSR of items removed from each user's candidates.
+    cold: (U,) bool, whether each target's item is cold (``recfunnel.eval.cold``); None: not known,
+        no cold slice.
     """
 
     name: str
@@ -36,6 +40,7 @@ class EvalSet:
     targets: np.ndarray
     exclude_ptr: np.ndarray
     exclude_items: np.ndarray
+    cold: np.ndarray | None = None
 
     @classmethod
     def build(cls, data: SplitData, name: str) -> EvalSet:
@@ -52,7 +57,7 @@ class EvalSet:
         ends = np.searchsorted(su, users, side="right")
         ptr = np.r_[0, np.cumsum(ends - starts)]
         items = si[concat_ranges(starts, ends)]
-        return cls(name, rows, users, data.item_idx[rows], ptr, items)
+        return cls(name, rows, users, data.item_idx[rows], ptr, items, cold_targets(data, rows))
 
     def __len__(self) -> int:
         return len(self.users)
@@ -73,14 +78,23 @@ Scorer = Callable[[np.ndarray], torch.Tensor]
 @torch.no_grad()
 def evaluate(scorer: Scorer, evalset: EvalSet, num_items: int, chunk_size: int = 1024,
              progress: bool = False) -> dict[str, float]:
-    """Mean metrics of ``scorer`` over ``evalset``, keys like ``recall@10``, ``ndcg@10``, ``mrr``."""
+    """Mean metrics of ``scorer`` over ``evalset``, keys like ``recall@10``, ``ndcg@10``, ``mrr``, and
+    (when ``evalset.cold`` is known) the cold slice: ``cold/recall@10``, ..., ``cold/targets``."""
     sums: dict[str, float] = {}
+    cold: dict[str, float] = {}
     starts = range(0, len(evalset), chunk_size)
     for lo in tqdm(starts, desc=f"eval {evalset.name}", disable=not progress, leave=False):
         positions = np.arange(lo, min(lo + chunk_size, len(evalset)))
         scores = scorer(positions)
         exclude = evalset.exclusion_pairs(positions, device=scores.device)
         targets = torch.as_tensor(evalset.targets[positions], device=scores.device)
-        for k, v in ranking_metrics(scores.float(), targets, exclude).items():
+        per_target = ranking_metrics(scores.float(), targets, exclude)
+        for k, v in per_target.items():
             sums[k] = sums.get(k, 0.0) + float(v.sum())
-    return {k: v / max(len(evalset), 1) for k, v in sums.items()}
+        if evalset.cold is not None:
+            for k, v in cold_sums(per_target, evalset.cold[positions]).items():
+                cold[k] = cold.get(k, 0.0) + v
+    means = {k: v / max(len(evalset), 1) for k, v in sums.items()}
+    if evalset.cold is not None:
+        means.update(cold_means(cold, where=evalset.name))
+    return means

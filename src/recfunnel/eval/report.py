@@ -1,7 +1,9 @@
 """The ``metrics.json`` contract every model writes, and the table printed at the end of a run.
 
 ``metrics.json`` is flat: ``{"valid/recall@10": ..., "test/ndcg@10": ..., "test/mrr": ...}``;
-other keys (``test/retrieval/...``, timings) may be added beside these by later stages.
+other keys (``test/retrieval/...``, timings) may be added beside these by later stages. Every
+path also writes the cold-start slice, ``{valid,test}/cold/<metric>`` and ``{valid,test}/cold/targets``
+(``recfunnel.eval.cold``).
 """
 
 from __future__ import annotations

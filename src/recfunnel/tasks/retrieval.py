@@ -9,7 +9,8 @@ sampling). logQ correction (switched by ``loss.logq_correction``) takes log q fr
 Evaluation: at the start of a validation/test epoch every item is embedded once (as of the end of
 the train split); each batch of users is scored against all of them in one matrix product, the
 user's earlier items are excluded, and the metric core accumulates per-user expectations. Logged as
-``valid/ndcg@10``, ``test/recall@100``, ...
+``valid/ndcg@10``, ``test/recall@100``, ..., and over the cold targets only (the ``EvalSet``'s
+``cold``; ``recfunnel.eval.cold``) as ``valid/cold/ndcg@10``, ``test/cold/targets``, ...
 """
 
 from __future__ import annotations
@@ -163,6 +164,11 @@ class RetrievalTask(RecTask):
             targets = torch.as_tensor(evalset.targets[pos[lo:lo + step]], device=self.device)
             parts.append(ranking_metrics(scores, targets, exclude, work=work[:n]))
         return {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
+
+    def eval_cold(self, batch: dict[str, Any], split: str) -> Tensor | None:
+        """(B,) bool: the batch's cold targets, from its ``EvalSet`` (None when that does not know)."""
+        cold = self.trainer.datamodule.evalsets[split].cold
+        return None if cold is None else torch.from_numpy(cold[batch["eval_pos"].cpu().numpy()])
 
     def eval_end(self, split: str) -> None:
         self._catalogue, self._eval_buffers = None, []
