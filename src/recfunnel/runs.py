@@ -47,7 +47,7 @@ from recfunnel.models.multitask import ObjectiveMix, check_heads
 from recfunnel.serving.fusion import RankFusion
 from recfunnel.serving.index import ItemIndex, index_fingerprint
 from recfunnel.serving.pipeline import Funnel, item_catalogue
-from recfunnel.serving.rerank import Seen, build_reranker
+from recfunnel.serving.rerank import build_reranker
 from recfunnel.serving.retriever import Retriever
 from recfunnel.tasks.build import build_datamodule, build_task
 from recfunnel.tasks.callbacks import AppendingCSVLogger, EpochSummary, SaveOnSigterm

@@ -126,7 +126,8 @@ CLICKBAIT_APPEAL = -4.0  # ... with this appeal: clicked a lot, rarely bought
 PURCHASE_BASE = -1.7  # logit of a purchase for appeal 0, the median price, another cluster
 OWN_CLUSTER_BONUS = 0.5  # added to the logit when the item is in the user's cluster
 ANSWER_KEY_COLUMNS = ("users.cluster", "users.price_sensitivity", "items.cluster", "items.popularity",
-                      "items.appeal", "interactions.query_cluster")  # "table.column": planted truth, never a feature
+                      "items.appeal", "interactions.query_cluster", "users.taste")  # "table.column": planted truth
+# (users.taste: the places generator's, src/recfunnel/data/places.py), never a feature
 
 # Search queries. A theme per genre (same order as GENRES), then themes a cluster gets when the genres
 # run out; every theme has QUERY_VOCAB_SIZE words and no word is in two themes or in QUERY_GENERIC.

@@ -11,7 +11,8 @@ The request is served as of ``at`` (default: just after the newest event in the 
 known events, then ``recent_items`` (newest last), are their history; features are computed by the
 same pipelines as in training. An unknown user gets the popular-and-fresh list (train interactions
 weighted by recency) with ``fallback`` saying so — not an exception. ``candidates=[...]`` ranks a
-caller's list instead of retrieving one.
+caller's list instead of retrieving one. ``location=(lat, lon)`` says where the user is, for a
+location-aware re-ranking stage (``rerank=geo``; default: the user's home, where the data has one).
 
 Batch (one user id per line in FILE; ``#`` comments and blank lines skipped)::
 
@@ -147,7 +148,8 @@ class Recommender:
         return np.array([self._item_index[_key(i)] for i in ids], dtype=np.int64)
 
     def recommend(self, user_id: Any, k: int = 10, recent_items: Sequence[Any] = (),
-                  candidates: Sequence[Any] | None = None, at: int | None = None) -> dict[str, Any]:
+                  candidates: Sequence[Any] | None = None, at: int | None = None,
+                  location: Sequence[float] | None = None) -> dict[str, Any]:
         """Top ``k`` items for one user: {"user_id", "items", "scores", "fallback", "note"} (see the class).
 
         Args:
@@ -158,11 +160,14 @@ class Recommender:
                 dropped (first occurrence kept) before ranking; ``[]`` gives empty ``items`` / ``scores``.
                 An unknown user gets them in fallback (popularity) order.
             at: request time (unix seconds); default just after the newest event in the data.
+            location: (lat, lon) in degrees, where the user is now, for location-aware re-ranking; default
+                the user's home (``home_lat`` / ``home_lon`` of the users table) where the data has one.
         """
         k = _positive_int("k", k, 10)
         user_id = _normalise_id(user_id, np.issubdtype(self.user_ids.dtype, np.integer), "user_id", "user")
         recent = self._items(recent_items, "recent_items")
         cands = None if candidates is None else _first_occurrences(self._items(candidates, "candidates"))
+        where = None if location is None else _location(location)
         note = None
         if k > self.max_k:
             note = (f"k={k} clamped to {self.max_k} (the funnel retrieves K={self.funnel.candidates} candidates "
@@ -187,7 +192,7 @@ class Recommender:
         ret_view, row = f.retriever.pipeline.for_request(u, recent, when, now)
         rank_view, _ = self.ranker_pipeline.for_request(u, recent, when, now)
         final = f(ret_view, rank_view, np.array([row]), candidates=None if cands is None else cands[None, :],
-                  top_n=k)["final"]
+                  top_n=k, locations=where)["final"]
         keep = final.items[0] >= 0
         out.update(items=self.item_ids[final.items[0][keep]].tolist(),
                    scores=final.scores[0][keep].astype(float).round(4).tolist())
@@ -223,6 +228,17 @@ def _normalise_id(value: Any, integer_ids: bool, what: str, kind: str) -> int | 
     floats = ", or an integral float such as 196.0 for 196" if integer_ids else ""
     raise RecfunnelError(f"{what}: {given!r} ({type(given).__name__}) is not a valid {kind} id; pass the id as in the "
                          f"{kind}s table: an int or a non-empty str{floats}")
+
+
+def _location(value: Any) -> np.ndarray:
+    """(1, 2) float64 of a request's ``location`` (lat, lon) in degrees; anything else is an error."""
+    pair = [] if isinstance(value, (str, bytes)) or not isinstance(value, Iterable) else list(value)
+    ok = len(pair) == 2 and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in pair)
+    lat, lon = (float(v) for v in pair) if ok else (float("nan"), float("nan"))
+    if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0):
+        raise RecfunnelError(f"location must be (lat, lon) in degrees, lat in [-90, 90] and lon in [-180, 180], "
+                             f"got {value!r}")
+    return np.array([[lat, lon]])
 
 
 def _first_occurrences(idx: np.ndarray) -> np.ndarray:

@@ -15,12 +15,20 @@ Stages:
   of the first n candidates, trading relevance against similarity to items already chosen.
 - ``GenreCap(max_per_genre)``: at most ``max_per_genre`` items of any genre, in list order; the
   items it skips go to the end of the list rather than being dropped.
+- ``DistanceRerank(boost, scale_km, max_km)``: favours places near where the user is: adds
+  ``boost * exp(-d / scale_km)`` (d the distance in km) and re-sorts, then moves candidates farther
+  than ``max_km`` to the end. It reads the items' coordinates (``ItemCatalogue.lat`` / ``lon``) and
+  each user's location (``Seen.location``).
 
-Score semantics. Stages that *remove* items (ExcludeSeen) or *re-score* them (FreshnessBoost) keep
-each item's own score. Stages that only *re-order* (MMR, GenreCap) keep the score column per
-position: position p keeps the input's p-th score and the items move past it. The list therefore
-stays monotone non-increasing in the scorer's units (logits of the ranker, or retrieval scores),
-but after MMR or GenreCap a score belongs to a rank, not to the item now sitting there.
+Per-user inputs: ``Seen`` holds what the request knows of each of the U users: the items they have
+already interacted with and, optionally, where they are (``location`` (U, 2) lat / lon in degrees).
+
+Score semantics. Stages that *remove* items (ExcludeSeen) or *re-score* them (FreshnessBoost, the
+boost of DistanceRerank) keep each item's own score. Stages that only *re-order* (MMR, GenreCap, the
+distance cut of DistanceRerank) keep the score column per position: position p keeps the input's
+p-th score and the items move past it. The list therefore stays monotone non-increasing in the
+scorer's units (logits of the ranker, or retrieval scores), but after MMR, GenreCap or a distance cut
+a score belongs to a rank, not to the item now sitting there.
 
 ``Reranker`` chains stages and cuts the result to the top n; ``build_reranker(cfg)`` builds one from
 the ``rerank`` Hydra config group (``configs/rerank/``).
@@ -36,9 +44,11 @@ from typing import Any
 import numpy as np
 
 from recfunnel.utils.errors import RecfunnelError
+from recfunnel.utils.geo import haversine_km
 
 __all__ = [
     "MMR",
+    "DistanceRerank",
     "ExcludeSeen",
     "FreshnessBoost",
     "GenreCap",
@@ -61,6 +71,8 @@ class ItemCatalogue:
     genres: np.ndarray                        # (I, G) bool multi-hot
     year: np.ndarray                          # (I,) float64 release year, NaN = unknown
     embeddings: np.ndarray | None = None      # (I, D) float32 item vectors (the retriever's), or None
+    lat: np.ndarray | None = None             # (I,) float64 latitude in degrees, NaN = unknown; None = no coordinates
+    lon: np.ndarray | None = None             # (I,) float64 longitude in degrees; given together with lat
 
     def __post_init__(self):
         genres = np.asarray(self.genres, dtype=bool)
@@ -78,6 +90,14 @@ class ItemCatalogue:
                 raise RecfunnelError(f"ItemCatalogue.embeddings must be ({genres.shape[0]}, D), "
                                      f"got shape {emb.shape}")
             object.__setattr__(self, "embeddings", emb)
+        if (self.lat is None) != (self.lon is None):
+            raise RecfunnelError("ItemCatalogue.lat and ItemCatalogue.lon must be given together (item coordinates)")
+        for name in ("lat", "lon") if self.lat is not None else ():
+            coord = np.asarray(getattr(self, name), dtype=np.float64)
+            if coord.shape != (genres.shape[0],):
+                raise RecfunnelError(f"ItemCatalogue.{name} must be ({genres.shape[0]},) like genres' rows, "
+                                     f"got shape {coord.shape}")
+            object.__setattr__(self, name, coord)
 
     @property
     def num_items(self) -> int:
@@ -106,10 +126,12 @@ class Slate:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Seen:
-    """Items each user has already interacted with, CSR: user u's items are indices[indptr[u]:indptr[u+1]]."""
+    """What a request knows of each of U users: the items they have already interacted with, CSR (user u's
+    items are indices[indptr[u]:indptr[u+1]]), and optionally where they are."""
 
     indptr: np.ndarray   # (U+1,) int64
     indices: np.ndarray  # (nnz,) int64
+    location: np.ndarray | None = None  # (U, 2) float64 (lat, lon) in degrees, NaN = unknown; None = not given
 
     def __post_init__(self):
         indptr = np.asarray(self.indptr, dtype=np.int64)
@@ -120,14 +142,20 @@ class Seen:
                                  f"len(indices)={indices.size}")
         object.__setattr__(self, "indptr", indptr)
         object.__setattr__(self, "indices", indices)
+        if self.location is not None:
+            location = np.asarray(self.location, dtype=np.float64)
+            if location.shape != (indptr.size - 1, 2):
+                raise RecfunnelError(f"Seen.location must be ({indptr.size - 1}, 2) (lat, lon) per user, "
+                                     f"got shape {location.shape}")
+            object.__setattr__(self, "location", location)
 
     @classmethod
-    def from_lists(cls, lists: Sequence[Sequence[int]]) -> Seen:
+    def from_lists(cls, lists: Sequence[Sequence[int]], location: np.ndarray | None = None) -> Seen:
         lengths = np.array([len(x) for x in lists], dtype=np.int64)
         indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         indices = (np.concatenate([np.asarray(x, dtype=np.int64) for x in lists]) if len(lists)
                    else np.zeros(0, np.int64))
-        return cls(indptr, indices.astype(np.int64))
+        return cls(indptr, indices.astype(np.int64), location)
 
     @property
     def num_users(self) -> int:
@@ -346,6 +374,72 @@ class GenreCap(Stage):
             counts += g & ~full[:, None]
         items, _ = _take(slate, _stable_order(status))
         return Slate(items, slate.scores.copy())
+
+
+class DistanceRerank(Stage):
+    """Favours candidates near where the user is: a distance boost, then a distance cut.
+
+    d is the great-circle distance (km) from user u's location (``seen.location[u]``) to the item
+    (``catalogue.lat`` / ``lon``).
+
+    1. Boost: ``score += boost * exp(-d / scale_km)``, then re-sort (ties keep list order); each item
+       keeps its own, boosted, score. ``boost`` is in the units of the incoming scores (ranker logits
+       or retrieval scores): boost 1 lets a place next door overtake a 1-logit better one far away; a
+       negative boost favours distant items.
+    2. Cut (``max_km`` not None): candidates farther than ``max_km`` move, in their order, behind the
+       others. They are not dropped: the list keeps its length, so a top-n cut shows the near ones
+       first and is filled from the far ones only when too few are near. This step keeps scores per
+       position (see the module docstring), so the list stays monotone.
+
+    An unknown distance (the user's location or the item's coordinates NaN) gets no boost and is never
+    cut: a user without a known location keeps their list as it is. ``boost=0`` with ``max_km=None``
+    is an exact no-op.
+    """
+
+    def __init__(self, boost: float = 0.0, scale_km: float = 2.0, max_km: float | None = None):
+        _check_number("DistanceRerank", "boost", boost)
+        if not (isinstance(scale_km, (int, float, np.integer, np.floating)) and not isinstance(scale_km, bool)
+                and math.isfinite(scale_km) and scale_km > 0):
+            raise RecfunnelError(f"DistanceRerank: scale_km must be a finite number > 0, got {scale_km!r}")
+        if max_km is not None:
+            _check_number("DistanceRerank", "max_km", max_km, lo=0.0)
+        self.boost = float(boost)
+        self.scale_km = float(scale_km)
+        self.max_km = None if max_km is None else float(max_km)
+
+    def distances(self, slate: Slate, catalogue: ItemCatalogue, seen: Seen | None) -> np.ndarray:
+        """(U, K) float64 km from each user's location to each candidate; NaN at empty slots and
+        wherever a location or the item's coordinates are unknown."""
+        if catalogue.lat is None:
+            raise RecfunnelError("DistanceRerank needs the items' coordinates (ItemCatalogue.lat / lon, from the items "
+                                 "table's lat and lon columns, as data=synthetic_places has them); use a dataset with "
+                                 "them or remove the stage (~rerank.stages.geo)")
+        U = slate.items.shape[0]
+        if seen is None or seen.location is None:
+            raise RecfunnelError("DistanceRerank needs each user's location (Seen.location, (U, 2) lat / lon: the "
+                                 "event's lat and lon columns of the interactions, the users' home_lat / home_lon, or "
+                                 "the request's location=(lat, lon)); pass them or remove the stage (~rerank.stages.geo)")
+        if seen.num_users != U:
+            raise RecfunnelError(f"DistanceRerank: seen has {seen.num_users} users, the slate {U}")
+        items = np.maximum(slate.items, 0)
+        d = haversine_km(seen.location[:, :1], seen.location[:, 1:], catalogue.lat[items], catalogue.lon[items])
+        return np.where(slate.real, d, np.nan)
+
+    def __call__(self, slate: Slate, catalogue: ItemCatalogue, seen: Seen | None) -> Slate:
+        d = self.distances(slate, catalogue, seen)   # checked even when there is nothing to do
+        items, scores = slate.items.copy(), slate.scores.copy()
+        if self.boost != 0.0 and items.size:
+            bonus = np.where(np.isnan(d), 0.0, self.boost * np.exp(-np.nan_to_num(d) / self.scale_km))
+            boosted = np.where(slate.real, scores + bonus, -np.inf).astype(np.float32)
+            # as in FreshnessBoost: empty slots (-inf) stay after a real item scored -inf (stable sort)
+            order = _stable_order(-boosted)
+            items, scores = _take(Slate(items, boosted), order)
+            d = np.take_along_axis(d, order, axis=1)
+        if self.max_km is not None and items.size:
+            far = d > self.max_km   # NaN (unknown, empty) compares False
+            status = np.where(items >= 0, far.astype(np.int8), 2)   # 0 near, 1 far, 2 empty slot
+            items = np.take_along_axis(items, _stable_order(status), axis=1)
+        return Slate(items, scores)
 
 
 # --------------------------------------------------------------------------------------- chain
