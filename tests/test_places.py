@@ -369,3 +369,26 @@ def test_bad_stage_inputs_give_one_clear_error():
         ItemCatalogue(np.zeros((2, 1), bool), np.zeros(2), lat=np.zeros(2))
     with pytest.raises(RecfunnelError, match=r"ItemCatalogue.lon must be \(2,\)"):
         ItemCatalogue(np.zeros((2, 1), bool), np.zeros(2), lat=np.zeros(2), lon=np.zeros(3))
+
+
+def test_the_ranker_reads_the_distance_from_where_the_user_is_to_each_candidate():
+    """log(1 + km) from the event's own location for rows of the data; from the user's home for a request."""
+    from recfunnel.data.ranking import ranker_inputs
+
+    data = SplitData.from_tables(generate_places(60, 40, 600, seed=1, num_cities=2))
+    vectors = np.random.default_rng(0).normal(size=(40, 8)).astype(np.float32)
+    ids = {"name": "ids", "features": {"item_id": {"tower": "item", "kind": "categorical", "source": "item_id"}}}
+    _, pipe, _, pairs = ranker_inputs(data, vectors, ids)
+    assert pairs.names[-1] == "log_distance_km"
+    rows, cands = np.arange(6), np.tile(np.arange(5), (6, 1))
+    got = pairs(pipe, rows, vectors[:6], cands, cands)[:, :, -1]
+    ev, it, us = data.tables.interactions, data.tables.items, data.tables.users
+    km = haversine_km(ev["lat"].to_numpy()[rows, None], ev["lon"].to_numpy()[rows, None],
+                      it["lat"].to_numpy()[None, :5], it["lon"].to_numpy()[None, :5])
+    np.testing.assert_allclose(got, np.log1p(km), rtol=1e-5)
+    view, row = pipe.for_request(4, np.zeros(0, np.int64), np.zeros(0, np.int64), int(data.ts.max()) + 1)
+    served = pairs(view, np.array([row]), vectors[:1], cands[:1], cands[:1])[0, :, -1]
+    home = haversine_km(us["home_lat"][4], us["home_lon"][4], it["lat"].to_numpy()[:5], it["lon"].to_numpy()[:5])
+    np.testing.assert_allclose(served, np.log1p(home), rtol=1e-5)
+    _, _, _, plain = ranker_inputs(SplitData.from_tables(synthetic.generate_synthetic(30, 40, 600, seed=0)), vectors, ids)
+    assert "log_distance_km" not in plain.names  # no coordinates, no such feature

@@ -16,8 +16,9 @@ inputs for every item as of the end of the train split.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
@@ -28,9 +29,9 @@ from recfunnel.data.dataset import TRAIN, SplitData
 from recfunnel.data.loaders import evaluation_loader, training_loader, unpack_key
 from recfunnel.data.sources import load_split
 from recfunnel.eval.protocol import EvalSet
+from recfunnel.features.auto import resolve_schema
 from recfunnel.features.batch import TowerInput
 from recfunnel.features.pipeline import FeaturePipeline
-from recfunnel.features.auto import resolve_schema
 from recfunnel.features.store import FeatureStore, store_key
 from recfunnel.utils.arrays import concat_ranges
 from recfunnel.utils.errors import RecfunnelError

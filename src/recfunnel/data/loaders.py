@@ -8,7 +8,8 @@ positions. ``ResumableLoader`` resumes an epoch mid-way from the trainer's own c
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl

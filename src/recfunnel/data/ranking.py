@@ -28,13 +28,16 @@ retriever's item space) between the item and the user's last item, and the large
 their last ``RECENT`` items (0 without history); with a co-occurrence model in the first stage
 (``recfunnel.serving.fusion``), also the item's co-occurrence score with the user's latest items
 (``cooc_score``; out-of-fold for train events, so the ranker never learns from a count that holds
-the event it is trained on).
+the event it is trained on); on data with coordinates (items ``lat`` / ``lon``, and where the user is:
+the interactions' ``lat`` / ``lon``, else the user's ``home_lat`` / ``home_lon``), the distance from
+where the user is to the item (``log_distance_km``: log(1 + km); the over arch buckets it as it needs).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping, Protocol
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import numpy as np
 import pytorch_lightning as pl
@@ -45,10 +48,11 @@ from recfunnel.data.dataset import TRAIN, SplitData
 from recfunnel.data.loaders import evaluation_loader, training_loader, unpack_key
 from recfunnel.data.objectives import event_labels, parse_objectives, predicted
 from recfunnel.eval.protocol import EvalSet
-from recfunnel.features.pipeline import FeaturePipeline
 from recfunnel.features.auto import resolve_schema
+from recfunnel.features.pipeline import FeaturePipeline
 from recfunnel.features.schema import FeatureSchema
 from recfunnel.utils.errors import RecfunnelError
+from recfunnel.utils.geo import haversine_km
 
 log = logging.getLogger(__name__)
 PAIR_FEATURES = ("retrieval_score", "retrieval_log_rank", "genre_overlap", "sim_last_item", "sim_recent_max")
@@ -96,6 +100,8 @@ class PairFeatures:
         genres: (I, G) item genre multi-hot.
         profile_len: how many of the user's latest items make the genre profile.
         cooccurrence: co-occurrence scores for the ``cooc_score`` feature (None: no such feature).
+        data: the events the rows index; with coordinates (``user_locations``), the
+            ``log_distance_km`` feature.
 
     ``names``: the P features, in order.
     """
@@ -103,14 +109,18 @@ class PairFeatures:
     RECENT = 5
 
     def __init__(self, item_vectors: np.ndarray, genres: np.ndarray, profile_len: int = 50,
-                 cooccurrence: CooccurrenceScores | None = None, objectives: Mapping[str, Any] | None = None):
+                 cooccurrence: CooccurrenceScores | None = None, objectives: Mapping[str, Any] | None = None,
+                 data: SplitData | None = None):
         self.item_vectors = np.asarray(item_vectors, np.float32)
         norm = np.linalg.norm(self.item_vectors, axis=1, keepdims=True)
         self.unit_vectors = self.item_vectors / np.maximum(norm, 1e-12)
         norm = np.linalg.norm(genres, axis=1, keepdims=True)
         self.genres = np.where(norm > 0, genres / np.maximum(norm, 1e-12), 0).astype(np.float32)
         self.profile_len, self.cooccurrence = profile_len, cooccurrence
-        self.names = PAIR_FEATURES + (("cooc_score",) if cooccurrence is not None else ())
+        self.locations = None if data is None else user_locations(data)
+        self.events_ts = None if data is None else data.ts  # identifies a pipeline over the data's own rows
+        self.names = PAIR_FEATURES + (("cooc_score",) if cooccurrence is not None else ()) + \
+            (("log_distance_km",) if self.locations is not None else ())
 
     def __call__(self, pipeline: FeaturePipeline, rows: np.ndarray, queries: np.ndarray, cands: np.ndarray,
                  lists: np.ndarray, in_sample: bool = False) -> np.ndarray:
@@ -139,9 +149,42 @@ class PairFeatures:
         columns = [score, np.log(rank), overlap, sim_last, sim_max]
         if self.cooccurrence is not None:
             columns.append(self.cooccurrence.at(pipeline, rows, cands, in_sample))
+        if self.locations is not None:
+            columns.append(self._log_distance(pipeline, rows, safe))
         out = np.stack(columns, axis=2).astype(np.float32)
         out[cands < 0] = 0.0
         return out
+
+
+    def _log_distance(self, pipeline: FeaturePipeline, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """(B, C) log(1 + km) from where each row's user is to each candidate (0 where unknown). A row of
+        the data is at its event's location; a served request (a ``for_request`` view) at its user's home."""
+        events, homes, item_coords = self.locations
+        if events is not None and pipeline.ts is self.events_ts:  # rows of the data itself
+            here = events[rows]
+        elif homes is not None:
+            here = homes[pipeline.user_idx[rows]]
+        else:
+            return np.zeros(items.shape, np.float32)
+        km = haversine_km(here[:, None, 0], here[:, None, 1], item_coords[items, 0], item_coords[items, 1])
+        return np.nan_to_num(np.log1p(km), nan=0.0)
+
+
+def user_locations(data: SplitData) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray] | None:
+    """Where users are and items lie, for the distance pair feature: ((N, 2) each event's lat / lon or
+    None, (U, 2) each user's home or None, (I, 2) the items'); None when the items have no ``lat`` /
+    ``lon`` or neither the events nor the users say where the users are."""
+    def coords(table, lat: str, lon: str) -> np.ndarray | None:
+        if lat not in table or lon not in table:
+            return None
+        return np.stack([table[lat].to_numpy(np.float64, na_value=np.nan), table[lon].to_numpy(np.float64, na_value=np.nan)], 1)
+
+    t = data.tables
+    items = coords(t.items, "lat", "lon")
+    events, homes = coords(t.interactions, "lat", "lon"), coords(t.users, "home_lat", "home_lon")
+    if items is None or (events is None and homes is None):
+        return None
+    return events, homes, items
 
 
 def build_batch(pipeline: FeaturePipeline, pairs: PairFeatures, rows: np.ndarray, queries: np.ndarray,
@@ -166,13 +209,13 @@ def ranker_inputs(data: SplitData, item_vectors: np.ndarray, features_cfg: Mappi
     schema = resolve_schema(features_cfg, data, where=f"features ({features_cfg.get('name')})")
     pipeline = FeaturePipeline(schema, data, where=f"features ({schema.name})")
     genres = genre_matrix(data.tables.items)
-    return schema, pipeline, genres, PairFeatures(item_vectors, genres, profile_len, cooccurrence)
+    return schema, pipeline, genres, PairFeatures(item_vectors, genres, profile_len, cooccurrence, data=data)
 
 
 class TrainPairs(Dataset):
     """Training batches of pairs; indexed by (seed, epoch, batch index, positions) keys."""
 
-    def __init__(self, dm: "RankingDataModule"):
+    def __init__(self, dm: RankingDataModule):
         self.dm = dm
 
     def __len__(self) -> int:
@@ -206,7 +249,7 @@ class TrainPairs(Dataset):
 class CandidateLists(Dataset):
     """Evaluation batches: each user's retrieved list and target (indexed by a list of positions)."""
 
-    def __init__(self, dm: "RankingDataModule", split: str):
+    def __init__(self, dm: RankingDataModule, split: str):
         self.dm, self.split = dm, split
 
     def __len__(self) -> int:
@@ -307,7 +350,8 @@ class RankingDataModule(pl.LightningDataModule):
         """(mean, std) per tower over train events, and of the pair features over training pairs."""
         stats = self.pipeline.tower_dense_stats(self.train_rows)
         n = min(len(self.train_rows), max(1, sample // (1 + self.hard_negatives + self.uniform_negatives)))
-        batch = TrainPairs(self)[(self.seed, 2**31, 0, np.random.default_rng(self.seed).choice(len(self.train_rows), n, replace=False))]
+        positions = np.random.default_rng(self.seed).choice(len(self.train_rows), n, replace=False)
+        batch = TrainPairs(self)[(self.seed, 2**31, 0, positions)]
         pair = batch["pair_dense"][batch["mask"]].numpy()
         stats["pair"] = (pair.mean(0), pair.std(0))
         return stats

@@ -83,7 +83,7 @@ class Tables:
             if missing:
                 raise RecfunnelError(f"table '{name}' lacks columns {missing}; expected {cols}")
 
-    def validated(self, name: str) -> "Tables":
+    def validated(self, name: str) -> Tables:
         """These tables without exact duplicate events, once they hold what everything downstream assumes.
 
         - An event repeated exactly (same user_id, item_id, ts and rating) is dropped, the first kept and
@@ -146,7 +146,7 @@ class Tables:
                     df.to_parquet(tmp / f"{name}.parquet", index=False)
 
     @classmethod
-    def load(cls, folder: str | Path) -> "Tables":
+    def load(cls, folder: str | Path) -> Tables:
         folder = Path(folder)
         parts = {}
         for name in COLUMNS:
