@@ -30,7 +30,13 @@ USERS, ITEMS, EVENTS = 2000, 1000, 50_000
 
 @pytest.fixture(scope="module")
 def tables():
-    return generate_synthetic(USERS, ITEMS, EVENTS, seed=0)
+    return generate_synthetic(USERS, ITEMS, EVENTS, seed=0)  # query_share defaults to 0: no query
+
+
+@pytest.fixture(scope="module")
+def query_tables():
+    """The tables of ``tables`` with search sessions (query_own_cluster defaults to 0.5)."""
+    return generate_synthetic(USERS, ITEMS, EVENTS, seed=0, query_share=0.3)
 
 
 def _assert_same(a, b):
@@ -44,8 +50,9 @@ def _mode_share(labels, groups) -> float:
     return df.groupby("group")["label"].agg(lambda s: s.value_counts().iloc[0]).sum() / len(df)
 
 
-def test_same_seed_same_tables_other_seed_differs(tables):
+def test_same_seed_same_tables_other_seed_differs(tables, query_tables):
     _assert_same(tables, generate_synthetic(USERS, ITEMS, EVENTS, seed=0))
+    _assert_same(query_tables, generate_synthetic(USERS, ITEMS, EVENTS, seed=0, query_share=0.3))
     other = generate_synthetic(USERS, ITEMS, EVENTS, seed=1)
     assert not other.interactions.equals(tables.interactions)
     assert not other.users.equals(tables.users)
@@ -56,7 +63,8 @@ def test_same_seed_same_tables_other_seed_differs(tables):
 # prices and purchases existed (commit 2a6171c), restricted to the columns it made then: adding the
 # purchase stream (the 4th child of SeedSequence(seed).spawn(4)) must leave them bit-identical. Likewise
 # the tables it made before search queries existed (commit 972156d) and the query stream (the 5th child
-# of spawn(5)), whatever query_share.
+# of spawn(5)): at query_share=0 (the default), whatever query_own_cluster, and at query_own_cluster=1
+# (every query for the user's own cluster), whatever query_share.
 OLD_COLUMNS = {"interactions": ["user_id", "item_id", "ts", "rating"],
                "users": ["user_id", "age", "gender", "occupation", "zip", "cluster"],
                "items": ["item_id", "title", "year", "genres", "cluster"]}
@@ -72,15 +80,35 @@ SMALL = ((300, 200, 4000), {"seed": 3, "num_clusters": 5})
     (PRE_QUERY_COLUMNS, (USERS, ITEMS, EVENTS), {"seed": 0}, "2f9669b8fb305b69"),
     (PRE_QUERY_COLUMNS, *SMALL, "d6706bccf25485c2"),
     (PRE_QUERY_COLUMNS, SMALL[0], {**SMALL[1], "query_share": 0.0}, "d6706bccf25485c2"),
-    (PRE_QUERY_COLUMNS, SMALL[0], {**SMALL[1], "query_share": 1.0}, "d6706bccf25485c2"),
+    (PRE_QUERY_COLUMNS, SMALL[0], {**SMALL[1], "query_share": 0.0, "query_own_cluster": 0.0}, "d6706bccf25485c2"),
+    (PRE_QUERY_COLUMNS, SMALL[0], {**SMALL[1], "query_share": 1.0, "query_own_cluster": 1.0}, "d6706bccf25485c2"),
 ])
 def test_new_streams_leave_the_earlier_columns_bit_identical(tables, columns, args, kwargs, fingerprint):
     t = tables if kwargs == {"seed": 0} else generate_synthetic(*args, **kwargs)
     old = Tables(**{name: getattr(t, name)[cols] for name, cols in columns.items()}, edges=t.edges)
     assert tables_fingerprint(old) == fingerprint
+    if not kwargs.get("query_share"):  # by default no query at all
+        assert t.interactions["query"].isna().all() and (t.interactions["query_cluster"] == -1).all()
 
 
-def test_chunk_size_changes_nothing(tables, monkeypatch):
+def test_query_sessions_change_only_the_items_and_what_follows_from_them(tables, query_tables):
+    """With query_share > 0 the items of search sessions change by design; the events' users and
+    times (hence the row order and the sessions), the users, items and edges stay."""
+    old, new = tables.interactions, query_tables.interactions
+    for name in ("user_id", "ts"):
+        np.testing.assert_array_equal(new[name].to_numpy(), old[name].to_numpy())
+    for name in ("users", "items", "edges"):
+        pd.testing.assert_frame_equal(getattr(query_tables, name), getattr(tables, name))
+    has = new["query_cluster"].to_numpy() >= 0
+    changed = new["item_id"].to_numpy() != old["item_id"].to_numpy()
+    assert changed[has].mean() > 0.5  # 3 in 4 of their draws come from the query's cluster ...
+    assert changed[has].mean() > changed[~has].mean()  # ... others change through redraws of repeats
+    price = query_tables.items["price"].to_numpy()[new["item_id"]]
+    assert np.array_equal(new["revenue"].to_numpy(), (price * new["purchase"].to_numpy()).astype(np.float32))
+
+
+@pytest.mark.parametrize("query_share", [0.0, 0.3])
+def test_chunk_size_changes_nothing(tables, query_tables, monkeypatch, query_share):
     chunk_events = []
     chunk_fn = synthetic._chunk_events
 
@@ -89,9 +117,9 @@ def test_chunk_size_changes_nothing(tables, monkeypatch):
         return chunk_fn(rngs, counts, *args)
 
     monkeypatch.setattr(synthetic, "_chunk_events", counting)
-    chunked = generate_synthetic(USERS, ITEMS, EVENTS, seed=0, chunk_size=3000)
+    chunked = generate_synthetic(USERS, ITEMS, EVENTS, seed=0, chunk_size=3000, query_share=query_share)
     assert len(chunk_events) > 1 and sum(chunk_events) == EVENTS
-    _assert_same(tables, chunked)
+    _assert_same(query_tables if query_share else tables, chunked)
 
 
 def test_columns_and_dtypes(tables):
@@ -114,7 +142,8 @@ def test_columns_and_dtypes(tables):
 
     assert list(items.columns) == ["item_id", "title", "year", "genres", "price", "cluster", "popularity", "appeal"]
     assert {f"{t}.{c}" for t, df in (("users", users), ("items", items), ("interactions", inter)) for c in df.columns
-            if c in ("cluster", "price_sensitivity", "popularity", "appeal", "query_cluster")} == set(ANSWER_KEY_COLUMNS)
+            if c in ("cluster", "price_sensitivity", "popularity", "appeal", "query_cluster")} == (
+        set(ANSWER_KEY_COLUMNS) - {"users.taste"})  # users.taste: the places generator's answer key
     assert (items["item_id"] == np.arange(ITEMS)).all() and items["title"].iloc[123] == "item 123"
     assert items["year"].between(1950, 2020).all() and (items["year"] % 1 == 0).all()
     assert all(isinstance(g, list) and 1 <= len(g) <= 3 and len(set(g)) == len(g) and set(g) <= set(GENRES)
@@ -212,6 +241,11 @@ def test_progress_bar(capsys):
     ((100, 100, 1000), {"query_share": -0.1}, "query_share"),
     ((100, 100, 1000), {"query_share": "0.3"}, "query_share"),
     ((100, 100, 1000), {"query_share": float("nan")}, "query_share"),
+    ((100, 100, 1000), {"query_own_cluster": 1.5}, r"^query_own_cluster must be a number in \[0.0, 1.0\], got 1.5$"),
+    ((100, 100, 1000), {"query_own_cluster": -0.1}, r"^query_own_cluster must be a number in \[0.0, 1.0\], got -0.1$"),
+    ((100, 100, 1000), {"query_share": 0.3, "query_own_cluster": "0.5"}, "^query_own_cluster must"),
+    ((100, 100, 1000), {"query_own_cluster": float("nan")}, "^query_own_cluster must"),
+    ((100, 100, 1000), {"query_own_cluster": True}, "^query_own_cluster must"),
     ((100.0, 100, 1000), {}, "num_users"),
 ])
 def test_bad_arguments(args, kwargs, message):
@@ -326,33 +360,40 @@ def _sessions(inter: pd.DataFrame) -> np.ndarray:
     return session
 
 
-@pytest.fixture(scope="module")
-def sessions(tables):
-    """One row per session of ``tables``: its query, query_cluster, user cluster, and its events' item
-    clusters (most common first)."""
+def _session_table(tables: Tables) -> pd.DataFrame:
+    """One row per session of ``tables``: its query, query_cluster, user cluster, its events' item
+    clusters (most common first) and the share of its items in the query's cluster (0 without one)."""
     inter = tables.interactions
     df = inter.assign(session=_sessions(inter), item_cluster=tables.items["cluster"].to_numpy()[inter["item_id"]],
                       user_cluster=tables.users["cluster"].to_numpy()[inter["user_id"]])
+    df["in_query_cluster"] = df["item_cluster"] == df["query_cluster"]
     grouped = df.groupby("session")
     assert grouped["query"].nunique(dropna=False).eq(1).all()  # all events of a session share the query
     assert grouped["query_cluster"].nunique().eq(1).all()
     return grouped.agg(query=("query", "first"), query_cluster=("query_cluster", "first"),
                        user_cluster=("user_cluster", "first"), events=("item_cluster", "size"),
-                       top_cluster=("item_cluster", lambda s: s.value_counts().index[0]))
+                       top_cluster=("item_cluster", lambda s: s.value_counts().index[0]),
+                       in_query_cluster=("in_query_cluster", "mean"))
 
 
-def test_a_share_of_sessions_has_a_query(tables, sessions):
+@pytest.fixture(scope="module")
+def sessions(query_tables):
+    return _session_table(query_tables)
+
+
+def test_a_share_of_sessions_has_a_query(query_tables, sessions):
     has = sessions["query"].notna()
-    assert len(sessions) > 5000 and abs(has.mean() - 0.3) < 0.03  # query_share defaults to 0.3
+    assert len(sessions) > 5000 and abs(has.mean() - 0.3) < 0.03  # query_share=0.3
     assert ((sessions["query_cluster"] >= 0) == has).all() and (sessions["query_cluster"][~has] == -1).all()
-    inter = tables.interactions
+    inter = query_tables.interactions
     assert (inter["query"].isna() == (inter["query_cluster"] == -1)).all()
     assert sessions["query"][has].str.fullmatch(r"[a-z]+( [a-z]+){1,3}").all()  # 2-4 lowercase words
     assert set(sessions["query"][has].str.split().str.len()) == {2, 3, 4}
 
 
-def test_query_words_come_mostly_from_the_cluster_vocabulary(tables, sessions):
-    vocab = query_vocabulary(tables.items)
+def test_query_words_come_mostly_from_the_cluster_vocabulary(query_tables, sessions):
+    """The words describe the query's cluster, also when it is not the user's."""
+    vocab = query_vocabulary(query_tables.items)
     queries = sessions[sessions["query"].notna()]
     words = queries["query"].str.split()
     own = np.array([sum(w in vocab[c] for w in ws) / len(ws) for ws, c in zip(words, queries["query_cluster"])])
@@ -364,17 +405,66 @@ def test_query_words_come_mostly_from_the_cluster_vocabulary(tables, sessions):
     # the planted structure is recoverable from the text alone: the cluster with most words in the query
     guess = np.array([np.argmax([len(set(ws) & set(v)) for v in vocab]) for ws in words])
     assert (guess == queries["query_cluster"].to_numpy()).mean() > 0.85
+    elsewhere = (queries["query_cluster"] != queries["user_cluster"]).to_numpy()
+    assert elsewhere.sum() > 500 and (guess[elsewhere] == queries["query_cluster"].to_numpy()[elsewhere]).mean() > 0.85
+    assert (guess[elsewhere] == queries["user_cluster"].to_numpy()[elsewhere]).mean() < 0.1
     # and without knowing the vocabularies: a cluster's most frequent query words are its vocabulary
     for c, v in enumerate(vocab):
         counts = words[queries["query_cluster"] == c].explode().value_counts()
         assert set(counts.index[:QUERY_VOCAB_SIZE]) == set(v)
 
 
-def test_query_cluster_is_the_cluster_of_the_session_items(sessions):
+def test_query_cluster_is_the_user_cluster_or_a_uniform_other(sessions):
     queries = sessions[sessions["query"].notna()]
-    assert (queries["query_cluster"] == queries["user_cluster"]).all()
-    matches = queries["top_cluster"] == queries["query_cluster"]
-    assert matches.mean() > 0.75 and matches[queries["events"] >= 3].mean() > 0.85
+    elsewhere = queries["query_cluster"] != queries["user_cluster"]
+    assert abs(elsewhere.mean() - 0.5) < 0.05  # 1 - query_own_cluster (default 0.5)
+    offset = (queries["query_cluster"] - queries["user_cluster"])[elsewhere] % 8  # 8 clusters
+    share = np.bincount(offset, minlength=8) / elsewhere.sum()
+    assert share[0] == 0 and np.abs(share[1:] - 1 / 7).max() < 0.04  # any other cluster, uniformly
+
+
+def test_search_sessions_follow_their_query(sessions):
+    """The planted structure: a search session's items come from its query's cluster, not its
+    user's, so the query tells what the history cannot."""
+    queries = sessions[sessions["query"].notna()]
+    elsewhere = queries[queries["query_cluster"] != queries["user_cluster"]]
+    for s in (queries, elsewhere):
+        assert s["in_query_cluster"].mean() > 0.6  # 75% of draws, less redraws of repeats
+        matches = s["top_cluster"] == s["query_cluster"]
+        assert matches.mean() > 0.75 and matches[s["events"] >= 3].mean() > 0.85
+    assert elsewhere["in_query_cluster"].mean() > 0.7
+    assert (elsewhere["top_cluster"] == elsewhere["user_cluster"]).mean() < 0.1
+
+
+def test_sessions_without_a_query_keep_their_distribution(tables, query_tables):
+    """The same events (users and times do not change) without a query draw as before queries: a
+    slightly higher own-cluster share (search sessions elsewhere leave more of the user's cluster
+    free for them) and the same popularity skew."""
+    old, new = tables.interactions, query_tables.interactions
+    plain = new["query_cluster"].to_numpy() == -1
+    user_cluster = tables.users["cluster"].to_numpy()[new["user_id"]][plain]
+    item_cluster = tables.items["cluster"].to_numpy()
+    old_items, new_items = old["item_id"].to_numpy()[plain], new["item_id"].to_numpy()[plain]
+    old_own, new_own = (item_cluster[old_items] == user_cluster).mean(), (item_cluster[new_items] == user_cluster).mean()
+    assert 0 <= new_own - old_own < 0.03
+
+    def top_decile_share(items):
+        counts = np.sort(np.bincount(items, minlength=ITEMS))[::-1]
+        return counts[: ITEMS // 10].sum() / len(items)
+
+    assert abs(top_decile_share(new_items) - top_decile_share(old_items)) < 0.02
+    rating = new["rating"].to_numpy()[plain]
+    assert abs(rating.mean() - old["rating"].to_numpy()[plain].mean()) < 0.05
+
+
+@pytest.mark.parametrize("own, elsewhere", [(1.0, 0.0), (0.0, 1.0), (0.8, 0.2)])
+def test_query_own_cluster(own, elsewhere):
+    t = generate_synthetic(300, 200, 4000, seed=3, query_share=1.0, query_own_cluster=own)
+    s = _session_table(t)
+    assert s["query"].notna().all()
+    share = (s["query_cluster"] != s["user_cluster"]).mean()
+    assert share == elsewhere if own in (0.0, 1.0) else abs(share - elsewhere) < 0.05
+    assert s["in_query_cluster"].mean() > 0.5  # 25 items a cluster: repeats of own-cluster draws are redrawn
 
 
 def test_query_vocabularies_are_themes_matching_the_genres(tables):
@@ -416,6 +506,8 @@ def test_queries_with_few_clusters(num_clusters):
 
 def test_query_share_zero_and_one_and_the_parquet_cache(tmp_path):
     none = generate_synthetic(300, 200, 4000, seed=3, query_share=0.0)
+    _assert_same(none, generate_synthetic(300, 200, 4000, seed=3))  # the default
+    _assert_same(none, generate_synthetic(300, 200, 4000, seed=3, query_own_cluster=0.0))
     assert none.interactions["query"].isna().all() and (none.interactions["query_cluster"] == -1).all()
     assert str(none.interactions["query"].dtype) == "str"
     every = generate_synthetic(300, 200, 4000, seed=3, query_share=1.0)
@@ -424,5 +516,7 @@ def test_query_share_zero_and_one_and_the_parquet_cache(tmp_path):
     assert 0.4 < some.interactions["query"].notna().mean() < 0.6
     none.save(tmp_path / "none")
     _assert_same(none, Tables.load(tmp_path / "none"))
-    assert not generate_synthetic(300, 200, 4000, seed=4).interactions["query"].equals(
-        generate_synthetic(300, 200, 4000, seed=3).interactions["query"])
+    assert not generate_synthetic(300, 200, 4000, seed=4, query_share=0.3).interactions["query"].equals(
+        generate_synthetic(300, 200, 4000, seed=3, query_share=0.3).interactions["query"])
+    every.save(tmp_path / "every")
+    _assert_same(every, Tables.load(tmp_path / "every"))

@@ -3,8 +3,9 @@
 ``generate_synthetic`` returns canonical ``Tables`` (see ``tables.py``) whose structure is known:
 
 - **Taste clusters.** Every user and item belongs to one of ``num_clusters`` clusters (users
-  uniformly at random, items in equal shares). Each event picks an item from the user's own cluster
-  with probability ``OWN_CLUSTER_SHARE`` and from global popularity otherwise. The ground truth is
+  uniformly at random, items in equal shares). Each event picks an item from its session's cluster
+  with probability ``OWN_CLUSTER_SHARE`` and from global popularity otherwise; a session's cluster is
+  its user's, except for a search session (below), whose cluster is its query's. The ground truth is
   kept as an extra ``cluster`` column on ``users`` and ``items``: it is the answer key, not a feature.
 - **Popularity.** Items get popularity ranks from a random permutation and weight
   ``rank ** -zipf_exponent``; own-cluster and global draws are both proportional to that weight.
@@ -23,8 +24,8 @@
   before 2021-01-01 (a timeline longer than those six years, which takes thousands of events, is
   compressed to fit); ``ts`` is int64 unix seconds in [2015-01-01, 2021-01-01). The interactions
   table is in global time order, like a log (ties keep user order).
-- **Ratings.** float32 whole stars 1-5, about one star higher for items in the user's own cluster,
-  plus a hidden per-item quality and noise.
+- **Ratings.** float32 whole stars 1-5, about one star higher for items in the user's own cluster
+  (also in a search session for another cluster), plus a hidden per-item quality and noise.
 - **Social graph.** Each user proposes Poisson(``friends_per_user / 2``) friendships, a fraction
   ``friend_same_cluster`` of them with a uniformly drawn member of their own cluster and the rest with
   a member of another cluster; self-pairs and repeats are dropped. ``edges`` stores every friendship
@@ -42,26 +43,31 @@
   ``purchase`` (float32 0/1) and ``revenue`` (float32, price x purchase). At the default config
   (10k users, 5k items, 500k events) about 23% of events are purchases. ``expected_revenue`` is the
   planted expected revenue of showing an item to a user, the oracle of a revenue ranking.
-- **Search queries.** A share ``query_share`` of sessions (those of the bullet above: a user's first
-  event, or one after a between-session gap, starts one) have a search query, a few noisy words
-  describing the session's taste cluster; every event of the session carries it in ``query``
-  (pandas ``str`` dtype, missing (NaN) for the events of a session without a query). Every event
-  draws its item from its user's cluster (with probability ``OWN_CLUSTER_SHARE``), so a session's
-  taste cluster is its user's cluster, the cluster most of its items belong to; the answer key
-  ``query_cluster`` (int64, -1 without a query) holds it. Each cluster has a vocabulary of
-  ``QUERY_VOCAB_SIZE`` English words, a theme of ``QUERY_THEMES`` (``query_vocabulary``): the theme
-  of the genre typical of the cluster's items (e.g. "scary haunted creepy ..." for a horror-heavy
-  cluster), each theme to one cluster while they last. A query has 2-4 words in random order, each
-  one of the cluster's own (distinct) words, or with probability ``QUERY_NOISE_SHARE`` noise: a
-  generic word (``QUERY_GENERIC``: "movie", "best", ...) or a word of another cluster's vocabulary;
-  at least one word is the cluster's own: about 76% of a query's words are its cluster's own, 12%
-  generic. With ``query_share=0`` the columns stay, with no query.
+- **Search queries.** A share ``query_share`` (default 0: none) of sessions (those of the bullet
+  above: a user's first event, or one after a between-session gap, starts one) are search sessions:
+  each has a query for one taste cluster, the user's own with probability ``query_own_cluster``
+  (default 0.5) and otherwise one of the other clusters, uniformly (the user's if there is no other).
+  The session follows its query: each of its events draws its item from the query's cluster (with
+  probability ``OWN_CLUSTER_SHARE``, as above), so the query tells what the user's history cannot;
+  about 70% of a search session's items lie in the query's cluster (75% of draws, minus redraws of
+  repeated items, plus global draws that land there). Every event of the session carries the query
+  in ``query`` (pandas ``str`` dtype, missing (NaN) for the events of a session without a query) and
+  its cluster in the answer key ``query_cluster`` (int64, -1 without a query). The query is a few
+  noisy words describing that cluster: each cluster has a vocabulary of ``QUERY_VOCAB_SIZE`` English
+  words, a theme of ``QUERY_THEMES`` (``query_vocabulary``): the theme of the genre typical of the
+  cluster's items (e.g. "scary haunted creepy ..." for a horror-heavy cluster), each theme to one
+  cluster while they last. A query has 2-4 words in random order, each one of the cluster's own
+  (distinct) words, or with probability ``QUERY_NOISE_SHARE`` noise: a generic word
+  (``QUERY_GENERIC``: "movie", "best", ...) or a word of another cluster's vocabulary; at least one
+  word is the cluster's own: about 76% of a query's words are its cluster's own, 12% generic. With
+  ``query_share=0`` the columns stay, with no query. Ratings and purchases keep depending on the user
+  (their cluster) and the drawn item, so a search for another cluster gets lower ratings.
 
 **Answer keys** (``ANSWER_KEY_COLUMNS``), kept in the tables so that evaluation can read the planted
 truth, also from tables loaded back from the parquet cache, but never features (``features=auto``
 skips them): ``users.cluster``, ``users.price_sensitivity`` (of the user's cluster), ``items.cluster``,
 ``items.popularity`` (the weight ``rank ** -zipf_exponent``), ``items.appeal`` and
-``interactions.query_cluster`` (the cluster a query describes).
+``interactions.query_cluster`` (the cluster a query describes, and its session's items come from).
 
 Ids are 0-based and equal to the dense index (``user_id`` 0..num_users-1, ``item_id`` 0..num_items-1).
 
@@ -69,17 +75,29 @@ Determinism and scale: the same arguments give identical tables. The catalogue, 
 come from one stream; the events of each block of ``BLOCK_USERS`` consecutive users from that block's
 own stream; the graph from a third stream; prices, appeal, sensitivities and purchases from a fourth;
 the queries from a fifth (``SeedSequence(seed).spawn(5)``, whose first k children are those of
-``spawn(k)``), so the other columns are those the generator made before purchases, and queries,
-existed. Events are generated a chunk of whole blocks at a time (at most ``chunk_size`` events, or
-one block if that holds more), purchases drawn in time order ``chunk_size`` events at a time (one
-uniform each) and queries session by session in user order, about ``chunk_size`` uniforms at a time,
-so memory stays O(num_interactions + chunk_size), no users x items array is ever built, and the
-tables do not depend on ``chunk_size``. Changing the graph arguments, or ``query_share``, leaves the
-other columns unchanged.
+``spawn(k)``), itself split in two: which sessions have a query and its cluster (three uniforms per
+session, in user order) and the words. Events are generated a chunk of whole blocks at a time (at
+most ``chunk_size`` events, or one block if that holds more): a chunk's session boundaries first
+(from its blocks' streams, as before queries existed), then its sessions' query decisions (the next
+uniforms of the decision stream), then its items, each drawn with its session's cluster. Purchases
+are drawn in time order ``chunk_size`` events at a time (one uniform each) and query words query by
+query in user order, about ``chunk_size`` uniforms at a time, so memory stays O(num_interactions +
+chunk_size), no users x items array is ever built, and the tables do not depend on ``chunk_size``.
+
+What the query arguments change: with ``query_share=0`` (the default), whatever
+``query_own_cluster``, and likewise with ``query_own_cluster=1``, whatever ``query_share``, every
+column but ``query`` and ``query_cluster`` is bit-identical to the tables the generator made before queries existed (commit
+972156d). With ``query_share > 0`` the items of search sessions change by design, and with them their
+ratings, purchases and revenue; a repeated item's redraw comes from its block's stream in turn, so
+some items of other sessions change too, drawn from the same distribution as before (their
+own-cluster share rises by a point or two: search sessions for other clusters leave more of the
+user's cluster free). ``user_id``, ``ts`` (hence the row order and the sessions), the users, items
+and edges never change. The graph arguments change only the edges.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import numbers
 from collections.abc import Callable
@@ -168,14 +186,21 @@ QUERY_GENERIC_SHARE = 0.5  # ... and a noise word is generic with this probabili
 def generate_synthetic(num_users: int, num_items: int, num_interactions: int, *, seed: int = 0,
                        num_clusters: int = 8, zipf_exponent: float = 1.1, mean_session_length: float = 8.0,
                        friends_per_user: int = 10, friend_same_cluster: float = 0.8,
-                       query_share: float = 0.3, chunk_size: int = 1_000_000, progress: bool = False) -> Tables:
+                       query_share: float = 0.0, query_own_cluster: float = 0.5, chunk_size: int = 1_000_000,
+                       progress: bool = False) -> Tables:
     """Canonical tables with the planted structure of the module docstring.
+
+    ``query_share``: the share of sessions with a search query (0 to 1; 0, the default, gives the
+    tables made before queries existed); ``query_own_cluster``: the probability (0 to 1) that a
+    query is for the user's own cluster rather than another one. A search session's items are drawn
+    from its query's cluster (module docstring: search queries).
 
     Returns ``Tables`` with
     interactions (num_interactions rows): user_id int64, item_id int64, ts int64, rating float32,
     purchase float32 (0/1; every event is a click), revenue float32 (price x purchase), query (str
     dtype: the session's search query, NaN for a session without one) and the answer key
-    query_cluster int64 (-1 without a query);
+    query_cluster int64 (the cluster the query is for and its session's items are drawn from, -1
+    without a query);
     users (num_users rows): user_id, age int64, gender, occupation, zip (str), and the answer keys
     cluster int64, price_sensitivity float64;
     items (num_items rows): item_id, title (str), year float64, genres (list[str]), price float64, and
@@ -186,9 +211,11 @@ def generate_synthetic(num_users: int, num_items: int, num_interactions: int, *,
     than ``MIN_EVENTS`` events per user, more than half the catalogue per user, ...).
     """
     _check_args(num_users, num_items, num_interactions, seed, num_clusters, zipf_exponent,
-                mean_session_length, friends_per_user, friend_same_cluster, query_share, chunk_size)
-    # spawn(5)'s first four children are those of spawn(4): the query stream changes no other column
+                mean_session_length, friends_per_user, friend_same_cluster, query_share, query_own_cluster,
+                chunk_size)
+    # spawn(5)'s first four children are those of spawn(4): the query stream draws no other column
     static_seed, events_seed, graph_seed, purchase_seed, query_seed = np.random.SeedSequence(seed).spawn(5)
+    decide_seed, words_seed = query_seed.spawn(2)
     rng = np.random.default_rng(static_seed)
     users, user_cluster = _users(rng, num_users, num_clusters)
     items, item_cluster = _items(rng, num_items, num_clusters)
@@ -206,22 +233,27 @@ def generate_synthetic(num_users: int, num_items: int, num_interactions: int, *,
     ts = np.empty(num_interactions, np.int64)
     rating = np.empty(num_interactions, np.float32)
     session_start = np.empty(num_interactions, bool)
+    # which sessions have a query, and its cluster: 3 uniforms per session, in user order, chunk by chunk
+    decide = functools.partial(_query_sessions, np.random.default_rng(decide_seed), share=query_share,
+                               own_share=query_own_cluster, num_clusters=num_clusters)
+    session_query = []  # per chunk: (S_chunk,) query cluster of each session, -1 without a query
     for b_lo, b_hi in tqdm(list(zip(bounds[:-1], bounds[1:])), desc="synthetic events", unit="chunk",
                            disable=not progress):
         u_lo, u_hi = b_lo * BLOCK_USERS, min(b_hi * BLOCK_USERS, num_users)
         e_lo, e_hi = event_end[u_lo] - counts[u_lo], event_end[u_hi - 1]
         rngs = [np.random.default_rng(s) for s in block_seeds[b_lo:b_hi]]
-        item[e_lo:e_hi], ts[e_lo:e_hi], rating[e_lo:e_hi], session_start[e_lo:e_hi] = _chunk_events(
+        item[e_lo:e_hi], ts[e_lo:e_hi], rating[e_lo:e_hi], session_start[e_lo:e_hi], chunk_query = _chunk_events(
             rngs, counts[u_lo:u_hi], user_cluster[u_lo:u_hi], sampler, item_cluster, item_quality,
-            mean_session_length)
+            mean_session_length, decide)
+        session_query.append(chunk_query)
 
     columns = {"user_id": np.repeat(np.arange(num_users, dtype=np.int64), counts),
                "item_id": item, "ts": ts, "rating": rating}
     del item, ts, rating
-    # Sessions in user order (the order of the events here); a session's taste cluster is its user's.
-    query, query_cluster = _queries(np.random.default_rng(query_seed),
-                                    user_cluster[columns["user_id"][session_start]], query_vocabulary(items),
-                                    query_share, chunk_size)
+    # Sessions in user order (the order of the events here).
+    query_cluster = np.concatenate(session_query)
+    del session_query
+    query = _query_words(np.random.default_rng(words_seed), query_cluster, query_vocabulary(items), chunk_size)
     session = np.cumsum(session_start) - 1  # (E,) session of each event
     del session_start
     order = np.argsort(columns["ts"], kind="stable")
@@ -273,10 +305,12 @@ def expected_revenue(tables: Tables, users: np.ndarray, items: np.ndarray,
     p_choice is the generator's probability that one draw for user u picks item i:
     ``OWN_CLUSTER_SHARE`` x w_i / (total w of u's cluster) [i in u's cluster] + (1 - OWN_CLUSTER_SHARE)
     x w_i / (total w), with w the ``popularity`` weights (repeats are redrawn by the generator, which
-    this per-draw probability ignores). users, items as in ``purchase_probability``; an empty slot
-    (-1) scores 0, below every real item (whose expected revenue is > 0), so sums over a slate and
-    rankings both stay right. ``num_clusters`` (default: 1 + the largest cluster in the tables) must
-    exceed every cluster id. Reads only the tables' columns (``price`` and the answer keys).
+    this per-draw probability ignores): the draw of a session without a query (a search session
+    draws from its query's cluster instead, ``query_cluster``). users, items as in
+    ``purchase_probability``; an empty slot (-1) scores 0, below every real item (whose expected
+    revenue is > 0), so sums over a slate and rankings both stay right. ``num_clusters`` (default:
+    1 + the largest cluster in the tables) must exceed every cluster id. Reads only the tables'
+    columns (``price`` and the answer keys).
     """
     users_, items_, empty = _slots(users, items)
     it = _columns(tables.items, "items", ("cluster", "price", "popularity"))
@@ -396,27 +430,39 @@ def _purchases(rng: np.random.Generator, user: np.ndarray, item: np.ndarray, use
     return purchase, revenue
 
 
-def _queries(rng: np.random.Generator, session_cluster: np.ndarray, vocab: list[tuple[str, ...]],
-             share: float, chunk_size: int) -> tuple[pa.Array, np.ndarray]:
-    """Queries of sessions whose taste cluster is ``session_cluster`` (S,); ``vocab`` as made by
-    ``query_vocabulary``. Returns (S,) query text (arrow large_string, null for a session without a
-    query) and (S,) query_cluster int64 (-1 without a query).
+def _query_sessions(rng: np.random.Generator, user_cluster: np.ndarray, *, share: float, own_share: float,
+                    num_clusters: int) -> np.ndarray:
+    """(S,) query cluster of sessions whose users are in ``user_cluster`` (S,), -1 without a query.
 
-    A session has a query with probability ``share``; the query has 2-4 words (``QUERY_WORDS``), each
-    noise with probability ``QUERY_NOISE_SHARE`` (a generic word with probability
-    ``QUERY_GENERIC_SHARE``, else a word of another cluster's vocabulary), else a word of the cluster's
-    own vocabulary; at least one word is the cluster's own; own words are distinct, generic words too.
-    Every word slot draws the same way, so the words come in random order. The stream gives one
-    uniform per session, then one row of uniforms per query session, ``chunk_size // width`` rows at a
-    time, so memory is O(S + chunk_size) and the result does not depend on ``chunk_size``.
+    A session has a query with probability ``share``; the query's cluster is the user's with
+    probability ``own_share``, else one of the other clusters uniformly (the user's if it is the only
+    one). Three uniforms per session whatever the arguments (has a query, own cluster, which other),
+    so consecutive calls on consecutive sessions give what one call on all of them gives.
     """
-    num_sessions, num_clusters, size = len(session_cluster), len(vocab), QUERY_VOCAB_SIZE
+    u = rng.random((len(user_cluster), 3))
+    other = (user_cluster + 1 + (u[:, 2] * (num_clusters - 1)).astype(np.int64)) % num_clusters
+    cluster = np.where(u[:, 1] < own_share, user_cluster, other)
+    return np.where(u[:, 0] < share, cluster, -1).astype(np.int64)
+
+
+def _query_words(rng: np.random.Generator, query_cluster: np.ndarray, vocab: list[tuple[str, ...]],
+                 chunk_size: int) -> pa.Array:
+    """(S,) query text (arrow large_string, null for a session without a query) of sessions whose
+    query describes cluster ``query_cluster`` (S,) (-1: no query); ``vocab`` as made by
+    ``query_vocabulary``.
+
+    A query has 2-4 words (``QUERY_WORDS``), each noise with probability ``QUERY_NOISE_SHARE`` (a
+    generic word with probability ``QUERY_GENERIC_SHARE``, else a word of another cluster's
+    vocabulary), else a word of the cluster's own vocabulary; at least one word is the cluster's own;
+    own words are distinct, generic words too. Every word slot draws the same way, so the words come
+    in random order. The stream gives one row of uniforms per query session, ``chunk_size // width``
+    rows at a time, so memory is O(S + chunk_size) and the result does not depend on ``chunk_size``.
+    """
+    num_sessions, num_clusters, size = len(query_cluster), len(vocab), QUERY_VOCAB_SIZE
     table = pa.array([w for words in vocab for w in words] + list(QUERY_GENERIC), type=pa.large_string())
     generic_at, num_generic = num_clusters * size, len(QUERY_GENERIC)  # word index of generic word 0
     fewest, most = QUERY_WORDS
-    has = np.flatnonzero(rng.random(num_sessions) < share)
-    cluster = np.full(num_sessions, -1, np.int64)
-    cluster[has] = session_cluster[has]
+    has = np.flatnonzero(query_cluster >= 0)
     # columns of a query's uniforms: length, forced own slot, then per slot: noise, generic, other
     # cluster, other word, own word, generic word
     width = 2 + 6 * most
@@ -426,7 +472,7 @@ def _queries(rng: np.random.Generator, session_cluster: np.ndarray, vocab: list[
         sel = has[lo:lo + rows]
         u = rng.random((len(sel), width))
         slot_u = u[:, 2:].reshape(len(sel), 6, most)
-        c = session_cluster[sel][:, None]
+        c = query_cluster[sel][:, None]
         n = fewest + (u[:, 0] * (most - fewest + 1)).astype(np.int64)  # (m,) words
         noise = slot_u[:, 0] < QUERY_NOISE_SHARE  # (m, most)
         generic = (slot_u[:, 1] < QUERY_GENERIC_SHARE) | (num_clusters == 1)
@@ -443,7 +489,7 @@ def _queries(rng: np.random.Generator, session_cluster: np.ndarray, vocab: list[
                                                  null_handling="skip"))
     which = np.full(num_sessions, -1, np.int64)  # (S,) row of the session's query in ``texts``
     which[has] = np.arange(len(has))
-    return pa.concat_arrays(texts).take(pa.array(which, mask=which < 0)), cluster
+    return pa.concat_arrays(texts).take(pa.array(which, mask=which < 0))
 
 
 def _distinct(u: np.ndarray, size: int) -> np.ndarray:
@@ -460,7 +506,8 @@ def _distinct(u: np.ndarray, size: int) -> np.ndarray:
 
 
 def _check_args(num_users, num_items, num_interactions, seed, num_clusters, zipf_exponent,
-                mean_session_length, friends_per_user, friend_same_cluster, query_share, chunk_size) -> None:
+                mean_session_length, friends_per_user, friend_same_cluster, query_share, query_own_cluster,
+                chunk_size) -> None:
     def integer(name: str, value, low: int) -> None:
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
             raise RecfunnelError(f"{name} must be an integer >= {low}, got {value!r}")
@@ -479,6 +526,7 @@ def _check_args(num_users, num_items, num_interactions, seed, num_clusters, zipf
     real("mean_session_length", mean_session_length, 1.0)
     real("friend_same_cluster", friend_same_cluster, 0.0, 1.0)
     real("query_share", query_share, 0.0, 1.0)
+    real("query_own_cluster", query_own_cluster, 0.0, 1.0)
     if num_items < MIN_EVENTS:
         raise RecfunnelError(f"num_items={num_items} is too small: every user needs {MIN_EVENTS} distinct items")
     if num_clusters > num_items:
@@ -620,13 +668,21 @@ def _draw(rngs: list[np.random.Generator], counts: np.ndarray,
 
 def _chunk_events(rngs: list[np.random.Generator], counts: np.ndarray, user_cluster: np.ndarray,
                   sampler: _ItemSampler, item_cluster: np.ndarray, item_quality: np.ndarray,
-                  mean_session_length: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                  mean_session_length: float, decide: Callable[[np.ndarray], np.ndarray]
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Events of one chunk of users (whole blocks; ``rngs`` has one generator per block).
 
-    counts, user_cluster: (n_users,). Returns item (E,) int64, ts (E,) int64, rating (E,) float32 and
-    new_session (E,) bool (the event starts a session: a user's first event, or one after a
-    between-session gap) with E = counts.sum(), grouped by user in chunk order and in time order
-    within each user.
+    counts, user_cluster: (n_users,). ``decide`` maps the (S,) user clusters of the chunk's sessions
+    (in order) to their (S,) query clusters, -1 for a session without a query (``_query_sessions``).
+    Returns item (E,) int64, ts (E,) int64, rating (E,) float32, new_session (E,) bool (the event
+    starts a session: a user's first event, or one after a between-session gap) and the (S,) query
+    clusters, with E = counts.sum(), events grouped by user in chunk order and in time order within
+    each user, S = new_session.sum().
+
+    Sessions and queries come first; then every event draws its item from its session's cluster (the
+    query's, else the user's). The items are drawn in slots and shuffled within users into time
+    order (slot ``order[k]`` becomes event k), so slot ``order[k]`` draws with event k's cluster.
+    Without a query session every cluster is the user's: the draws are those made before queries.
     """
     n_users = len(counts)
     local = np.repeat(np.arange(n_users), counts)  # (E,) user index within the chunk
@@ -638,16 +694,27 @@ def _chunk_events(rngs: list[np.random.Generator], counts: np.ndarray, user_clus
     u_start = _draw(rngs, block_users, lambda r, n: r.random(n))
     cluster = user_cluster[local]
 
-    item = sampler.draw(cluster, uniform[:, 0], uniform[:, 1])
-    _redraw_repeats(item, local, cluster, sampler, rngs)
+    new_session = uniform[:, 3] < 1.0 / mean_session_length
+    new_session[starts] = True
+    query_cluster = decide(cluster[new_session])  # (S,)
     # Redrawn slots sit late in a user's sequence; shuffling within users removes that position bias.
     shuffle_key = (local << 32) | (uniform[:, 2] * 2.0 ** 32).astype(np.int64)
-    item = item[np.argsort(shuffle_key, kind="stable")]
+    order = np.argsort(shuffle_key, kind="stable")
+    del shuffle_key
+    slot_cluster = cluster
+    if (query_cluster >= 0).any():
+        event_query = query_cluster[np.cumsum(new_session) - 1]  # (E,) in time order
+        slot_cluster = np.empty_like(cluster)
+        slot_cluster[order] = np.where(event_query >= 0, event_query, cluster)
+        del event_query
+    item = sampler.draw(slot_cluster, uniform[:, 0], uniform[:, 1])
+    _redraw_repeats(item, local, slot_cluster, sampler, rngs)
+    del slot_cluster
+    item = item[order]
+    del order
 
     in_session = np.minimum(np.rint(np.exp(np.log(IN_SESSION_MEDIAN_S) + normal[:, 0])), IN_SESSION_MAX_S)
     between = BETWEEN_SESSION_MIN_S + np.rint(np.exp(np.log(BETWEEN_SESSION_MEDIAN_S) + 1.2 * normal[:, 0]))
-    new_session = uniform[:, 3] < 1.0 / mean_session_length
-    new_session[starts] = True
     gap = np.where(new_session, between, np.maximum(in_session, 1.0))
     gap[starts] = 0.0
     offset = np.cumsum(gap)
@@ -659,17 +726,17 @@ def _chunk_events(rngs: list[np.random.Generator], counts: np.ndarray, user_clus
     first = T_START + np.floor(u_start * (window - np.minimum(span, window)))
     ts = (np.repeat(first, counts) + offset).astype(np.int64)
 
-    own = item_cluster[item] == cluster
+    own = item_cluster[item] == cluster  # the user's taste rates, also in a search for another cluster
     stars = 2.9 + 1.1 * own + item_quality[item] + 0.9 * normal[:, 1]
     rating = np.clip(np.rint(stars), 1, 5).astype(np.float32)
-    return item, ts, rating, new_session
+    return item, ts, rating, new_session, query_cluster
 
 
 def _redraw_repeats(item: np.ndarray, local: np.ndarray, cluster: np.ndarray, sampler: _ItemSampler,
                     rngs: list[np.random.Generator]) -> None:
     """Redraw, in place, every event whose item repeats an earlier one of the same user.
 
-    item, local, cluster: (E,). The first POPULAR_ROUNDS redraws use the taste distribution, later
+    item, local, cluster: (E,) (cluster: each slot's taste cluster). The first POPULAR_ROUNDS redraws use the taste distribution, later
     ones the uniform distribution (a user holds at most half the catalogue, so they finish quickly).
     """
     num_items = len(sampler.global_cdf)
