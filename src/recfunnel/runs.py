@@ -38,11 +38,11 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from recfunnel.data.datamodule import RecDataModule
 from recfunnel.data.objectives import parse_objectives, predicted
 from recfunnel.data.sources import load_split
-from recfunnel.eval.cold import cold_targets
 from recfunnel.eval.funnel import evaluate_funnel, objective_metrics, rerank_ablation
 from recfunnel.eval.protocol import EvalSet
 from recfunnel.eval.protocol import evaluate as evaluate_protocol
 from recfunnel.eval.report import flatten, print_metrics, write_funnel_report, write_metrics
+from recfunnel.eval.slices import target_slices
 from recfunnel.models.multitask import ObjectiveMix, check_heads
 from recfunnel.serving.fusion import RankFusion
 from recfunnel.serving.index import ItemIndex, index_fingerprint
@@ -606,7 +606,7 @@ def evaluate_stages(cfg: DictConfig, retriever: Retriever, dm: Any, task: pl.Lig
                     fusion: RankFusion | None = None) -> dict[str, float]:
     """Each stage of the funnel (retrieval, + ranker, + re-ranking) on valid and test, what leaving
     out each re-ranking stage changes, and the end of the funnel under the usual keys (the final
-    lists' ``final/cold/...`` too: ``{split}/cold/ndcg@10``, beside ``{split}/cold/targets``)."""
+    lists' slices too, ``final/<slice>/...``: ``{split}/cold/ndcg@10``, beside ``{split}/cold/targets``)."""
     reranker = build_reranker(cfg.rerank)
     catalogue = item_catalogue(dm.data.tables.items, dm.genres, retriever.item_vectors)
     funnel = Funnel(retriever, task.net, dm.pairs, reranker, catalogue, cfg.pairs.candidates, cfg.funnel.top_n, fusion)
@@ -614,7 +614,7 @@ def evaluate_stages(cfg: DictConfig, retriever: Retriever, dm: Any, task: pl.Lig
     for split in ("valid", "test"):
         rows = dm.eval_rows[split]
         stage, slates = evaluate_funnel(funnel, dm.pipeline, rows, cfg.funnel.batch_size, cfg.funnel.timing_users,
-                                        cold=cold_targets(dm.data, rows))
+                                        slices=target_slices(dm.data, rows))
         seen = funnel.seen(retriever.pipeline, rows)  # seen items and where each user is (geo stages)
         stage.update(rerank_ablation(slates["ranked"], catalogue, seen, reranker, dm.pipeline.item_idx[rows],
                                      cfg.funnel.top_n, dm.data.num_items, catalogue.genres.astype(np.float32)))

@@ -15,7 +15,8 @@ A batch (``build_batch``) is a dict::
     {"user", "context": TowerInput (B rows), "cand": TowerInput (B·C rows, query-major),
      "cand_idx": (B, C) long (−1 = empty slot), "pair_dense": (B, C, P) float,
      "label": (B, C, T) float, "mask": (B, C) bool}        # label/mask: training pairs only
-    + eval batches: "target": (B,) long, "target_labels": (B, T) float, "retrieval_score": (B, C) float
+    + eval batches: "target": (B,) long, "target_labels": (B, T) float, "retrieval_score": (B, C) float,
+      "eval_pos": (B,) long (the targets' positions among the split's)
 
 T objectives the ranker predicts (``recfunnel.data.objectives``; those with ``predict: false`` are
 left out): a pair's labels are its event's when the candidate is the event's item (the first column
@@ -263,6 +264,7 @@ class CandidateLists(Dataset):
         batch["target"] = torch.from_numpy(dm.pipeline.item_idx[rows])
         batch["target_labels"] = torch.from_numpy(dm.head_labels[rows])
         batch["retrieval_score"] = torch.from_numpy(dm.eval_scores[self.split][positions])
+        batch["eval_pos"] = torch.from_numpy(positions)  # positions among the split's targets (their slices)
         return batch
 
 

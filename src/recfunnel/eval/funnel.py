@@ -3,39 +3,36 @@
 ``evaluate_funnel`` scores a split by ``../shared/EVALUATION.md``: one target per user, the user's
 earlier items excluded (the retriever drops them), metrics of the returned lists (a target the
 funnel does not return scores 0), plus catalogue coverage, intra-list diversity (genres) and the
-time per user of single-user calls. Given which targets are cold (``recfunnel.eval.cold``), each
-stage's list metrics are also averaged over the cold targets only (``<stage>/cold/ndcg@10``, ...),
-and their number is ``cold/targets``.
+time per user of single-user calls. Given which targets are in each slice (``recfunnel.eval.slices``),
+each stage's list metrics are also averaged over each slice's targets only (``<stage>/cold/ndcg@10``,
+``<stage>/query/ndcg@10``, ...), and their number is ``<slice>/targets``.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Mapping
 
 import numpy as np
 import torch
 
-from recfunnel.eval.cold import COUNT, cold_metrics
 from recfunnel.eval.diversity import catalogue_coverage, intra_list_diversity
 from recfunnel.eval.metrics import list_metrics
+from recfunnel.eval.slices import COUNT, slice_metrics
 from recfunnel.features.pipeline import FeaturePipeline
 from recfunnel.serving.pipeline import STAGES, Funnel
 from recfunnel.serving.rerank import Reranker, Seen, Slate
-
-log = logging.getLogger(__name__)
 
 __all__ = ["STAGES", "evaluate_funnel", "objective_metrics", "rerank_ablation", "stage_metrics"]
 
 
 def stage_metrics(slates: Mapping[str, Slate], targets: np.ndarray, top_n: int, num_items: int,
-                  genres: np.ndarray, cold: np.ndarray | None = None) -> dict[str, float]:
+                  genres: np.ndarray, slices: Mapping[str, np.ndarray] | None = None) -> dict[str, float]:
     """Mean metrics per stage, keyed ``<stage>/<metric>``; coverage and diversity of each stage's top N.
 
-    targets: (U,) each user's target item; cold: (U,) bool, which targets are cold: each stage's list
-    metrics are then averaged over those too, ``<stage>/cold/<metric>`` (none when no target is cold;
-    the count is the caller's to report once).
+    targets: (U,) each user's target item; slices: {name: (U,) bool} which targets are in each slice:
+    each stage's list metrics are then averaged over those too, ``<stage>/<slice>/<metric>`` (none
+    for a slice without targets; the counts are the caller's to report once).
     """
     out: dict[str, float] = {}
     t = torch.as_tensor(targets)
@@ -44,8 +41,8 @@ def stage_metrics(slates: Mapping[str, Slate], targets: np.ndarray, top_n: int, 
         per_target = list_metrics(items, t, ndcg_ks=[k for k in (10, 20) if k <= items.shape[1]])
         for k, v in per_target.items():
             out[f"{stage}/{k}"] = float(v.mean())
-        if cold is not None:
-            out.update({f"{stage}/{k}": v for k, v in cold_metrics(per_target, cold).items() if k != COUNT})
+        out.update({f"{stage}/{k}": v for k, v in slice_metrics(per_target, slices or {}).items()
+                    if not k.endswith(f"/{COUNT}")})
         head = slate.items[:, :top_n]
         out[f"{stage}/mrr@{top_n}"] = float(list_metrics(torch.as_tensor(head), t)["mrr"].mean())  # comparable across stages
         out[f"{stage}/coverage@{top_n}"] = catalogue_coverage(head, num_items)
@@ -79,15 +76,15 @@ def objective_metrics(slate: Slate, targets: np.ndarray, labels: np.ndarray, nam
 
 
 def evaluate_funnel(funnel: Funnel, ranker_pipeline: FeaturePipeline, rows: np.ndarray, batch_size: int = 256,
-                    timing_users: int = 200, cold: np.ndarray | None = None
+                    timing_users: int = 200, slices: Mapping[str, np.ndarray] | None = None
                     ) -> tuple[dict[str, float], dict[str, Slate]]:
     """Stage metrics for event ``rows`` (U,) (one target per user) and the time per user.
 
     The lists come from batched calls; ``timing_users`` of the users are then served one by one
     (features, retrieval, ranking, re-ranking) to give the mean and p99 time of a single-user call.
-    ``cold``: (U,) bool, which targets are cold (``recfunnel.eval.cold.cold_targets``), or None.
+    ``slices``: {name: (U,) bool} which targets are in each slice (``recfunnel.eval.slices.target_slices``).
     Returns the metrics (``retrieval/ndcg@10``, ``ranked/...``, ``final/...``, ``ms_per_user_mean``,
-    ``ms_per_user_p99``; with ``cold``, ``<stage>/cold/...`` and ``cold/targets``) and the stages' lists.
+    ``ms_per_user_p99``; for each slice, ``<stage>/<slice>/...`` and ``<slice>/targets``) and the stages' lists.
     """
     ret_pipe = funnel.retriever.pipeline
     parts: dict[str, list[Slate]] = {s: [] for s in STAGES}
@@ -97,11 +94,9 @@ def evaluate_funnel(funnel: Funnel, ranker_pipeline: FeaturePipeline, rows: np.n
     slates = {s: Slate(np.concatenate([p.items for p in v]), np.concatenate([p.scores for p in v]))
               for s, v in parts.items()}
     genres = funnel.catalogue.genres.astype(np.float32)
-    metrics = stage_metrics(slates, ret_pipe.item_idx[rows], funnel.top_n, ret_pipe.num_items, genres, cold)
-    if cold is not None:
-        metrics[COUNT] = float(np.count_nonzero(cold))
-        if not metrics[COUNT]:
-            log.info("funnel evaluation of %d targets: no cold targets; the cold/ metrics are left out", len(rows))
+    metrics = stage_metrics(slates, ret_pipe.item_idx[rows], funnel.top_n, ret_pipe.num_items, genres, slices)
+    # each slice's count, once (of no metric: the counts alone), and a line for a slice without targets
+    metrics.update(slice_metrics({}, slices or {}, where=f"funnel evaluation of {len(rows)} targets"))
     times = []
     for row in rows[:timing_users]:
         start = time.perf_counter()

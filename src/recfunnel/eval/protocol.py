@@ -2,8 +2,9 @@
 
 ``EvalSet.build(data, "test")`` gives every user with a test event, the target item, and a CSR
 list of excluded items (train items for valid; train + valid items for test), and which targets are
-cold (``recfunnel.eval.cold``). ``evaluate`` runs any scorer over the full catalogue in user chunks and
-averages ``metrics.ranking_metrics``, over all targets and over the cold ones (``cold/...`` keys).
+in each slice (``recfunnel.eval.slices``). ``evaluate`` runs any scorer over the full catalogue in user
+chunks and averages ``metrics.ranking_metrics``, over all targets and over each slice's
+(``cold/...``, ``query/...`` keys).
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import torch
 from tqdm.auto import tqdm
 
 from recfunnel.data.dataset import TEST, TRAIN, VALID, SplitData
-from recfunnel.eval.cold import cold_means, cold_sums, cold_targets
 from recfunnel.eval.metrics import ranking_metrics
+from recfunnel.eval.slices import metric_means, slice_sums, target_slices
 from recfunnel.utils.arrays import concat_ranges, sorted_unique
 
 SPLIT_CODES = {"valid": VALID, "test": TEST}
@@ -30,8 +31,8 @@ class EvalSet:
     rows: (U,) event row of each target (index into the interactions table).
     users: (U,) dense user index; targets: (U,) dense item index.
     exclude_ptr: (U+1,), exclude_items: (E,) CSR of items removed from each user's candidates.
-    cold: (U,) bool, whether each target's item is cold (``recfunnel.eval.cold``); None: not known,
-        no cold slice.
+    slices: {name: (U,) bool} which targets are in each slice that applies to the data
+        (``recfunnel.eval.slices``); empty: no slice.
     """
 
     name: str
@@ -40,7 +41,7 @@ class EvalSet:
     targets: np.ndarray
     exclude_ptr: np.ndarray
     exclude_items: np.ndarray
-    cold: np.ndarray | None = None
+    slices: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def build(cls, data: SplitData, name: str) -> EvalSet:
@@ -57,7 +58,7 @@ class EvalSet:
         ends = np.searchsorted(su, users, side="right")
         ptr = np.r_[0, np.cumsum(ends - starts)]
         items = si[concat_ranges(starts, ends)]
-        return cls(name, rows, users, data.item_idx[rows], ptr, items, cold_targets(data, rows))
+        return cls(name, rows, users, data.item_idx[rows], ptr, items, target_slices(data, rows))
 
     def __len__(self) -> int:
         return len(self.users)
@@ -79,9 +80,8 @@ Scorer = Callable[[np.ndarray], torch.Tensor]
 def evaluate(scorer: Scorer, evalset: EvalSet, num_items: int, chunk_size: int = 1024,
              progress: bool = False) -> dict[str, float]:
     """Mean metrics of ``scorer`` over ``evalset``, keys like ``recall@10``, ``ndcg@10``, ``mrr``, and
-    (when ``evalset.cold`` is known) the cold slice: ``cold/recall@10``, ..., ``cold/targets``."""
+    those of each of its slices: ``cold/recall@10``, ..., ``cold/targets`` (``recfunnel.eval.slices``)."""
     sums: dict[str, float] = {}
-    cold: dict[str, float] = {}
     starts = range(0, len(evalset), chunk_size)
     for lo in tqdm(starts, desc=f"eval {evalset.name}", disable=not progress, leave=False):
         positions = np.arange(lo, min(lo + chunk_size, len(evalset)))
@@ -89,12 +89,9 @@ def evaluate(scorer: Scorer, evalset: EvalSet, num_items: int, chunk_size: int =
         exclude = evalset.exclusion_pairs(positions, device=scores.device)
         targets = torch.as_tensor(evalset.targets[positions], device=scores.device)
         per_target = ranking_metrics(scores.float(), targets, exclude)
-        for k, v in per_target.items():
-            sums[k] = sums.get(k, 0.0) + float(v.sum())
-        if evalset.cold is not None:
-            for k, v in cold_sums(per_target, evalset.cold[positions]).items():
-                cold[k] = cold.get(k, 0.0) + v
-    means = {k: v / max(len(evalset), 1) for k, v in sums.items()}
-    if evalset.cold is not None:
-        means.update(cold_means(cold, where=evalset.name))
-    return means
+        chunk = {k: float(v.sum()) for k, v in per_target.items()}
+        for name, mask in evalset.slices.items():
+            chunk.update(slice_sums(per_target, mask[positions], name))
+        for k, v in chunk.items():
+            sums[k] = sums.get(k, 0.0) + v
+    return metric_means(sums, len(evalset), where=evalset.name)

@@ -2,8 +2,8 @@
 
 ``metrics.json`` is flat: ``{"valid/recall@10": ..., "test/ndcg@10": ..., "test/mrr": ...}``;
 other keys (``test/retrieval/...``, timings) may be added beside these by later stages. Every
-path also writes the cold-start slice, ``{valid,test}/cold/<metric>`` and ``{valid,test}/cold/targets``
-(``recfunnel.eval.cold``).
+path also writes each slice that applies to the data (``recfunnel.eval.slices``: the cold-start slice,
+the targets with a search query), ``{valid,test}/<slice>/<metric>`` and ``{valid,test}/<slice>/targets``.
 """
 
 from __future__ import annotations

@@ -3,10 +3,10 @@ and test hooks, and the checkpoint check on load.
 
 A subclass implements ``compute_loss(batch)`` (training) and ``eval_step(batch) -> (metrics, n)``
 (per-user metric values (n,) of one evaluation batch); ``eval_start``/``eval_end`` are optional
-hooks around an evaluation epoch, and ``eval_cold`` says which targets of a batch are cold
-(``recfunnel.eval.cold``). Logged keys: ``train/loss``, ``{valid,test}/<metric>`` (the mean over
-users) and, for a task with ``eval_cold``, ``{valid,test}/cold/<metric>`` (the mean over cold
-targets; left out when there is none) and ``{valid,test}/cold/targets``.
+hooks around an evaluation epoch, and ``eval_slices`` says which targets of a batch are in each
+slice (``recfunnel.eval.slices``). Logged keys: ``train/loss``, ``{valid,test}/<metric>`` (the mean
+over users) and, for each slice ``eval_slices`` gives, ``{valid,test}/<slice>/<metric>`` (the mean
+over the slice's targets; left out when there is none) and ``{valid,test}/<slice>/targets``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from recfunnel.eval.cold import cold_means, cold_sums, is_cold_key
+from recfunnel.eval.slices import metric_means, slice_sums
 from recfunnel.tasks.checkpoints import check_compatible
 from recfunnel.tasks.optim import clip_gradients
 from recfunnel.utils.errors import RecfunnelError
@@ -89,10 +89,11 @@ class RecTask(pl.LightningModule):
         """Per-user metric values, each (B,), of one evaluation batch."""
         raise NotImplementedError
 
-    def eval_cold(self, batch: dict[str, Any], split: str) -> Tensor | None:
-        """(B,) bool: which targets of an evaluation batch are cold (``recfunnel.eval.cold``), aligned
-        with ``eval_step``'s values; None (the default): no cold slice."""
-        return None
+    def eval_slices(self, batch: dict[str, Any], split: str) -> dict[str, Tensor]:
+        """{slice name: (B,) bool}: which targets of an evaluation batch are in each slice
+        (``recfunnel.eval.slices``), aligned with ``eval_step``'s values. Every batch of every rank
+        must give the same names (those of the data's slices); {} (the default): no slice."""
+        return {}
 
     def eval_start(self, split: str) -> None:
         """Called before an evaluation epoch (e.g. to embed the catalogue once)."""
@@ -107,25 +108,22 @@ class RecTask(pl.LightningModule):
             self._sums[k] = self._sums.get(k, 0.0) + float(v.sum())
             size = len(v)
         self._count += size
-        cold = self.eval_cold(batch, split)
-        if cold is not None:  # every batch adds every cold key (0 when none is cold): ranks reduce the same keys
-            for k, v in cold_sums(values, cold).items():
+        # every batch adds every key of every slice (0 when none of its targets is in the slice), so
+        # that all ranks reduce the same keys
+        for name, mask in self.eval_slices(batch, split).items():
+            for k, v in slice_sums(values, mask, name).items():
                 self._sums[k] = self._sums.get(k, 0.0) + v
 
     def _log_means(self, split: str) -> None:
         """Log each metric's mean over every user scored, on all ranks together: sums and counts are
         added across processes first (a mean of per-rank means would weigh ranks, not users), and
-        ``{split}/users`` is the number of users scored; the ``cold/`` sums are averaged over the
-        cold targets (``recfunnel.eval.cold.cold_means``)."""
+        ``{split}/users`` is the number of users scored; a slice's sums are averaged over the slice's
+        targets (``recfunnel.eval.slices.metric_means``)."""
         keys = sorted(self._sums)
         totals = torch.tensor([self._sums[k] for k in keys] + [self._count], dtype=torch.float64, device=self.device)
         totals = self.trainer.strategy.reduce(totals, reduce_op="sum").cpu()
-        count = max(float(totals[-1]), 1.0)
-        sums = dict(zip(keys, totals[:-1].tolist()))
-        means = {k: v / count for k, v in sums.items() if not is_cold_key(k)}
-        if any(is_cold_key(k) for k in sums):
-            means.update(cold_means({k: v for k, v in sums.items() if is_cold_key(k)},
-                                    where=None if self.trainer.sanity_checking else split))
+        means = metric_means(dict(zip(keys, totals[:-1].tolist())), float(totals[-1]),
+                             where=None if self.trainer.sanity_checking else split)
         for k, v in means.items():
             # the same value on every rank already; sync_dist averages equal values (and says so to Lightning)
             self.log(f"{split}/{k}", v, prog_bar=k == "ndcg@10", sync_dist=True)

@@ -6,8 +6,8 @@ Training batches come from ``RankingDataModule`` (positive, hard and uniform neg
 Validation/test batches hold each user's retrieved list; the ranker re-orders it and logs
 
 * ``{split}/ndcg@10``, ``recall@K``, ``mrr``: of the re-ordered list (a target the retriever missed
-  scores 0), what early stopping and sweeps watch; the same over the cold targets only
-  (``{split}/cold/ndcg@10``, ..., ``{split}/cold/targets``: ``recfunnel.eval.cold``);
+  scores 0), what early stopping and sweeps watch; the same over each slice's targets only
+  (``{split}/cold/ndcg@10``, ..., ``{split}/query/targets``: ``recfunnel.eval.slices``);
 * ``{split}/auc``, ``{split}/logloss``: of the ranker's score over the held-out (user, candidate)
   pairs of those lists, for users whose target was retrieved (the others have no positive pair);
 * ``{split}/objective/<name>/auc``: per objective (``recfunnel.data.objectives``), of its head over
@@ -31,8 +31,8 @@ from torch import Tensor
 from torchmetrics.functional.classification import binary_auroc
 
 from recfunnel.data.objectives import Objective
-from recfunnel.eval.cold import cold_items
 from recfunnel.eval.metrics import list_metrics
+from recfunnel.eval.slices import target_slices
 from recfunnel.features.schema import FeatureSchema
 from recfunnel.models.dlrm import DLRM
 from recfunnel.tasks.base import RecTask
@@ -117,14 +117,15 @@ class RankingTask(RecTask):
 
     # -- evaluation ----------------------------------------------------------------------------
     def eval_start(self, split: str) -> None:
-        # (I,) bool cold items, from the train split of the data the pairs come from (None: no such data)
-        data = getattr(self.trainer.datamodule, "data", None)
-        self._cold_items = None if data is None else torch.from_numpy(cold_items(data.item_counts()))
+        # the slices of the split's targets (recfunnel.eval.slices), by position among them
+        dm = self.trainer.datamodule
+        self._eval_slices = {name: torch.from_numpy(mask)
+                             for name, mask in target_slices(dm.data, dm.eval_rows[split]).items()}
 
-    def eval_cold(self, batch: dict[str, Any], split: str) -> Tensor | None:
-        """(B,) bool: whether each batch row's ``target`` item is cold (``recfunnel.eval.cold``)."""
-        cold = getattr(self, "_cold_items", None)
-        return None if cold is None else cold[batch["target"].cpu()]
+    def eval_slices(self, batch: dict[str, Any], split: str) -> dict[str, Tensor]:
+        """{slice: (B,) bool}: the batch's targets in each slice, by their ``eval_pos``."""
+        pos = batch["eval_pos"].cpu()
+        return {name: mask[pos] for name, mask in self._eval_slices.items()}
 
     def eval_step(self, batch: dict[str, Any], split: str) -> dict[str, Tensor]:
         outputs = self.net.heads(batch)
@@ -159,4 +160,4 @@ class RankingTask(RecTask):
                 if 0 < y.sum() < y.numel():
                     self.log(f"{split}/objective/{o.name}/auc", binary_auroc(outputs[:, t], y.long()).item(),
                              sync_dist=True)
-        self._pairs, self._cold_items = [], None
+        self._pairs, self._eval_slices = [], {}

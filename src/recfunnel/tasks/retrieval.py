@@ -9,8 +9,8 @@ sampling). logQ correction (switched by ``loss.logq_correction``) takes log q fr
 Evaluation: at the start of a validation/test epoch every item is embedded once (as of the end of
 the train split); each batch of users is scored against all of them in one matrix product, the
 user's earlier items are excluded, and the metric core accumulates per-user expectations. Logged as
-``valid/ndcg@10``, ``test/recall@100``, ..., and over the cold targets only (the ``EvalSet``'s
-``cold``; ``recfunnel.eval.cold``) as ``valid/cold/ndcg@10``, ``test/cold/targets``, ...
+``valid/ndcg@10``, ``test/recall@100``, ..., and over each slice's targets only (the ``EvalSet``'s
+``slices``; ``recfunnel.eval.slices``) as ``valid/cold/ndcg@10``, ``test/query/targets``, ...
 """
 
 from __future__ import annotations
@@ -165,10 +165,10 @@ class RetrievalTask(RecTask):
             parts.append(ranking_metrics(scores, targets, exclude, work=work[:n]))
         return {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
 
-    def eval_cold(self, batch: dict[str, Any], split: str) -> Tensor | None:
-        """(B,) bool: the batch's cold targets, from its ``EvalSet`` (None when that does not know)."""
-        cold = self.trainer.datamodule.evalsets[split].cold
-        return None if cold is None else torch.from_numpy(cold[batch["eval_pos"].cpu().numpy()])
+    def eval_slices(self, batch: dict[str, Any], split: str) -> dict[str, Tensor]:
+        """{slice: (B,) bool}: the batch's targets in each slice of its ``EvalSet``."""
+        pos = batch["eval_pos"].cpu().numpy()
+        return {name: torch.from_numpy(mask[pos]) for name, mask in self.trainer.datamodule.evalsets[split].slices.items()}
 
     def eval_end(self, split: str) -> None:
         self._catalogue, self._eval_buffers = None, []
