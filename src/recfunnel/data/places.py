@@ -56,6 +56,7 @@ import numbers
 import numpy as np
 import pandas as pd
 
+from recfunnel.data.synthetic import MIN_EVENTS, user_activity
 from recfunnel.data.tables import Tables
 from recfunnel.utils.arrays import concat_ranges
 from recfunnel.utils.errors import RecfunnelError
@@ -68,8 +69,6 @@ CATEGORIES = {"cafe": 1.5, "bakery": 1.2, "street_food": 1.3, "pizzeria": 2.0, "
               "sushi": 2.8, "fine_dining": 3.8, "wine_bar": 2.7, "museum": 2.0, "park": 1.0, "market": 1.3}
 ANSWER_KEY_COLUMNS = ("users.cluster", "users.price_sensitivity", "users.taste", "items.popularity", "items.appeal")
 
-MIN_EVENTS = 3  # every user has at least this many events (leave-one-out needs 3)
-ACTIVITY_SIGMA = 1.0  # sigma of the lognormal user activity weights
 TRIP_DISTANCE_KM = (150.0, 800.0)  # trip cities lie this far from the home city's centre
 DISTRICTS = 8  # district centres per city
 CITY_SPREAD_KM = 4.0  # sigma of the districts around the city centre (trip cities: half)
@@ -122,7 +121,7 @@ def generate_places(num_users: int, num_places: int, num_interactions: int, *, s
     sensitivity = rng.permutation(np.linspace(*SENSITIVITY_RANGE, num_clusters))
     cluster = rng.integers(num_clusters, size=num_users)
     users = _users(rng, districts[0], num_users, cluster, sensitivity, taste)
-    counts = _activity(rng, num_users, num_interactions, max(MIN_EVENTS, num_places // 4))
+    counts = user_activity(rng, num_users, num_interactions, max(MIN_EVENTS, num_places // 4))
 
     category = items["category"].map({c: k for k, c in enumerate(CATEGORIES)}).to_numpy()
     base = (taste[:, category] + np.log(popularity) + appeal
@@ -198,17 +197,6 @@ def _users(rng: np.random.Generator, districts: np.ndarray, num_users: int, clus
                          **{f"home_geohash{p}": geohash(lat, lon, p) for p in (4, 5, 6)},
                          "cluster": cluster, "price_sensitivity": sensitivity[cluster],
                          "taste": taste[cluster].tolist()})
-
-
-def _activity(rng: np.random.Generator, num_users: int, total: int, cap: int) -> np.ndarray:
-    """(num_users,) events per user: >= MIN_EVENTS, <= cap, lognormal-skewed, summing to ``total``."""
-    weight = rng.lognormal(0.0, ACTIVITY_SIGMA, num_users)
-    counts = MIN_EVENTS + rng.multinomial(total - MIN_EVENTS * num_users, weight / weight.sum())
-    while (excess := int(np.maximum(counts - cap, 0).sum())) > 0:
-        counts = np.minimum(counts, cap)
-        room = np.where(counts < cap, weight, 0.0)
-        counts += rng.multinomial(excess, room / room.sum())
-    return counts
 
 
 # -- where and when -------------------------------------------------------------------------------

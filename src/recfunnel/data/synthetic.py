@@ -223,7 +223,7 @@ def generate_synthetic(num_users: int, num_items: int, num_interactions: int, *,
     weight = popularity ** -zipf_exponent
     sampler = _ItemSampler(weight, item_cluster, num_clusters)
     item_quality = rng.normal(0.0, 0.4, num_items)
-    counts = _activity(rng, num_users, num_interactions, _max_events_per_user(num_items))
+    counts = user_activity(rng, num_users, num_interactions, _max_events_per_user(num_items))
 
     block_starts = np.arange(0, num_users, BLOCK_USERS)
     block_seeds = events_seed.spawn(len(block_starts))
@@ -606,7 +606,7 @@ def _digits(values: np.ndarray, width: int) -> np.ndarray:
     return chars.view(f"S{width}").ravel().astype(f"U{width}")
 
 
-def _activity(rng: np.random.Generator, num_users: int, total: int, cap: int) -> np.ndarray:
+def user_activity(rng: np.random.Generator, num_users: int, total: int, cap: int) -> np.ndarray:
     """(num_users,) events per user: >= MIN_EVENTS, <= cap, lognormal-skewed, summing to ``total``."""
     weight = rng.lognormal(0.0, ACTIVITY_SIGMA, num_users)
     counts = MIN_EVENTS + rng.multinomial(total - MIN_EVENTS * num_users, weight / weight.sum())
