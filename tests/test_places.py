@@ -390,5 +390,9 @@ def test_the_ranker_reads_the_distance_from_where_the_user_is_to_each_candidate(
     served = pairs(view, np.array([row]), vectors[:1], cands[:1], cands[:1])[0, :, -1]
     home = haversine_km(us["home_lat"][4], us["home_lon"][4], it["lat"].to_numpy()[:5], it["lon"].to_numpy()[:5])
     np.testing.assert_allclose(served, np.log1p(home), rtol=1e-5)
+    there = np.array([[48.0, 2.0]])  # a request that says where it comes from
+    told = pairs(view, np.array([row]), vectors[:1], cands[:1], cands[:1], here=there)[0, :, -1]
+    np.testing.assert_allclose(told, np.log1p(haversine_km(48.0, 2.0, it["lat"].to_numpy()[:5], it["lon"].to_numpy()[:5])),
+                               rtol=1e-5)
     _, _, _, plain = ranker_inputs(SplitData.from_tables(synthetic.generate_synthetic(30, 40, 600, seed=0)), vectors, ids)
     assert "log_distance_km" not in plain.names  # no coordinates, no such feature

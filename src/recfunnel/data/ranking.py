@@ -101,7 +101,7 @@ class PairFeatures:
         genres: (I, G) item genre multi-hot.
         profile_len: how many of the user's latest items make the genre profile.
         cooccurrence: co-occurrence scores for the ``cooc_score`` feature (None: no such feature).
-        data: the events the rows index; with coordinates (``user_locations``), the
+        data: the events the rows index; with coordinates (``UserLocations``), the
             ``log_distance_km`` feature.
 
     ``names``: the P features, in order.
@@ -118,16 +118,16 @@ class PairFeatures:
         norm = np.linalg.norm(genres, axis=1, keepdims=True)
         self.genres = np.where(norm > 0, genres / np.maximum(norm, 1e-12), 0).astype(np.float32)
         self.profile_len, self.cooccurrence = profile_len, cooccurrence
-        self.locations = None if data is None else user_locations(data)
-        self.events_ts = None if data is None else data.ts  # identifies a pipeline over the data's own rows
+        self.locations = None if data is None else UserLocations.of(data)
         self.names = PAIR_FEATURES + (("cooc_score",) if cooccurrence is not None else ()) + \
-            (("log_distance_km",) if self.locations is not None else ())
+            (("log_distance_km",) if self.locations is not None and self.locations.items is not None else ())
 
     def __call__(self, pipeline: FeaturePipeline, rows: np.ndarray, queries: np.ndarray, cands: np.ndarray,
-                 lists: np.ndarray, in_sample: bool = False) -> np.ndarray:
+                 lists: np.ndarray, in_sample: bool = False, here: np.ndarray | None = None) -> np.ndarray:
         """rows (B,) of ``pipeline``; queries (B, d) their retriever vectors; cands (B, C) items (−1 =
         empty); lists (B, K) the first stage's top-K for the rank feature; ``in_sample``: the rows are
-        train events (out-of-fold co-occurrence) → (B, C, P) float32."""
+        train events (out-of-fold co-occurrence); ``here`` (B, 2): where the users are, when the
+        request says (default: ``UserLocations.where``) → (B, C, P) float32."""
         safe = np.maximum(cands, 0)
         score = np.einsum("bd,bcd->bc", queries, self.item_vectors[safe])
         match = (lists[:, None, :] == cands[:, :, None]) & (cands[:, :, None] >= 0)
@@ -150,54 +150,73 @@ class PairFeatures:
         columns = [score, np.log(rank), overlap, sim_last, sim_max]
         if self.cooccurrence is not None:
             columns.append(self.cooccurrence.at(pipeline, rows, cands, in_sample))
-        if self.locations is not None:
-            columns.append(self._log_distance(pipeline, rows, safe))
+        if "log_distance_km" in self.names:
+            columns.append(self._log_distance(pipeline, rows, safe, here))
         out = np.stack(columns, axis=2).astype(np.float32)
         out[cands < 0] = 0.0
         return out
 
 
-    def _log_distance(self, pipeline: FeaturePipeline, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
-        """(B, C) log(1 + km) from where each row's user is to each candidate (0 where unknown). A row of
-        the data is at its event's location; a served request (a ``for_request`` view) at its user's home."""
-        events, homes, item_coords = self.locations
-        if events is not None and pipeline.ts is self.events_ts:  # rows of the data itself
-            here = events[rows]
-        elif homes is not None:
-            here = homes[pipeline.user_idx[rows]]
-        else:
+    def _log_distance(self, pipeline: FeaturePipeline, rows: np.ndarray, items: np.ndarray,
+                      here: np.ndarray | None) -> np.ndarray:
+        """(B, C) log(1 + km) from where each row's user is to each candidate (0 where unknown)."""
+        here = self.locations.where(pipeline, rows) if here is None else here
+        if here is None:
             return np.zeros(items.shape, np.float32)
-        km = haversine_km(here[:, None, 0], here[:, None, 1], item_coords[items, 0], item_coords[items, 1])
+        coords = self.locations.items
+        km = haversine_km(here[:, None, 0], here[:, None, 1], coords[items, 0], coords[items, 1])
         return np.nan_to_num(np.log1p(km), nan=0.0)
 
 
-def user_locations(data: SplitData) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray] | None:
-    """Where users are and items lie, for the distance pair feature: ((N, 2) each event's lat / lon or
-    None, (U, 2) each user's home or None, (I, 2) the items'); None when the items have no ``lat`` /
-    ``lon`` or neither the events nor the users say where the users are."""
-    def coords(table, lat: str, lon: str) -> np.ndarray | None:
-        if lat not in table or lon not in table:
-            return None
-        return np.stack([table[lat].to_numpy(np.float64, na_value=np.nan), table[lon].to_numpy(np.float64, na_value=np.nan)], 1)
+class UserLocations:
+    """Where users are and items lie, in degrees (lat, lon), from a dataset's columns.
 
-    t = data.tables
-    items = coords(t.items, "lat", "lon")
-    events, homes = coords(t.interactions, "lat", "lon"), coords(t.users, "home_lat", "home_lon")
-    if items is None or (events is None and homes is None):
+    ``events`` (N, 2): each event's location context (interactions ``lat`` / ``lon``); ``homes``
+    (U, 2): each user's home (users ``home_lat`` / ``home_lon``); ``items`` (I, 2): items ``lat`` /
+    ``lon``. Each is None when the data lacks its columns; missing values are NaN.
+    """
+
+    def __init__(self, events: np.ndarray | None, homes: np.ndarray | None, items: np.ndarray | None,
+                 events_ts: np.ndarray):
+        self.events, self.homes, self.items, self._events_ts = events, homes, items, events_ts
+
+    @classmethod
+    def of(cls, data: SplitData) -> UserLocations | None:
+        """The locations ``data`` has, or None when it has neither the events' nor the users' locations."""
+        t = data.tables
+        events, homes = coordinates(t.interactions, "lat", "lon"), coordinates(t.users, "home_lat", "home_lon")
+        if events is None and homes is None:
+            return None
+        return cls(events, homes, coordinates(t.items, "lat", "lon"), data.ts)
+
+    def where(self, pipeline: FeaturePipeline, rows: np.ndarray) -> np.ndarray | None:
+        """(B, 2) where the users of ``rows`` (B,) are: a row of the data itself is at its event's
+        location; a served request (a ``FeaturePipeline.for_request`` view) at its user's home; None
+        when the data says neither."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if self.events is not None and pipeline.ts is self._events_ts:  # a pipeline over the data's own rows
+            return self.events[rows]
+        return None if self.homes is None else self.homes[pipeline.user_idx[rows]]
+
+
+def coordinates(table, lat: str, lon: str) -> np.ndarray | None:
+    """(n, 2) float64 of two columns of a DataFrame (NaN where missing), or None unless it has both."""
+    if lat not in table or lon not in table:
         return None
-    return events, homes, items
+    return np.stack([table[lat].to_numpy(np.float64, na_value=np.nan), table[lon].to_numpy(np.float64, na_value=np.nan)], 1)
 
 
 def build_batch(pipeline: FeaturePipeline, pairs: PairFeatures, rows: np.ndarray, queries: np.ndarray,
-                cands: np.ndarray, lists: np.ndarray, in_sample: bool = False) -> dict[str, Any]:
+                cands: np.ndarray, lists: np.ndarray, in_sample: bool = False,
+                here: np.ndarray | None = None) -> dict[str, Any]:
     """The ranker's inputs for C candidates of each of B event rows (see the module docstring);
-    ``in_sample``: the rows are train events."""
+    ``in_sample``: the rows are train events; ``here`` (B, 2): where the users are, when known."""
     B, C = cands.shape
     batch: dict[str, Any] = pipeline.queries(rows)
     when = np.repeat(pipeline.ts[rows], C)
     batch["cand"] = pipeline.items(np.maximum(cands, 0).reshape(-1), when)
     batch["cand_idx"] = torch.from_numpy(cands.astype(np.int64))
-    batch["pair_dense"] = torch.from_numpy(pairs(pipeline, rows, queries, cands, lists, in_sample))
+    batch["pair_dense"] = torch.from_numpy(pairs(pipeline, rows, queries, cands, lists, in_sample, here))
     return batch
 
 

@@ -5,7 +5,8 @@ view of one, see ``FeaturePipeline.for_request``) and returns each stage's lists
 what evaluation compares (retrieval only / + ranker / + re-ranking, ``recfunnel.eval.funnel``) and
 what serving returns (``recfunnel.serving.recommender``).
 
-Where the user is, for location-aware re-ranking (``rerank.DistanceRerank``): a query row that is an
+Where the user is, for location-aware re-ranking (``rerank.DistanceRerank``) and the ranker's
+distance feature (one rule, ``data.ranking.UserLocations``): a query row that is an
 event of the data takes the event's own ``lat`` / ``lon`` (columns of the interactions, as
 ``data=synthetic_places`` has them: the request's location context, known when it is made); a
 request (``FeaturePipeline.for_request``) takes the ``locations`` it is given, else the user's
@@ -17,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from recfunnel.data.ranking import PairFeatures, build_batch
+from recfunnel.data.ranking import PairFeatures, UserLocations, build_batch, coordinates
 from recfunnel.features.pipeline import FeaturePipeline
 from recfunnel.models.dlrm import DLRM
 from recfunnel.serving.fusion import RankFusion
@@ -33,16 +34,9 @@ def item_catalogue(items_table, genres: np.ndarray, embeddings: np.ndarray | Non
     without years), the retriever's vectors, and coordinates when the table has ``lat`` and ``lon``."""
     year = (items_table["year"].to_numpy(dtype=np.float64) if "year" in items_table
             else np.full(len(items_table), np.nan))
-    lat, lon = _coordinates(items_table, "lat", "lon")
+    where = coordinates(items_table, "lat", "lon")
+    lat, lon = (None, None) if where is None else (where[:, 0], where[:, 1])
     return ItemCatalogue(genres=genres > 0, year=year, embeddings=embeddings, lat=lat, lon=lon)
-
-
-def _coordinates(table, lat: str, lon: str) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """(n,) float64 columns ``lat`` and ``lon`` of a DataFrame (NaN where missing), or (None, None)
-    unless it has both."""
-    if lat not in table or lon not in table:
-        return None, None
-    return table[lat].to_numpy(dtype=np.float64, na_value=np.nan), table[lon].to_numpy(dtype=np.float64, na_value=np.nan)
 
 
 class Funnel:
@@ -62,9 +56,7 @@ class Funnel:
         self.retriever, self.ranker, self.pairs, self.fusion = retriever, ranker.eval(), pairs, fusion
         self.reranker, self.catalogue = reranker, catalogue
         self.candidates, self.top_n = candidates, top_n
-        tables = retriever.dm.data.tables
-        self.event_location = _stacked(*_coordinates(tables.interactions, "lat", "lon"))  # (N, 2) or None
-        self.home_location = _stacked(*_coordinates(tables.users, "home_lat", "home_lon"))  # (num_users, 2) or None
+        self.user_locations = UserLocations.of(retriever.dm.data)  # where users are, when the data says
 
     def seen(self, retriever_pipeline: FeaturePipeline, rows: np.ndarray, locations: np.ndarray | None = None) -> Seen:
         """What re-ranking knows of the users of query ``rows`` (B,): the items each saw before its row
@@ -75,17 +67,12 @@ class Funnel:
     def locations(self, retriever_pipeline: FeaturePipeline, rows: np.ndarray,
                   locations: np.ndarray | None = None) -> np.ndarray | None:
         """(B, 2) float64 (lat, lon) of the users of query ``rows`` (B,), or None (see the module docstring)."""
-        rows = np.asarray(rows, dtype=np.int64)
         if locations is not None:
             out = np.asarray(locations, dtype=np.float64)
             if out.shape != (len(rows), 2):
                 raise RecfunnelError(f"locations must be ({len(rows)}, 2): (lat, lon) per query, got shape {out.shape}")
             return out
-        if self.event_location is not None and retriever_pipeline is self.retriever.pipeline:
-            return self.event_location[rows]
-        if self.home_location is not None:
-            return self.home_location[retriever_pipeline.user_idx[rows]]
-        return None
+        return None if self.user_locations is None else self.user_locations.where(retriever_pipeline, rows)
 
     @torch.no_grad()
     def __call__(self, retriever_pipeline: FeaturePipeline, ranker_pipeline: FeaturePipeline,
@@ -115,14 +102,9 @@ class Funnel:
             order = np.argsort(-scores, axis=1, kind="stable")
             items, scores = np.take_along_axis(items, order, 1), np.take_along_axis(scores, order, 1)
         retrieval = Slate(items, scores)
-        batch = build_batch(ranker_pipeline, self.pairs, rows, queries, items, items)
+        batch = build_batch(ranker_pipeline, self.pairs, rows, queries, items, items, here=users.location)
         logits = self.ranker(batch).masked_fill(batch["cand_idx"] < 0, float("-inf")).numpy()
         order = np.argsort(-logits, axis=1, kind="stable")
         ranked = Slate(np.take_along_axis(items, order, 1), np.take_along_axis(logits, order, 1))
         final = self.reranker(ranked, self.catalogue, users, n=top_n or self.top_n)
         return {"retrieval": retrieval, "ranked": ranked, "final": final}
-
-
-def _stacked(lat: np.ndarray | None, lon: np.ndarray | None) -> np.ndarray | None:
-    """(n, 2) float64 of two (n,) columns, or None when they are None."""
-    return None if lat is None else np.stack([lat, lon], axis=1)
