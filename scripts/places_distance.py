@@ -8,7 +8,8 @@
 (``NAME retrieval``, ``NAME ranked``, ``NAME final``). Repeating a name pools its runs (seeds).
 Where a user is: the test event's own ``lat`` / ``lon`` (the interactions' columns). Prints, per line,
 the median distance and the share of the top 10 within 5 km and within 25 km (the city), and plots
-the distributions (CDF, log km) into ``--out``.
+the distributions (CDF, log km) into ``--out``, beside that of the places the users did visit (the
+targets of the first run given).
 """
 
 from __future__ import annotations
@@ -43,14 +44,16 @@ def distances(data, rows: np.ndarray, lists: np.ndarray) -> np.ndarray:
     return haversine_km(here[user, 0], here[user, 1], where[item, 0], where[item, 1])
 
 
-def retriever_lists(run: str, split: str, top: int) -> np.ndarray:
+def retriever_lists(run: str, split: str, top: int) -> tuple[np.ndarray, np.ndarray]:
+    """km of the run's top ``top`` lists, and of its targets."""
     r = Retriever.from_run(run)
     rows = EvalSet.build(r.data, split).rows
     _, lists, _ = r.retrieve(rows, top, f"{split} users")
-    return distances(r.data, rows, lists)
+    return distances(r.data, rows, lists), distances(r.data, rows, r.data.item_idx[rows][:, None])
 
 
-def funnel_lists(run: str, split: str, top: int) -> dict[str, np.ndarray]:
+def funnel_lists(run: str, split: str, top: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """km of each stage's top ``top`` lists of the funnel run, and of its targets."""
     rec = Recommender.from_run(run)
     f = rec.funnel
     data = f.retriever.data
@@ -61,7 +64,8 @@ def funnel_lists(run: str, split: str, top: int) -> dict[str, np.ndarray]:
         slates = f(f.retriever.pipeline, rec.ranker_pipeline, batch)
         for stage, slate in slates.items():
             out[stage].append(distances(data, batch, slate.items[:, :top]))
-    return {stage: np.concatenate(parts) for stage, parts in out.items()}
+    targets = distances(data, rows, data.item_idx[rows][:, None])
+    return {stage: np.concatenate(parts) for stage, parts in out.items()}, targets
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,19 +77,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="places_distance.png")
     args = ap.parse_args(argv)
     lines: dict[str, list[np.ndarray]] = defaultdict(list)
+    visited: list[np.ndarray] = []
     try:
         for spec in args.retriever:
             name, run = spec.split("=", 1)
-            lines[name].append(retriever_lists(run, args.split, args.top))
+            km, targets = retriever_lists(run, args.split, args.top)
+            lines[name].append(km)
+            visited = visited or [targets]
         for spec in args.funnel:
             name, run = spec.split("=", 1)
-            for stage, km in funnel_lists(run, args.split, args.top).items():
+            stages, targets = funnel_lists(run, args.split, args.top)
+            for stage, km in stages.items():
                 lines[f"{name} {stage}"].append(km)
+            visited = visited or [targets]
     except (RecfunnelError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if not lines:
         ap.error("give at least one --retriever or --funnel run")
+    lines["visited (the targets)"] = visited
     import matplotlib
 
     matplotlib.use("Agg")
