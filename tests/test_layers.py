@@ -18,7 +18,8 @@ LIBRARY = ("data", "features", "models", "tasks", "eval", "serving", "utils")
 RANK = {"utils": 0, "data": 1, "features": 2, "models": 3, "tasks": 4, "serving": 5, "runs": 6}
 # modules that sit elsewhere than their package: eval holds the metric core (used by data and
 # tasks) and the funnel's evaluation and reports; the DataModules batch the feature pipeline's output
-MODULE_RANK = {"eval.metrics": 1, "eval.protocol": 1, "eval.diversity": 1, "eval.funnel": 5, "eval.report": 5,
+MODULE_RANK = {"eval.metrics": 1, "eval.protocol": 1, "eval.diversity": 1, "eval.slices": 1, "eval.funnel": 5,
+               "eval.report": 5,
                "data.datamodule": 2.5, "data.ranking": 2.5}
 
 

@@ -8,7 +8,7 @@ adding one such function. The slices:
 - ``cold``: the target's item has fewer than ``COLD_MAX_TRAIN_EVENTS`` events in the train split
   (``SplitData.split == TRAIN``, counted by ``SplitData.item_counts()``);
 - ``query``: the target's own event has a search query (the interactions column ``query``, missing as
-  for a text feature: ``recfunnel.features.text.is_missing``); no slice without that column.
+  for a text feature: ``recfunnel.utils.text.is_missing``); no slice without that column.
 
 Beside each metric over all targets, every evaluation path (``recfunnel.eval.protocol.evaluate``,
 the tasks' evaluation epochs, ``recfunnel.eval.funnel``) reports its mean over each slice's targets,
@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 from recfunnel.data.dataset import TRAIN, SplitData
-from recfunnel.features.text import is_missing
 from recfunnel.utils.errors import RecfunnelError
+from recfunnel.utils.text import is_missing
 
 log = logging.getLogger(__name__)
 

@@ -40,6 +40,7 @@ import numpy as np
 
 from recfunnel.utils.errors import RecfunnelError
 from recfunnel.utils.io import atomic_path
+from recfunnel.utils.text import is_missing
 
 log = logging.getLogger(__name__)
 
@@ -142,19 +143,6 @@ class TextEncoder:
                 raise RecfunnelError(f"{self.where}: cannot load sentence-transformers model {self.model!r} offline "
                                      f"({type(e).__name__}: {e}); give model: a local folder holding the model") from None
         return self._impl
-
-
-def is_missing(values: Sequence[Any]) -> np.ndarray:
-    """(n,) bool: no text (None, NaN, empty or only whitespace)."""
-    out = np.ones(len(values), dtype=bool)
-    for i, v in enumerate(values):
-        if isinstance(v, str):
-            out[i] = not v.strip()
-        elif isinstance(v, (list, tuple)):  # a RecBole token_seq title: its words
-            out[i] = not any(str(w).strip() for w in v)
-        else:
-            out[i] = v is None or (isinstance(v, float) and np.isnan(v))
-    return out
 
 
 def as_text(value: Any) -> str:
