@@ -23,6 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from recfunnel.data.ranking import coordinates
 from recfunnel.eval.protocol import EvalSet
 from recfunnel.serving.recommender import Recommender
 from recfunnel.serving.retriever import Retriever
@@ -32,15 +33,15 @@ from recfunnel.utils.geo import haversine_km
 
 def distances(data, rows: np.ndarray, lists: np.ndarray) -> np.ndarray:
     """(n,) km from each row's event location to each of its listed items (empty slots dropped)."""
-    inter, items = data.tables.interactions, data.tables.items
-    if not {"lat", "lon"} <= set(inter.columns) or not {"lat", "lon"} <= set(items.columns):
+    here = coordinates(data.tables.interactions, "lat", "lon")
+    where = coordinates(data.tables.items, "lat", "lon")
+    if here is None or where is None:
         raise RecfunnelError("the run's data has no lat / lon on its interactions and items: use a places run "
                              "(data=synthetic_places)")
-    here = inter[["lat", "lon"]].to_numpy(np.float64)[rows]
-    where = items[["lat", "lon"]].to_numpy(np.float64)
     keep = lists >= 0
     user = np.repeat(np.arange(len(rows)), keep.sum(1))
     item = lists[keep]
+    here = here[rows]
     return haversine_km(here[user, 0], here[user, 1], where[item, 0], where[item, 1])
 
 
