@@ -396,3 +396,13 @@ def test_the_ranker_reads_the_distance_from_where_the_user_is_to_each_candidate(
                                rtol=1e-5)
     _, _, _, plain = ranker_inputs(SplitData.from_tables(synthetic.generate_synthetic(30, 40, 600, seed=0)), vectors, ids)
     assert "log_distance_km" not in plain.names  # no coordinates, no such feature
+
+
+def test_the_places_funnel_experiment_composes_geo_features_and_geo_reranking():
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "configs"), version_base="1.3"):
+        cfg = compose("funnel", overrides=["experiment=places_funnel"])
+    assert cfg.features.name == "places_geo" and cfg.features.features.here_cell5.source == "context.geohash5"
+    assert cfg.rerank.stages.geo._target_.endswith("DistanceRerank")
+    assert "data=synthetic_places" in cfg.retriever.overrides and "features=places_geo" in cfg.retriever.overrides

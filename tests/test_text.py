@@ -225,3 +225,15 @@ def test_a_search_query_is_read_as_of_its_own_event_and_a_served_request_has_non
     with pytest.raises(RecfunnelError, match="source context.query describes the query; put it in the user or context"):
         FeatureSchema.from_config({"name": "q", "features": {
             **SCHEMA["features"], "query": {"tower": "item", "kind": "text", "source": "context.query"}}})
+
+
+def test_the_query_experiment_composes_with_queries_in_its_own_cache_folder():
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        aware = compose("train", overrides=["experiment=synthetic_query"])
+        blind = compose("train", overrides=["experiment=synthetic_query", "features=synthetic"])
+        plain = compose("train", overrides=["data=synthetic"])
+    assert aware.data.source.query_share == 0.3 and plain.data.source.query_share == 0.0
+    assert aware.data.name == "synthetic_query0.3_u3000_i1500_n100000_s0" != plain.data.name
+    assert aware.features.features.query.source == "context.query" and "query" not in blind.features.features
