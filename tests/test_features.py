@@ -35,6 +35,9 @@ SCHEMA = {
         "year": {"tower": "item", "kind": "categorical", "source": "item.year", "buckets": [1990]},
         "pop": {"tower": "item", "kind": "dense", "source": "item.pop_count"},
         "pop_decayed": {"tower": "item", "kind": "dense", "source": "item.pop_decayed"},
+        # popularity within a group of items (a map cell on places data): here the items of one year
+        "pop_in_year": {"tower": "item", "kind": "dense", "source": "item.pop_count", "within": "year"},
+        "decayed_in_year": {"tower": "item", "kind": "dense", "source": "item.pop_decayed", "within": "year"},
     },
 }
 
@@ -110,6 +113,8 @@ def test_history_session_and_popularity_match_brute_force():
     rows = np.arange(len(d.ts))
     feats = all_features(pipe, rows)
     pos_in_file = np.arange(len(d.ts))
+    years = tables.items["year"].fillna(-1).to_numpy()
+    shares = 0
     for r in rows[::7]:
         u, t = d.user_idx[r], d.ts[r]
         earlier = [e for e in d.order if d.user_idx[e] == u and (d.ts[e], pos_in_file[e]) < (t, pos_in_file[r])]
@@ -123,7 +128,17 @@ def test_history_session_and_popularity_match_brute_force():
         assert feats["session"][r] == [int(d.item_idx[e]) for e in chain[start:-1]][-3:]
         train_same_item = (d.split == 0) & (d.item_idx == d.item_idx[r]) & (d.ts < t)
         assert feats["item_dense"][r][0] == pytest.approx(train_same_item.sum())
+        # within: the item's share of the earlier train events of the items of its year (a missing year is a group)
+        same_year = np.isin(d.item_idx, np.flatnonzero(years == years[d.item_idx[r]]))
+        group = (d.split == 0) & same_year & (d.ts < t)
+        share = train_same_item.sum() / group.sum() if group.any() else 0.0
+        assert feats["item_dense"][r][2] == pytest.approx(share, rel=1e-6)
+        decay = np.exp(-np.maximum(t - d.ts, 0) / pipe.tau)  # (later events are not in the group)
+        decayed = (decay * train_same_item).sum() / (decay * group).sum() if group.any() else 0.0
+        assert feats["item_dense"][r][3] == pytest.approx(decayed, rel=1e-5)
+        shares += 0 < share < 1
         assert feats["user_dense"][r][0] == pytest.approx(np.log1p(len(earlier)), rel=1e-6)
+    assert shares > 10  # the shares checked are not all 0 or 1
 
 
 def test_friend_items_come_from_friends_train_events_before_ts():
@@ -160,6 +175,19 @@ def test_schema_errors_name_the_key_and_the_choices(patch, message):
     cfg["features"]["gender"].update(patch)
     with pytest.raises(RecfunnelError, match=f"feature 'gender'.*{message}"):
         FeatureSchema.from_config(cfg)
+
+
+def test_within_needs_a_popularity_source_and_an_items_column():
+    cfg = copy.deepcopy(SCHEMA)
+    cfg["features"]["activity"]["within"] = "year"
+    with pytest.raises(RecfunnelError, match="feature 'activity': within='year' needs source item.pop_count or "
+                                             "item.pop_decayed and the name of an items column"):
+        FeatureSchema.from_config(cfg)
+    cfg = copy.deepcopy(SCHEMA)
+    cfg["features"]["pop_in_year"]["within"] = "geohash5"
+    with pytest.raises(RecfunnelError, match="feature 'pop_in_year' has within: geohash5, which is not a column of "
+                                             "the items table; its columns: item_id, title, year, genres"):
+        FeaturePipeline(FeatureSchema.from_config(cfg), SplitData.from_tables(random_tables()))
 
 
 def test_numeric_source_without_buckets_is_an_error():

@@ -372,28 +372,37 @@ def test_bad_stage_inputs_give_one_clear_error():
 
 
 def test_the_ranker_reads_the_distance_from_where_the_user_is_to_each_candidate():
-    """log(1 + km) from the event's own location for rows of the data; from the user's home for a request."""
-    from recfunnel.data.ranking import ranker_inputs
+    """log(1 + km) and its bucket from the event's own location for rows of the data; from the user's
+    home for a request; from where the request says it is when it says so."""
+    from recfunnel.data.ranking import DISTANCE_BUCKETS_KM, DISTANCE_FEATURES, ranker_inputs
 
     data = SplitData.from_tables(generate_places(60, 40, 600, seed=1, num_cities=2))
     vectors = np.random.default_rng(0).normal(size=(40, 8)).astype(np.float32)
     ids = {"name": "ids", "features": {"item_id": {"tower": "item", "kind": "categorical", "source": "item_id"}}}
     _, pipe, _, pairs = ranker_inputs(data, vectors, ids)
-    assert pairs.names[-1] == "log_distance_km"
+    d = len(DISTANCE_FEATURES)
+    assert pairs.names[-d:] == DISTANCE_FEATURES and DISTANCE_FEATURES[1:3] == ("km<0.5", "km<1")
+    it, us = data.tables.items, data.tables.users
+
+    def expect(lat, lon) -> np.ndarray:  # (B, 5, d): log1p(km), then the one-hot bucket
+        km = haversine_km(np.asarray(lat)[:, None], np.asarray(lon)[:, None],
+                          it["lat"].to_numpy()[None, :5], it["lon"].to_numpy()[None, :5])
+        onehot = np.eye(len(DISTANCE_BUCKETS_KM) + 1)[np.digitize(km, DISTANCE_BUCKETS_KM)]
+        return np.concatenate([np.log1p(km)[..., None], onehot], axis=2)
+
     rows, cands = np.arange(6), np.tile(np.arange(5), (6, 1))
-    got = pairs(pipe, rows, vectors[:6], cands, cands)[:, :, -1]
-    ev, it, us = data.tables.interactions, data.tables.items, data.tables.users
-    km = haversine_km(ev["lat"].to_numpy()[rows, None], ev["lon"].to_numpy()[rows, None],
-                      it["lat"].to_numpy()[None, :5], it["lon"].to_numpy()[None, :5])
-    np.testing.assert_allclose(got, np.log1p(km), rtol=1e-5)
+    got = pairs(pipe, rows, vectors[:6], cands, cands)[:, :, -d:]
+    ev = data.tables.interactions
+    want = expect(ev["lat"].to_numpy()[rows], ev["lon"].to_numpy()[rows])
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    assert (got[:, :, 1:].sum(2) == 1).all() and len(np.unique(got[:, :, 1:].argmax(2))) > 1  # one bucket each, several used
     view, row = pipe.for_request(4, np.zeros(0, np.int64), np.zeros(0, np.int64), int(data.ts.max()) + 1)
-    served = pairs(view, np.array([row]), vectors[:1], cands[:1], cands[:1])[0, :, -1]
-    home = haversine_km(us["home_lat"][4], us["home_lon"][4], it["lat"].to_numpy()[:5], it["lon"].to_numpy()[:5])
-    np.testing.assert_allclose(served, np.log1p(home), rtol=1e-5)
-    there = np.array([[48.0, 2.0]])  # a request that says where it comes from
-    told = pairs(view, np.array([row]), vectors[:1], cands[:1], cands[:1], here=there)[0, :, -1]
-    np.testing.assert_allclose(told, np.log1p(haversine_km(48.0, 2.0, it["lat"].to_numpy()[:5], it["lon"].to_numpy()[:5])),
-                               rtol=1e-5)
+    served = pairs(view, np.array([row]), vectors[:1], cands[:1], cands[:1])[:, :, -d:]
+    np.testing.assert_allclose(served, expect([us["home_lat"][4]], [us["home_lon"][4]]), rtol=1e-5)
+    told = pairs(view, np.array([row]), vectors[:1], cands[:1], cands[:1], here=np.array([[48.0, 2.0]]))[:, :, -d:]
+    np.testing.assert_allclose(told, expect([48.0], [2.0]), rtol=1e-5)
+    unknown = pairs(view, np.array([row]), vectors[:1], cands[:1], cands[:1], here=np.array([[np.nan, np.nan]]))
+    assert (unknown[:, :, -d:] == 0).all()  # no location: no distance, no bucket
     _, _, _, plain = ranker_inputs(SplitData.from_tables(synthetic.generate_synthetic(30, 40, 600, seed=0)), vectors, ids)
     assert "log_distance_km" not in plain.names  # no coordinates, no such feature
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from recfunnel.data.dataset import SplitData
-from recfunnel.features.embedding import TextProjection, build_feature_embedding
+from recfunnel.features.embedding import TextProjection, build_feature_embedding, request_texts
 from recfunnel.features.pipeline import FeaturePipeline
 from recfunnel.features.schema import FeatureSchema
 from recfunnel.features.store import FeatureStore
@@ -156,6 +156,34 @@ def test_a_funnel_with_titles_in_both_stages_trains_and_serves(tmp_path):
     assert answer["fallback"] is None and len(answer["items"]) == 10
 
 
+def test_a_served_request_reads_its_search_query_in_both_stages(tmp_path):
+    """A tiny funnel on synthetic data with queries, both stages reading ``context.query``: a request
+    that says its query gets it encoded now and read by the retriever's and the ranker's towers."""
+    out = tmp_path / "run"
+    retriever = ["experiment=synthetic_query", "data.source.num_users=300", "data.source.num_items=200",
+                 "data.source.num_interactions=6000", "data.batch_size=256"]
+    proc = run("recfunnel.funnel", "debug=fast", "logger=csv", f"paths.data_dir={tmp_path / 'data'}", "features=synthetic_query",
+               "funnel.timing_users=3", "pairs.max_events_per_user=2", "pairs.candidates=50",
+               "retriever.overrides=[" + ",".join(f"'{o}'" for o in retriever) + "]", f"hydra.run.dir={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from recfunnel.serving.recommender import Recommender
+
+    rec = Recommender.from_run(out)
+    user, fixed = int(rec.user_ids[0]), rec.item_ids[:20].tolist()
+    answers = {q: rec.recommend(user, k=10, context={"query": q}) for q in (None, "space robots", "romantic comedy")}
+    ranked = {q: rec.recommend(user, k=10, candidates=fixed, context={"query": q}) for q in answers}
+    assert all(a["fallback"] is None and len(a["items"]) == 10 for a in answers.values())
+    assert answers[None] == rec.recommend(user, k=10)  # no query: as a request without context
+    # the retriever reads the query (other candidates), and so does the ranker (other scores for the same candidates)
+    assert answers["space robots"]["items"] != answers["romantic comedy"]["items"]
+    assert ranked["space robots"]["scores"] != ranked["romantic comedy"]["scores"] != ranked[None]["scores"]
+    with pytest.raises(RecfunnelError, match=r"context has key\(s\) \['city'\] that neither the retriever's nor the "
+                                             r"ranker's features read; the context columns they read: \['query'\]"):
+        rec.recommend(user, context={"city": "Paris"})
+    with pytest.raises(RecfunnelError, match="context must be a mapping"):
+        rec.recommend(user, context="space robots")
+
+
 # -- bad input ----------------------------------------------------------------------------------------
 def test_unknown_encoder_and_bad_dim_are_one_clear_error():
     with pytest.raises(RecfunnelError, match="kind='bert' is not a text encoder; choose one of: wordllama"):
@@ -196,7 +224,7 @@ def test_text_features_configs_parse():
         assert schema.text_encoder_config["kind"] == "wordllama"
 
 
-def test_a_search_query_is_read_as_of_its_own_event_and_a_served_request_has_none():
+def test_a_search_query_is_read_as_of_its_own_event_and_a_served_request_has_its_own():
     data = _titles_data()
     queries = np.array([None] * 48, dtype=object)
     queries[::3] = "spicy noodles"
@@ -222,9 +250,34 @@ def test_a_search_query_is_read_as_of_its_own_event_and_a_served_request_has_non
     assert served.sparse["query"].values().tolist() == [*codes[known].tolist(), 0, 0]  # the new events: no query
     emb = build_feature_embedding(schema, pipe.num_embeddings, "torch", pipe.text_vectors)
     assert emb({"context": ctx})["context"].shape == (48, 8 + 4)
+    # a request that says its query and where it is: a text the table holds or not, encoded now
+    for text in ("spicy noodles", "thai curry"):
+        view, row = pipe.for_request(3, np.zeros(0, np.int64), np.zeros(0, np.int64), 10_001,
+                                     context={"query": text, "place": "cell_a"})
+        served = view.query(np.array([row]), "context")
+        assert served.sparse["query"].values().tolist() == [3]  # one past the table: the request's own text
+        assert served.sparse["place"].values().tolist() == ctx.sparse["place"].values()[[3]].tolist()  # row 3: cell_a
+        np.testing.assert_allclose(view.request_text["query"], encoder_vector(pipe, text), atol=1e-6)
+        with request_texts(emb, view.request_text):
+            out = emb({"context": served})["context"]
+        assert emb.text["query"].request is None  # only within the block
+        if text == "spicy noodles":  # the same text and place as event row 3: the same features
+            torch.testing.assert_close(out, emb({"context": pipe.query(np.array([3]), "context")})["context"])
+        else:
+            assert not torch.allclose(out, emb({"context": pipe.query(np.array([3]), "context")})["context"])
+    view, row = pipe.for_request(3, np.zeros(0, np.int64), np.zeros(0, np.int64), 10_001, context={"query": "  "})
+    assert view.query(np.array([row]), "context").sparse["query"].values().tolist() == [0]  # blank: no text
+    assert pipe.request_text == {}  # views never write into the pipeline they come from
+    with pytest.raises(RecfunnelError, match=r"context has key\(s\) \['city'\] that no feature of schema 'q' reads; "
+                                             r"the context columns it reads: \['place', 'query'\]"):
+        pipe.for_request(3, np.zeros(0, np.int64), np.zeros(0, np.int64), 10_001, context={"city": "Paris"})
     with pytest.raises(RecfunnelError, match="source context.query describes the query; put it in the user or context"):
         FeatureSchema.from_config({"name": "q", "features": {
             **SCHEMA["features"], "query": {"tower": "item", "kind": "text", "source": "context.query"}}})
+
+
+def encoder_vector(pipe: FeaturePipeline, text: str) -> np.ndarray:
+    return pipe._text_encoder.encode([text])
 
 
 def test_the_query_experiment_composes_with_queries_in_its_own_cache_folder():

@@ -31,7 +31,9 @@ their last ``RECENT`` items (0 without history); with a co-occurrence model in t
 (``cooc_score``; out-of-fold for train events, so the ranker never learns from a count that holds
 the event it is trained on); on data with coordinates (items ``lat`` / ``lon``, and where the user is:
 the interactions' ``lat`` / ``lon``, else the user's ``home_lat`` / ``home_lon``), the distance from
-where the user is to the item (``log_distance_km``: log(1 + km); the over arch buckets it as it needs).
+where the user is to the item, as a dense value (``log_distance_km``: log(1 + km)) and bucketed
+(one 0/1 column per ``DISTANCE_BUCKETS_KM`` range, ``km<0.5`` ... ``km>=100``: the first layer of the
+over arch gives each bucket a learned vector, as an embedding would; all 0 where the location is unknown).
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ from recfunnel.utils.geo import haversine_km
 
 log = logging.getLogger(__name__)
 PAIR_FEATURES = ("retrieval_score", "retrieval_log_rank", "genre_overlap", "sim_last_item", "sim_recent_max")
+DISTANCE_BUCKETS_KM = (0.5, 1.0, 2.0, 5.0, 10.0, 100.0)  # bucket edges of the distance features
+DISTANCE_FEATURES = ("log_distance_km", *(f"km<{e:g}" for e in DISTANCE_BUCKETS_KM), f"km>={DISTANCE_BUCKETS_KM[-1]:g}")
 
 
 class CooccurrenceScores(Protocol):
@@ -120,7 +124,7 @@ class PairFeatures:
         self.profile_len, self.cooccurrence = profile_len, cooccurrence
         self.locations = None if data is None else UserLocations.of(data)
         self.names = PAIR_FEATURES + (("cooc_score",) if cooccurrence is not None else ()) + \
-            (("log_distance_km",) if self.locations is not None and self.locations.items is not None else ())
+            (DISTANCE_FEATURES if self.locations is not None and self.locations.items is not None else ())
 
     def __call__(self, pipeline: FeaturePipeline, rows: np.ndarray, queries: np.ndarray, cands: np.ndarray,
                  lists: np.ndarray, in_sample: bool = False, here: np.ndarray | None = None) -> np.ndarray:
@@ -151,21 +155,25 @@ class PairFeatures:
         if self.cooccurrence is not None:
             columns.append(self.cooccurrence.at(pipeline, rows, cands, in_sample))
         if "log_distance_km" in self.names:
-            columns.append(self._log_distance(pipeline, rows, safe, here))
+            columns.extend(self._distance(pipeline, rows, safe, here))
         out = np.stack(columns, axis=2).astype(np.float32)
         out[cands < 0] = 0.0
         return out
 
 
-    def _log_distance(self, pipeline: FeaturePipeline, rows: np.ndarray, items: np.ndarray,
-                      here: np.ndarray | None) -> np.ndarray:
-        """(B, C) log(1 + km) from where each row's user is to each candidate (0 where unknown)."""
+    def _distance(self, pipeline: FeaturePipeline, rows: np.ndarray, items: np.ndarray,
+                  here: np.ndarray | None) -> list[np.ndarray]:
+        """The ``DISTANCE_FEATURES`` columns, each (B, C), from where each row's user is to each
+        candidate: log(1 + km), then the 0/1 bucket columns (all 0 where the distance is unknown)."""
         here = self.locations.where(pipeline, rows) if here is None else here
         if here is None:
-            return np.zeros(items.shape, np.float32)
+            return [np.zeros(items.shape, np.float32) for _ in DISTANCE_FEATURES]
         coords = self.locations.items
         km = haversine_km(here[:, None, 0], here[:, None, 1], coords[items, 0], coords[items, 1])
-        return np.nan_to_num(np.log1p(km), nan=0.0)
+        known = np.isfinite(km)
+        bucket = np.searchsorted(np.asarray(DISTANCE_BUCKETS_KM), np.where(known, km, 0.0), side="right")
+        onehot = [(known & (bucket == b)).astype(np.float32) for b in range(len(DISTANCE_BUCKETS_KM) + 1)]
+        return [np.nan_to_num(np.log1p(km), nan=0.0), *onehot]
 
 
 class UserLocations:

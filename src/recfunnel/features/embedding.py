@@ -32,7 +32,8 @@ Checkpoints move between the backends with ``load_state_dict(strict=True)``. Tab
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -98,7 +99,9 @@ class TextProjection(nn.Module):
     """Frozen text vectors → learned ``dim``-wide features: ids (B,) → (B, dim).
 
     ``vectors`` (R, E) is a buffer (saved with the model, never trained); row 0 means "no text" and
-    maps to the learned ``missing`` vector, every other row to ``proj(vectors[id])``.
+    maps to the learned ``missing`` vector, every other row to ``proj(vectors[id])``. Ids R, R+1, ...
+    select the rows of ``request`` ((Q, E) vectors of texts the table does not hold, e.g. a served
+    request's search query; set for one call by ``request_texts``).
     """
 
     def __init__(self, vectors: np.ndarray | Tensor, dim: int):
@@ -107,11 +110,35 @@ class TextProjection(nn.Module):
         self.register_buffer("vectors", vectors)
         self.proj = nn.Linear(vectors.shape[1], dim)
         self.missing = nn.Parameter(torch.empty(dim).uniform_(-0.05, 0.05))
+        self.request: Tensor | None = None
 
     def forward(self, ids: Tensor) -> Tensor:
         ids = ids.long()
-        out = self.proj(self.vectors.index_select(0, ids))
+        rows = self.vectors.shape[0]
+        if self.request is None:
+            x = self.vectors.index_select(0, ids)
+        else:
+            new = (ids >= rows).unsqueeze(1)
+            x = torch.where(new, self.request.to(self.vectors).index_select(0, (ids - rows).clamp(min=0)),
+                            self.vectors.index_select(0, ids.clamp(max=rows - 1)))
+        out = self.proj(x)
         return torch.where((ids == 0).unsqueeze(1), self.missing.to(out.dtype), out)
+
+
+@contextlib.contextmanager
+def request_texts(model: nn.Module, vectors: Mapping[str, np.ndarray]) -> Iterator[None]:
+    """Within the block, the ``TextProjection`` of each text feature named in ``vectors`` of every
+    ``FeatureEmbedding`` in ``model`` reads ids R, R+1, ... as the rows of ``vectors[name]`` (Q, E)
+    (``FeaturePipeline.request_text`` of a request view)."""
+    projections = [(emb.text[name], v) for emb in model.modules() if isinstance(emb, FeatureEmbedding)
+                   for name, v in vectors.items() if name in emb.text]
+    for proj, v in projections:
+        proj.request = torch.as_tensor(np.asarray(v, dtype=np.float32))
+    try:
+        yield
+    finally:
+        for proj, _ in projections:
+            proj.request = None
 
 
 class FeatureEmbedding(nn.Module):

@@ -22,8 +22,10 @@ from __future__ import annotations
 import copy
 import logging
 import zlib
+from collections.abc import Mapping
 from itertools import chain
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -32,9 +34,10 @@ import torch
 from recfunnel.data.dataset import SplitData
 from recfunnel.features.batch import TowerInput, make_kjt
 from recfunnel.features.schema import QUERY_TOWERS, FeatureSchema, FeatureSpec, table_column
-from recfunnel.features.text import TextEncoder, text_table
+from recfunnel.features.text import TextEncoder, as_text, text_table
 from recfunnel.utils.arrays import concat_ranges, searchsorted_segments, sorted_unique
 from recfunnel.utils.errors import RecfunnelError
+from recfunnel.utils.text import is_missing
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +148,34 @@ class _Categorical:
         return np.r_[np.asarray(rows, dtype=np.int64), 0][codes]  # code -1 (missing) → the appended 0
 
 
+class _AsOfCounts:
+    """Counts of train events per key (an item, or a group of items) strictly before a time.
+
+    Args:
+        keys: (E,) the train events' keys, in [0, num_keys).
+        ts: (E,) their timestamps.
+        t0, tau: time origin and decay constant (seconds) of the decayed count.
+    """
+
+    def __init__(self, keys: np.ndarray, ts: np.ndarray, num_keys: int, t0: int, tau: float):
+        order = np.lexsort((ts, keys))
+        self.ts, self.ptr, self.t0, self.tau = ts[order], _segments(keys[order], num_keys), t0, tau
+        # decayed_cumsum[k] = sum over the first k events (key-major order) of exp((ts - t0) / tau)
+        self.decayed_cumsum = np.r_[0.0, np.cumsum(np.exp((self.ts - t0) / tau))]
+
+    def at(self, keys: np.ndarray, ts: np.ndarray, decayed: bool = False) -> np.ndarray:
+        """(B,) float64: per (key, ts), the number of the key's events strictly before ts, or with
+        ``decayed`` their sum of exp(-(ts - t_e) / tau)."""
+        lo = self.ptr[keys]
+        ends = searchsorted_segments(self.ts, lo, self.ptr[keys + 1], ts)
+        count = ends - lo
+        if not decayed:
+            return count.astype(np.float64)
+        total = self.decayed_cumsum[ends] - self.decayed_cumsum[lo]  # computed in log space below
+        with np.errstate(divide="ignore"):
+            return np.where(count > 0, np.exp(np.log(total) - (ts - self.t0) / self.tau), 0.0)
+
+
 class FeaturePipeline:
     """Builds the towers' inputs for events (query side) and for (item, time) pairs (item side).
 
@@ -178,18 +209,20 @@ class FeaturePipeline:
         # --- train-split events per item and per user, sorted by time ----------------------------
         train = np.flatnonzero(self.split == 0)
         self.t0 = int(self.ts.min()) if n else 0
-        by_item = train[np.lexsort((self.ts[train], self.item_idx[train]))]
-        self.item_train_ts = self.ts[by_item]
-        self.item_train_ptr = _segments(self.item_idx[by_item], self.num_items)
         tau = schema.popularity_half_life_days * 86400 / np.log(2)
         span = (self.ts.max() - self.t0) / tau if n else 0
         if span > 600:
             raise RecfunnelError(f"{where}: popularity_half_life_days={schema.popularity_half_life_days} is too short "
                                  f"for a dataset spanning {(self.ts.max() - self.t0) / 86400:.0f} days; raise it")
         self.tau = tau
-        growth = np.exp((self.item_train_ts - self.t0) / tau)
-        # decayed_cumsum[k] = sum over the first k train events (item-major order) of exp((ts - t0) / tau)
-        self.decayed_cumsum = np.r_[0.0, np.cumsum(growth)]
+        self.item_counts = _AsOfCounts(self.item_idx[train], self.ts[train], self.num_items, self.t0, tau)
+        # per item column named by a popularity feature's `within`: each item's group, and the groups' counts
+        self.item_groups: dict[str, tuple[np.ndarray, _AsOfCounts]] = {}
+        for spec in schema.features:
+            if spec.within is not None and spec.within not in self.item_groups:
+                group = self._item_groups(spec, data)
+                self.item_groups[spec.within] = group, _AsOfCounts(group[self.item_idx[train]], self.ts[train],
+                                                                   int(group.max(initial=-1)) + 1, self.t0, tau)
         by_user = train[np.lexsort((self.ts[train], self.user_idx[train]))]
         self.user_train_ts, self.user_train_item = self.ts[by_user], self.item_idx[by_user]
         self.user_train_ptr = _segments(self.user_idx[by_user], self.num_users)
@@ -214,6 +247,7 @@ class FeaturePipeline:
         self.list_ptr: dict[str, np.ndarray] = {}  # list-valued source → (E+1,) CSR pointer into those rows
         self.dense_values: dict[str, np.ndarray] = {}  # dense column feature → (E,) float64, NaN → 0
         self.text_vectors: dict[str, np.ndarray] = {}  # text feature → (R, E) float32, row 0 = no text
+        self.request_text: dict[str, np.ndarray] = {}  # a request view's texts the table lacks (for_request)
         self._text_encoder: TextEncoder | None = None
         columns: dict[str, pd.Series] = {}
         for spec in schema.features:
@@ -346,10 +380,17 @@ class FeaturePipeline:
         start = np.maximum(first, end - max_len)
         return self.order[concat_ranges(start, end)], end - start
 
-    def for_request(self, user_idx: int, extra_items: np.ndarray, extra_ts: np.ndarray, now: int) -> tuple[FeaturePipeline, int]:
+    def for_request(self, user_idx: int, extra_items: np.ndarray, extra_ts: np.ndarray, now: int,
+                    context: Mapping[str, Any] | None = None) -> tuple[FeaturePipeline, int]:
         """A view of this pipeline in which user ``user_idx`` has, after all their known events, the
         events ``extra_items`` at ``extra_ts`` and then a query event at ``now``; returns the view and
         that query event's row, to pass to ``query``/``history_events`` of the view.
+
+        ``context``: the query event's own values of interactions columns, {column: value} (a search
+        query, the cell the user is in), for the schema's ``context.<column>`` features; a column not
+        given has no value (as the new events never do). A text the text table does not hold is
+        encoded now: the view's ``request_text`` {feature: (Q, E)} holds its vector, and the model reads
+        it inside ``features.embedding.request_texts``.
 
         Only the user's own timeline is rebuilt (O(their events)); everything learned from the train
         split (popularity, friends' items, vocabularies) is shared with this pipeline, so serving a
@@ -369,15 +410,44 @@ class FeaturePipeline:
         view.timeline_ptr[user_idx + 1:] = n
         view.session_start = _session_starts(view.user_idx, ts, self.schema.session_gap_s)
         # context.<column> values of the view's events: the known ones', then none (row 0) for the new
-        # events and the request, whose own context the data does not hold
-        view.static_codes, view.dense_values = dict(self.static_codes), dict(self.dense_values)
+        # events; the request's own from `context`
+        view.static_codes, view.dense_values, view.request_text = dict(self.static_codes), dict(self.dense_values), {}
+        context = dict(context or {})
+        unknown = set(context) - set(self.context_columns)
+        if unknown:
+            raise RecfunnelError(f"context has key(s) {sorted(unknown)} that no feature of schema '{self.schema.name}' "
+                                 f"reads; the context columns it reads: {self.context_columns or 'none'}")
         for spec in self.schema.features:
             col = table_column(spec.source)
             if col is None or col[0] != "interactions":
                 continue
             values = view.dense_values if spec.name in self.dense_values else view.static_codes
             values[spec.name] = np.r_[values[spec.name][known], np.zeros(n - len(known), values[spec.name].dtype)]
+            if col[1] in context:
+                values[spec.name][-1] = self._request_value(view, spec, context[col[1]])
         return view, n - 1
+
+    @property
+    def context_columns(self) -> list[str]:
+        """The interactions columns the schema's ``context.<column>`` features read, sorted."""
+        return sorted({table_column(f.source)[1] for f in self.schema.features
+                       if table_column(f.source) is not None and table_column(f.source)[0] == "interactions"})
+
+    def _request_value(self, view: FeaturePipeline, spec: FeatureSpec, value: Any) -> float | int:
+        """The code (or dense value) of a request's own context ``value`` for feature ``spec``."""
+        at = f"context[{table_column(spec.source)[1]!r}] (feature '{spec.name}')"
+        if spec.kind == "dense":
+            number = as_numbers(np.array([value], dtype=object))
+            if number is None:
+                raise RecfunnelError(f"{at} must be a number, got {value!r}")
+            return float(np.nan_to_num(number[0], nan=0.0))
+        if spec.kind != "text":
+            return int(self.encoders[spec.name].encode(np.array([value], dtype=object))[0])
+        if is_missing([value])[0]:
+            return 0
+        vector = self._text_encoder.encode([as_text(value)])
+        view.request_text[spec.name] = vector
+        return len(self.text_vectors[spec.name])
 
     def catalogue_time(self) -> int:
         """The time the whole catalogue is scored at: just after the last train event."""
@@ -429,20 +499,24 @@ class FeaturePipeline:
         if s in ("item.pop_count", "item.pop_decayed"):
             if item_idx is None:
                 item_idx, ts = self.item_idx[rows], self.ts[rows]
-            count, ends = self._train_before(item_idx, ts)
-            if s == "item.pop_count":
-                return count
-            # sum over earlier train events of exp(-(ts - t_e) / tau), computed in log space
-            total = self.decayed_cumsum[ends] - self.decayed_cumsum[ends - count]
-            with np.errstate(divide="ignore"):
-                return np.where(count > 0, np.exp(np.log(total) - (ts - self.t0) / self.tau), 0.0)
+            decayed = s == "item.pop_decayed"
+            value = self.item_counts.at(item_idx, ts, decayed)
+            if spec.within is None:
+                return value
+            group, counts = self.item_groups[spec.within]
+            total = counts.at(group[item_idx], ts, decayed)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                return np.where(total > 0, value / total, 0.0)
         raise RecfunnelError(f"{self.where}: feature '{spec.name}': source {s} cannot be dense")
 
-    def _train_before(self, item_idx: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per (item, ts): number of train events of the item strictly before ts, and the end offset."""
-        lo = self.item_train_ptr[item_idx]
-        ends = searchsorted_segments(self.item_train_ts, lo, self.item_train_ptr[item_idx + 1], ts)
-        return ends - lo, ends
+    def _item_groups(self, spec: FeatureSpec, data: SplitData) -> np.ndarray:
+        """(I,) each item's group: its value of the items column ``spec.within`` as a code ≥ 0 (a
+        missing value is a group of its own)."""
+        if spec.within not in data.tables.items:
+            raise RecfunnelError(f"{self.where}: feature '{spec.name}' has within: {spec.within}, which is not a "
+                                 f"column of the items table; its columns: {', '.join(map(str, data.tables.items.columns))}")
+        codes, _ = pd.factorize(data.tables.items[spec.within], use_na_sentinel=False)
+        return codes.astype(np.int64)
 
     def _sparse(self, spec: FeatureSpec, rows, item_idx, ts) -> tuple[np.ndarray, np.ndarray]:
         """(values, lengths) of one sparse feature for the batch."""

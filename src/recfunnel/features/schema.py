@@ -74,12 +74,13 @@ SOURCES: dict[str, tuple[str, tuple[str, ...]]] = {
     "item.pop_count": ("item", ("dense",)),
     "item.pop_decayed": ("item", ("dense",)),
 }
+POPULARITY_SOURCES = ("item.pop_count", "item.pop_decayed")
 # computed sources that look like table columns: they are not read from the users / items / interactions table
 COMPUTED = {"user.activity", "item.pop_count", "item.pop_decayed", "context.hour", "context.weekday"}
 COLUMN_PREFIXES = {"user.": "users", "item.": "items", "context.": "interactions"}
 EVENT_COLUMN_KINDS = ("categorical", "dense", "text")  # what a context.<column> source can feed
 _FIELDS = {"tower", "kind", "source", "dim", "pooling", "table", "vocab", "buckets", "hash_size",
-           "max_len", "prefix", "transform"}
+           "max_len", "prefix", "transform", "within"}
 
 
 def table_column(source: str) -> tuple[str, str] | None:
@@ -124,6 +125,7 @@ class FeatureSpec:
     max_len: int = 50
     prefix: int | None = None  # keep the first `prefix` characters of a string value (zip codes)
     transform: str = "none"
+    within: str | None = None  # item.pop_count / item.pop_decayed: the share of the items with this column's value
 
     @property
     def is_sparse(self) -> bool:
@@ -251,6 +253,9 @@ def _parse_feature(name: str, fc: dict[str, Any], where: str) -> FeatureSpec:
         fc["buckets"] = tuple(float(b) for b in fc["buckets"])
         if list(fc["buckets"]) != sorted(fc["buckets"]):
             raise RecfunnelError(f"{at}: buckets must be increasing, got {list(fc['buckets'])}")
+    if "within" in fc and (fc["source"] not in POPULARITY_SOURCES or not isinstance(fc["within"], str)):
+        raise RecfunnelError(f"{at}: within={fc['within']!r} needs source {' or '.join(POPULARITY_SOURCES)} and the "
+                             "name of an items column (e.g. within: geohash5: the item's share of its cell's events)")
     for key in ("dim", "max_len", "hash_size", "prefix"):
         if key in fc and (not isinstance(fc[key], int) or fc[key] <= 0):
             raise RecfunnelError(f"{at}: {key} must be a positive integer, got {fc[key]!r}")

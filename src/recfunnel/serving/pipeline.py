@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from recfunnel.data.ranking import PairFeatures, UserLocations, build_batch, coordinates
+from recfunnel.features.embedding import request_texts
 from recfunnel.features.pipeline import FeaturePipeline
 from recfunnel.models.dlrm import DLRM
 from recfunnel.serving.fusion import RankFusion
@@ -103,7 +104,9 @@ class Funnel:
             items, scores = np.take_along_axis(items, order, 1), np.take_along_axis(scores, order, 1)
         retrieval = Slate(items, scores)
         batch = build_batch(ranker_pipeline, self.pairs, rows, queries, items, items, here=users.location)
-        logits = self.ranker(batch).masked_fill(batch["cand_idx"] < 0, float("-inf")).numpy()
+        with request_texts(self.ranker, ranker_pipeline.request_text):
+            logits = self.ranker(batch)
+        logits = logits.masked_fill(batch["cand_idx"] < 0, float("-inf")).numpy()
         order = np.argsort(-logits, axis=1, kind="stable")
         ranked = Slate(np.take_along_axis(items, order, 1), np.take_along_axis(logits, order, 1))
         final = self.reranker(ranked, self.catalogue, users, n=top_n or self.top_n)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import numbers
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -149,7 +149,8 @@ class Recommender:
 
     def recommend(self, user_id: Any, k: int = 10, recent_items: Sequence[Any] = (),
                   candidates: Sequence[Any] | None = None, at: int | None = None,
-                  location: Sequence[float] | None = None) -> dict[str, Any]:
+                  location: Sequence[float] | None = None, context: Mapping[str, Any] | None = None
+                  ) -> dict[str, Any]:
         """Top ``k`` items for one user: {"user_id", "items", "scores", "fallback", "note"} (see the class).
 
         Args:
@@ -162,6 +163,10 @@ class Recommender:
             at: request time (unix seconds); default just after the newest event in the data.
             location: (lat, lon) in degrees, where the user is now, for location-aware re-ranking; default
                 the user's home (``home_lat`` / ``home_lon`` of the users table) where the data has one.
+            context: the request's own context, {interactions column: value}, for the schemas'
+                ``context.<column>`` features, e.g. ``{"query": "thai noodles"}`` (a text the data never
+                had is encoded now by the schema's text encoder) or ``{"geohash5": "u09tq"}``; a column
+                not given has no value (the features' "unknown" row), as in training data without it.
         """
         k = _positive_int("k", k, 10)
         user_id = _normalise_id(user_id, np.issubdtype(self.user_ids.dtype, np.integer), "user_id", "user")
@@ -189,14 +194,27 @@ class Recommender:
         now = self.now if at is None else int(at)
         when = np.full(len(recent), now, dtype=np.int64)
         f = self.funnel
-        ret_view, row = f.retriever.pipeline.for_request(u, recent, when, now)
-        rank_view, _ = self.ranker_pipeline.for_request(u, recent, when, now)
+        if context is not None and not isinstance(context, Mapping):
+            raise RecfunnelError(f"context must be a mapping {{interactions column: value}}, got {context!r}")
+        context = dict(context or {})
+        pipes = (f.retriever.pipeline, self.ranker_pipeline)
+        read = {c for p in pipes for c in p.context_columns}
+        if set(context) - read:
+            raise RecfunnelError(f"context has key(s) {sorted(set(context) - read)} that neither the retriever's nor the "
+                                 f"ranker's features read; the context columns they read: {sorted(read) or 'none'}")
+        ret_view, row = pipes[0].for_request(u, recent, when, now, _only(context, pipes[0].context_columns))
+        rank_view, _ = pipes[1].for_request(u, recent, when, now, _only(context, pipes[1].context_columns))
         final = f(ret_view, rank_view, np.array([row]), candidates=None if cands is None else cands[None, :],
                   top_n=k, locations=where)["final"]
         keep = final.items[0] >= 0
         out.update(items=self.item_ids[final.items[0][keep]].tolist(),
                    scores=final.scores[0][keep].astype(float).round(4).tolist())
         return out
+
+
+def _only(mapping: Mapping[str, Any], keys: Iterable[str]) -> dict[str, Any]:
+    keys = set(keys)
+    return {k: v for k, v in mapping.items() if k in keys}
 
 
 def set_threads(threads: int | None) -> None:

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from recfunnel.data.datamodule import RecDataModule
 from recfunnel.data.dataset import SplitData
+from recfunnel.features.embedding import request_texts
 from recfunnel.features.pipeline import FeaturePipeline
 from recfunnel.features.store import FeatureStore
 from recfunnel.models.two_tower import TwoTower
@@ -147,12 +148,12 @@ class Retriever:
     def query_vectors(self, pipeline: FeaturePipeline | FeatureStore, rows: np.ndarray,
                       batch_size: int = 2048) -> np.ndarray:
         """(B, d) float32 user-tower outputs as of each event row of ``pipeline`` (this retriever's
-        pipeline or store, or a request view of the pipeline)."""
+        pipeline or store, or a request view of the pipeline, whose new texts the towers read)."""
         out = []
-        for lo in range(0, len(rows), batch_size):
-            chunk = rows[lo:lo + batch_size]
-            batch = pipeline.queries(chunk)
-            out.append(self.net.user_vectors(batch).float().numpy())
+        with request_texts(self.net, getattr(pipeline, "request_text", {})):
+            for lo in range(0, len(rows), batch_size):
+                batch = pipeline.queries(rows[lo:lo + batch_size])
+                out.append(self.net.user_vectors(batch).float().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.index.dim), np.float32)
 
     @staticmethod
