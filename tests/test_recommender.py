@@ -95,7 +95,9 @@ def test_k_must_be_a_positive_int(rec):
     assert rec.recommend(196, k=2, at=int(rec.now) + 86400)["items"]
 
 
-def test_cli_refuses_bad_k_and_threads_in_one_line(funnel_run, tmp_path):
+def test_cli_refuses_bad_k_and_threads_in_one_line(funnel_run, tmp_path, capsys):
+    from recfunnel.recommend import main
+
     users = tmp_path / "users.txt"
     users.write_text("196\nno-such-user\n")
     out = tmp_path / "recs.jsonl"
@@ -103,9 +105,11 @@ def test_cli_refuses_bad_k_and_threads_in_one_line(funnel_run, tmp_path):
     for args, message in ((["k=abc"], "error: k=abc is not an integer"), (["k=0"], "error: k must be an int ≥ 1"),
                           (["threads=0"], "error: threads must be an int ≥ 1"),
                           (["thread=2"], "error: unknown argument(s) ['thread=2']")):
-        proc = run("recfunnel.recommend", *common, *args)
-        assert proc.returncode == 2 and proc.stderr.startswith(message), (args, proc.stderr[-2000:])
-        assert proc.stderr.count("\n") == 1, proc.stderr
+        with kept_threads(), pytest.raises(SystemExit) as stop:  # main() as `python -m recfunnel.recommend` runs it
+            main([*common, *args])
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and err.startswith(message) and err.count("\n") == 1, (args, err)
+        assert not out.exists()
     proc = run("recfunnel.recommend", *common, "k=5000", "threads=1")
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = [json.loads(line) for line in out.read_text().splitlines()]
