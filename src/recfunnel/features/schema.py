@@ -21,7 +21,11 @@ column of the users / items table (``table_column``): categorical (one value per
 multi_hot (a list-valued column, e.g. a RecBole ``token_seq`` field), dense (a numeric column) or
 text. ``context.<column>`` reads a column of the interactions table: the event's own value, known
 when the request is made (a search query as text, the place the user is as a categorical cell); a
-served request has none (missing: row 0) unless the data holds it.
+served request has the values it gives (``FeaturePipeline.for_request(context=...)``), else none
+(missing: row 0).
+``item.pop_count`` / ``item.pop_decayed`` count an item's train events before the event; with
+``within: COLUMN`` (an items column, e.g. ``geohash5``) they give instead the item's share of the
+events of the items with its value of that column (popularity within a map cell, a brand, a genre).
 Whether the column exists, and holds what the kind needs, is checked by the pipeline against the
 dataset's table. A feature of the user / context towers reads only query-side sources, one of the
 item tower only item-side sources (an item attribute on the query side would leak the target).
