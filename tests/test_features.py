@@ -14,6 +14,8 @@ from recfunnel.features.pipeline import FeaturePipeline
 from recfunnel.features.schema import FeatureSchema
 from recfunnel.utils.errors import RecfunnelError
 
+from helpers import ROOT
+
 SCHEMA = {
     "name": "toy",
     "session_gap_s": 1800,
@@ -201,7 +203,8 @@ def test_ml100k_schema_builds_on_real_data(ml100k_data, ml100k_schema):
     pipe = FeaturePipeline(ml100k_schema, ml100k_data)
     assert pipe.num_embeddings["item_id"] == 1682 and pipe.num_embeddings["user_id"] == 943
     assert "hist_items" not in pipe.num_embeddings  # shares the item_id table
-    cat = pipe.items(np.arange(1682), pipe.catalogue_time())
+    ranker = FeaturePipeline(FeatureSchema.from_yaml(ROOT / "configs/features/ml100k_rank.yaml"), ml100k_data)
+    cat = ranker.items(np.arange(1682), ranker.catalogue_time())  # the ranker's schema reads item popularity
     assert cat.dense[:, 0].exp().sub(1).round().sum().item() == pytest.approx(98_114)  # all train events counted
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from recfunnel.data.atomic import load_atomic
 from recfunnel.data.dataset import SplitData
-from recfunnel.features.auto import auto_schema, quantile_edges, resolve_schema
+from recfunnel.features.auto import auto_schema, check_item_time_features, quantile_edges, resolve_schema
 from recfunnel.features.pipeline import FeaturePipeline
 from recfunnel.features.schema import QUERY_TOWERS, FeatureSchema
 from recfunnel.utils.errors import RecfunnelError
@@ -70,14 +70,17 @@ def test_auto_schema_features_kinds_and_modes(data, caplog, monkeypatch):
         schema = resolve_schema(AUTO, data, where="features (auto)")
     f = {s.name: s for s in schema.features}
     assert list(f) == ["user_id", "user_activity", "hist_items", "hist_age", "session_items", "user_age", "user_gender",
-                       "user_city", "user_tags", "session_pos", "hour", "weekday", "item_id", "item_pop",
-                       "item_pop_decayed", "item_price", "item_brand", "item_genres", "item_scores"]
+                       "user_city", "user_tags", "session_pos", "hour", "weekday", "item_id", "item_price",
+                       "item_brand", "item_genres", "item_scores"]
     assert (f["user_id"].kind, f["user_id"].dim, f["item_id"].dim) == ("categorical", 32, 32)
     assert (f["hist_items"].kind, f["hist_items"].table, f["hist_items"].max_len) == ("sequence", "item_id", 50)
     assert (f["session_items"].table, f["session_items"].max_len) == ("item_id", 20)
     assert f["hist_age"].buckets == (60, 3600, 86400, 604800, 2592000)
-    assert {n: f[n].kind for n in ("user_activity", "item_pop", "item_pop_decayed")} == dict.fromkeys(
-        ("user_activity", "item_pop", "item_pop_decayed"), "dense")
+    assert f["user_activity"].kind == "dense"
+    # a ranker's auto schema (candidates read as of the query) also has the items' popularity as of the event
+    ranker = resolve_schema(AUTO, data, where="features (auto)", scored_at_query_time=True)
+    assert [s.name for s in ranker.features] == [*list(f)[:13], "item_pop", "item_pop_decayed", *list(f)[13:]]
+    assert {s.kind for s in ranker.features if s.name.startswith("item_pop")} == {"dense"}
     # tokens: a vocabulary up to max_vocab distinct values, hashed above it
     assert (f["user_gender"].source, f["user_gender"].hash_size, f["user_gender"].buckets) == ("user.gender", None, None)
     assert (f["user_city"].kind, f["user_city"].hash_size) == ("categorical", 64)  # next power of two >= 2 x 20
@@ -142,6 +145,26 @@ def test_an_ordinary_schema_is_validated_as_it_is(data):
     assert resolve_schema({**cfg, "auto": False}, data) == FeatureSchema.from_config(cfg)
     with pytest.raises(RecfunnelError, match=r"unknown key\(s\) \['max_vocab'\]"):
         resolve_schema({**cfg, "auto": False, "max_vocab": 3}, data)
+
+
+@pytest.mark.parametrize("source, within", [("item.pop_count", None), ("item.pop_decayed", None),
+                                            ("item.pop_count", "brand")])
+def test_a_retriever_may_not_read_item_popularity_as_of_the_event(data, source, within):
+    """In-batch training reads each item at its own event's time: refused for a retriever's schema,
+    whether written by hand or built; a ranker's schema (scored at the query's time) may read it."""
+    pop = {"tower": "item", "kind": "dense", "source": source, **({"within": within} if within else {})}
+    cfg = {"name": "pop", "features": {"item_id": {"tower": "item", "kind": "categorical", "source": "item_id"},
+                                       "busy": pop}}
+    with pytest.raises(RecfunnelError, match=rf"features \(pop\): feature 'busy' \(source {source}\) reads an item's "
+                                             r"popularity as of each event, in a retriever's item tower.*Remove it from "
+                                             r"this schema; a ranker's schema may read it"):
+        resolve_schema(cfg, data, where="features (pop)")
+    assert resolve_schema(cfg, data, scored_at_query_time=True).names == ["item_id", "busy"]
+    with pytest.raises(RecfunnelError, match="feature 'item_pop' .* in a retriever's item tower"):
+        resolve_schema({**AUTO, "features": {"item_pop": {"tower": "item", "kind": "dense", "source": "item.pop_count"}}},
+                       data)
+    for name in ("ml100k", "synthetic", "synthetic_query", "synthetic_places", "places_geo"):  # the retrievers' schemas
+        check_item_time_features(FeatureSchema.from_yaml(ROOT / "configs" / "features" / f"{name}.yaml"))
 
 
 def test_the_auto_config_file_and_determinism(tmp_path):

@@ -234,7 +234,7 @@ def ranker_inputs(data: SplitData, item_vectors: np.ndarray, features_cfg: Mappi
     """The ranker's schema, its feature pipeline over the first stage's data, the (I, G) genre matrix
     and the pair features over the first stage's (I, d) ``item_vectors`` (and ``cooccurrence``, when
     the first stage has it): everything needed to build ranker batches (training or serving)."""
-    schema = resolve_schema(features_cfg, data, where=f"features ({features_cfg.get('name')})")
+    schema = resolve_schema(features_cfg, data, where=f"features ({features_cfg.get('name')})", scored_at_query_time=True)
     pipeline = FeaturePipeline(schema, data, where=f"features ({schema.name})")
     genres = genre_matrix(data.tables.items)
     return schema, pipeline, genres, PairFeatures(item_vectors, genres, profile_len, cooccurrence, data=data)

@@ -18,8 +18,9 @@ context, item, each in this order):
   [hour] and ``context.weekday`` [weekday] (each skipped when it is one value over all train events,
   as for a dataset without timestamps, whose ``ts`` is the row position);
 - ``social.friend_items`` [friend_items] when the dataset has a social graph (``edges``);
-- counts, dense with ``transform: log1p``: ``user.activity`` [user_activity], ``item.pop_count``
-  [item_pop], ``item.pop_decayed`` [item_pop_decayed];
+- counts, dense with ``transform: log1p``: ``user.activity`` [user_activity]; for a ranker's schema
+  (``scored_at_query_time``) also ``item.pop_count`` [item_pop], ``item.pop_decayed``
+  [item_pop_decayed] (a retriever's may not read them: ``check_item_time_features``);
 - every other column ``C`` of the users / items table, as ``user.C`` [user_C] / ``item.C`` [item_C]
   (characters other than letters, digits and ``_`` become ``_``; a clash gets ``_2``, ``_3``...):
 
@@ -76,7 +77,7 @@ import pandas as pd
 from recfunnel.data.dataset import TRAIN, SplitData
 from recfunnel.data.synthetic import ANSWER_KEY_COLUMNS
 from recfunnel.features.pipeline import as_numbers, column_lists, column_shape
-from recfunnel.features.schema import COMPUTED, QUERY_TOWERS, FeatureSchema
+from recfunnel.features.schema import COMPUTED, POPULARITY_SOURCES, QUERY_TOWERS, FeatureSchema
 from recfunnel.utils.errors import RecfunnelError
 
 log = logging.getLogger(__name__)
@@ -100,40 +101,71 @@ SESSION_POS_BUCKETS = [1, 2, 4, 8, 16, 32, 64]
 _logged: set[str] = set()  # schemas already logged by this process (each is logged once)
 
 
-def resolve_schema(features_cfg: Mapping[str, Any], data: SplitData, where: str = "features") -> FeatureSchema:
+def resolve_schema(features_cfg: Mapping[str, Any], data: SplitData, where: str = "features",
+                   scored_at_query_time: bool = False) -> FeatureSchema:
     """The validated schema of a ``features`` config for ``data``.
 
     ``auto`` absent: ``FeatureSchema.from_config(features_cfg)`` exactly; ``auto: false``: the same
     without that key; ``auto: true``: the schema ``auto_schema`` builds from ``data``'s columns with
     the config's options, validated, logged at INFO once per process. ``where`` names the config in
     errors.
+
+    ``scored_at_query_time``: the schema is a ranker's, which computes every candidate's features as
+    of the query's time; only such a schema may read an item's popularity as of the event
+    (``check_item_time_features``), and only its auto schema has it.
     """
     cfg = _plain(features_cfg)
     if "auto" not in cfg:
-        return FeatureSchema.from_config(features_cfg, where=where)
-    if not cfg.pop("auto"):
-        return FeatureSchema.from_config(cfg, where=where)
-    built, skipped, distinct = _build(data, cfg, where)
-    schema = FeatureSchema.from_config(built, where=f"{where} (built by features=auto)")
-    _log_once(schema, skipped, distinct, data)
+        schema = FeatureSchema.from_config(features_cfg, where=where)
+    elif not cfg.pop("auto"):
+        schema = FeatureSchema.from_config(cfg, where=where)
+    else:
+        built, skipped, distinct = _build(data, cfg, where, scored_at_query_time)
+        schema = FeatureSchema.from_config(built, where=f"{where} (built by features=auto)")
+        _log_once(schema, skipped, distinct, data)
+    if not scored_at_query_time:
+        check_item_time_features(schema, where)
     return schema
 
 
-def auto_schema(data: SplitData, options: Mapping[str, Any], where: str = "features") -> dict[str, Any]:
+def check_item_time_features(schema: FeatureSchema, where: str = "features") -> None:
+    """Refuse an item-tower feature whose value depends on the time it is read at (an item's
+    popularity as of the event: ``POPULARITY_SOURCES``) in a retriever's schema.
+
+    A two-tower retriever trains against in-batch negatives, each item read as of its *own* event's
+    time: a time-dependent item feature then tells the positive by when it happened rather than by
+    taste, training learns that, and the index, which reads every item at one time, cannot use it
+    (ML-100K full schema: validation NDCG@10 0.062 with popularity in the item tower, 0.139 without).
+    A ranker reads every candidate as of the query's time, so its schema may have them.
+    """
+    bad = [f for f in schema.tower("item") if f.source in POPULARITY_SOURCES]
+    if bad:
+        f = bad[0]
+        raise RecfunnelError(
+            f"{where}: feature '{f.name}' (source {f.source}) reads an item's popularity as of each event, in a "
+            "retriever's item tower: in-batch training reads each item at its own event's time, so the model "
+            "learns to tell the positive by when it happened, which the index (every item at one time) cannot "
+            "use. Remove it from this schema; a ranker's schema may read it (it scores candidates as of the query)")
+
+
+def auto_schema(data: SplitData, options: Mapping[str, Any], where: str = "features",
+                scored_at_query_time: bool = False) -> dict[str, Any]:
     """A schema config mapping (the shape of ``configs/features/*.yaml``) for ``data``'s columns; see
     the module docstring. ``options``: the keys of ``AUTO_DEFAULTS`` and ``SCHEMA_KEYS``, ``features``
-    (edits of the built features) and ``auto``; any other key is an error naming ``where``."""
-    return _build(data, _plain(options), where)[0]
+    (edits of the built features) and ``auto``; any other key is an error naming ``where``;
+    ``scored_at_query_time`` as in ``resolve_schema``."""
+    return _build(data, _plain(options), where, scored_at_query_time)[0]
 
 
 # -- building --------------------------------------------------------------------------------------
-def _build(data: SplitData, cfg: dict[str, Any], where: str) -> tuple[dict[str, Any], list[str], dict[str, int]]:
+def _build(data: SplitData, cfg: dict[str, Any], where: str, scored_at_query_time: bool = False
+           ) -> tuple[dict[str, Any], list[str], dict[str, int]]:
     """(schema config, skipped columns as "table.column (reason)", {column feature: distinct values})
-    for ``data`` and the auto ``cfg``."""
+    for ``data`` and the auto ``cfg`` (item popularity only when ``scored_at_query_time``)."""
     opts = _options(cfg, where)
     out: dict[str, Any] = {"name": str(cfg.get("name", "auto"))}
     out.update({k: cfg[k] for k in SCHEMA_KEYS[1:] if k in cfg})
-    feats = _computed_features(data, opts)
+    feats = _computed_features(data, opts, scored_at_query_time)
     skipped: list[str] = []
     distinct: dict[str, int] = {}
     for table, prefix in (("users", "user"), ("items", "item")):
@@ -175,7 +207,8 @@ def _options(cfg: Mapping[str, Any], where: str) -> dict[str, int]:
     return opts
 
 
-def _computed_features(data: SplitData, opts: Mapping[str, int]) -> dict[str, dict[str, Any]]:
+def _computed_features(data: SplitData, opts: Mapping[str, int], scored_at_query_time: bool = False
+                       ) -> dict[str, dict[str, Any]]:
     """Ids, history, session, context, social and count features (see the module docstring)."""
     hist, sess = opts["history_len"], opts["session_len"]
     f: dict[str, dict[str, Any]] = {
@@ -200,8 +233,9 @@ def _computed_features(data: SplitData, opts: Mapping[str, int]) -> dict[str, di
     if _varies(ts // 86400 % 7):
         f["weekday"] = {"tower": "context", "kind": "categorical", "source": "context.weekday", "dim": 4}
     f["item_id"] = {"tower": "item", "kind": "categorical", "source": "item_id", "dim": opts["id_dim"]}
-    f["item_pop"] = {"tower": "item", "kind": "dense", "source": "item.pop_count", "transform": "log1p"}
-    f["item_pop_decayed"] = {"tower": "item", "kind": "dense", "source": "item.pop_decayed", "transform": "log1p"}
+    if scored_at_query_time:  # a ranker's: see check_item_time_features
+        f["item_pop"] = {"tower": "item", "kind": "dense", "source": "item.pop_count", "transform": "log1p"}
+        f["item_pop_decayed"] = {"tower": "item", "kind": "dense", "source": "item.pop_decayed", "transform": "log1p"}
     return f
 
 
