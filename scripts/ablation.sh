@@ -19,6 +19,7 @@ declare -A ROWS=(
   [7_attention_no_logq]="features=ml100k_seq $LINEAR $ATT model.loss.logq_correction=false"
   [8_attention_mixed_negatives]="features=ml100k_seq $LINEAR $ATT model.loss.num_uniform_negatives=256"
   [9_history_recency_titles]="features=ml100k_text $LINEAR model.net.history_encoder=recency"
+  [10_all_features_recency]="features=ml100k $LINEAR model.net.history_encoder=recency"
 )
 for row in $(printf '%s\n' "${!ROWS[@]}" | sort); do
   for seed in $SEEDS; do

@@ -33,7 +33,7 @@ def test_funnel_experiment_end_to_end_beats_its_retriever(tmp_path):
                env=OFFLINE)
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = json.loads((out / "metrics.json").read_text())
-    # README: the end of the funnel 0.121 test NDCG@10 over a 0.106 retriever
-    assert m["test/ndcg@10"] > 0.10 and m["test/ranked/ndcg@10"] > m["test/retrieval/ndcg@10"], m
+    # README: the end of the funnel 0.137 test NDCG@10 over a 0.130 first stage (the retriever alone 0.124)
+    assert m["test/ndcg@10"] > 0.125 and m["test/ranked/ndcg@10"] > m["test/retrieval/ndcg@10"], m
     for stage in ("retriever", "ranker"):
         assert sum(line.startswith(f"[{stage}] epoch ") for line in proc.stdout.splitlines()) >= 2
