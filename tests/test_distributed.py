@@ -40,7 +40,7 @@ def test_sharded_training_equals_single_process_training(tmp_path, ml100k_data):
     assert tables["item_id"] == {"type": "column_wise", "ranks": [0, 1, 0, 1], "module": "net.embedding.ebc"}
     assert tables["user_id"]["type"] == "table_column_wise" and sorted(set(tables["user_id"]["ranks"])) == [0, 1]
     assert tables["genres"]["type"] == "table_wise" and tables["age"]["type"] == "data_parallel"
-    assert result["keys"] == 28 and result["max_update"] > 1e-2  # the weights did move
+    assert result["keys"] == 26 and result["max_update"] > 1e-2  # the weights did move
     assert result["max_diff"] < 1e-5, result
 
 
