@@ -20,6 +20,7 @@ What "as of" means here (see ``../shared/EVALUATION.md``):
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import zlib
 from collections.abc import Mapping
@@ -427,7 +428,7 @@ class FeaturePipeline:
                 values[spec.name][-1] = self._request_value(view, spec, context[col[1]])
         return view, n - 1
 
-    @property
+    @functools.cached_property
     def context_columns(self) -> list[str]:
         """The interactions columns the schema's ``context.<column>`` features read, sorted."""
         return sorted({table_column(f.source)[1] for f in self.schema.features
@@ -445,8 +446,7 @@ class FeaturePipeline:
             return int(self.encoders[spec.name].encode(np.array([value], dtype=object))[0])
         if is_missing([value])[0]:
             return 0
-        vector = self._text_encoder.encode([as_text(value)])
-        view.request_text[spec.name] = vector
+        view.request_text[spec.name] = self._text_encoder.encode_one(as_text(value))
         return len(self.text_vectors[spec.name])
 
     def catalogue_time(self) -> int:

@@ -32,6 +32,7 @@ import importlib
 import json
 import logging
 import os
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,12 @@ WORDLLAMA_DIMS = (64, 128, 256)  # the wheel ships the 256-dim weights; 64 and 1
 DEFAULT_ENCODER: dict[str, Any] = {"kind": "wordllama", "model": "l2_supercat", "dim": 256, "batch_size": 256}
 _PACKAGES = {"wordllama": ("wordllama", "wordllama==0.4.0.post1"),
              "sentence_transformers": ("sentence_transformers", "sentence-transformers")}
+
+
+# per process: each loaded model, and the vectors of the last texts encoded one at a time (encode_one)
+_MODELS: dict[tuple[str, str, int | None], Any] = {}
+_TEXTS: OrderedDict[tuple[str, str, int | None, str], np.ndarray] = OrderedDict()
+TEXT_MEMO_SIZE = 4096
 
 
 class TextEncoder:
@@ -78,6 +85,7 @@ class TextEncoder:
                 raise RecfunnelError(f"{where}: dim={dim!r} is not one of wordllama's {WORDLLAMA_DIMS}")
         self.dim = dim
         self._impl = None
+        self._loaded_as = (kind, str(self.model), dim)  # a model loaded once per process for this key (_MODELS)
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | None, where: str = "text_encoder") -> TextEncoder:
@@ -117,8 +125,23 @@ class TextEncoder:
         norms = np.linalg.norm(vecs, axis=1, keepdims=True)
         return vecs / np.maximum(norms, 1e-12)
 
+    def encode_one(self, text: str) -> np.ndarray:
+        """(1, E) vector of one non-empty text, remembered per process (``_TEXTS``): a served
+        request's query is read by several pipelines (the retriever's and the ranker's), encoded once."""
+        key = (*self._loaded_as, text)
+        if key in _TEXTS:
+            _TEXTS.move_to_end(key)
+            return _TEXTS[key]
+        _TEXTS[key] = vector = self.encode([text])
+        if len(_TEXTS) > TEXT_MEMO_SIZE:
+            _TEXTS.popitem(last=False)
+        return vector
+
     def _load(self):
         if self._impl is not None:
+            return self._impl
+        if self._loaded_as in _MODELS:  # another pipeline of this process loaded it
+            self._impl = _MODELS[self._loaded_as]
             return self._impl
         module, pip_name = _PACKAGES[self.kind]
         try:
@@ -142,6 +165,7 @@ class TextEncoder:
             except (OSError, ValueError) as e:
                 raise RecfunnelError(f"{self.where}: cannot load sentence-transformers model {self.model!r} offline "
                                      f"({type(e).__name__}: {e}); give model: a local folder holding the model") from None
+        _MODELS[self._loaded_as] = self._impl
         return self._impl
 
 
