@@ -158,6 +158,16 @@ def test_a_bad_config_value_exits_2_before_anything_is_written(tmp_path):
     assert not (out / "config.yaml").exists() and not (out / "run_info.json").exists()
 
 
+def test_a_new_run_refused_by_its_schema_leaves_the_directory_for_the_fixed_command(tmp_path):
+    """Refused once the data is read (a retriever schema reading item popularity as of the event):
+    one line, exit 2, and no config.yaml / run_info.json left that would refuse the corrected run."""
+    out = tmp_path / "run"
+    proc = run("recfunnel.train", *FAST, f"hydra.run.dir={out}", "features=ml100k_rank")
+    assert proc.returncode == 2 and one_line(proc), proc.stderr
+    assert "feature 'item_pop' (source item.pop_count) reads an item's popularity" in proc.stderr
+    assert not (out / "config.yaml").exists() and not (out / "run_info.json").exists()
+
+
 def test_the_default_configs_pass_the_checks(tmp_path):
     for name, extra in (("train", []), ("funnel", ["experiment=ml100k_funnel"]), ("evaluate", [])):
         with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):

@@ -104,6 +104,7 @@ def open_run(cfg: DictConfig) -> Iterator[Run]:
         return
     with run_lock(out):
         check_same_run(out, resolved, resume=bool(cfg.get("resume", True)))
+        fresh = not (out / "config.yaml").exists()
         pl.seed_everything(cfg.seed, workers=True)
         with atomic_path(out / "config.yaml") as tmp:
             tmp.write_text(OmegaConf.to_yaml(resolved))
@@ -111,7 +112,22 @@ def open_run(cfg: DictConfig) -> Iterator[Run]:
         run_id = before.get("run_id") or uuid.uuid4().hex
         data_before = {k: before[k] for k in DATA_KEYS if k in before}  # checked by record_data on a resume
         write_json(out / "run_info.json", {**run_metadata(seed=cfg.seed), "run_id": run_id, **data_before})
-        yield Run(cfg, out, resolved, run_id, data_before)
+        try:
+            yield Run(cfg, out, resolved, run_id, data_before)
+        except BaseException:
+            if fresh:
+                _forget_empty_run(out)
+            raise
+
+
+def _forget_empty_run(out: Path) -> None:
+    """After a new run failed before it wrote anything of its own (bad data, a schema that cannot
+    train), remove its ``config.yaml`` and ``run_info.json``, so that the directory is as it was and
+    the corrected command can use it; a run that wrote anything else is left for a resume."""
+    own = {"config.yaml", "run_info.json", ".hydra", LOCK}
+    if all(p.name in own or p.suffix == ".log" for p in out.iterdir()):
+        for name in ("config.yaml", "run_info.json"):
+            (out / name).unlink(missing_ok=True)
 
 
 def record_data(run: Run, name: str, data_dir: str | Path, fingerprint: str) -> None:
