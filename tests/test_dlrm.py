@@ -260,3 +260,23 @@ def test_ranking_losses_by_hand():
     torch.testing.assert_close(losses["bce+softmax"], bce + softmax)
     with pytest.raises(RecfunnelError, match="model.loss='hinge'"):
         RankingTask(lambda **_: make_model(), schema=SCHEMA, num_embeddings=NUM_EMB, num_pair_dense=P, loss="hinge")
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_dropout_drops_share_p_rescales_and_is_off_in_eval(p):
+    from recfunnel.models.mlp import Dropout
+
+    drop = Dropout(p)
+    x = torch.ones(512, 257, requires_grad=True)  # an odd element count: the last 64-bit draw is cut
+    torch.manual_seed(0)
+    y = drop(x)
+    dropped = (y == 0).float().mean().item()
+    assert abs(dropped - p) < 0.01
+    torch.testing.assert_close(y[y != 0], torch.full_like(y[y != 0], 1 / (1 - p)))
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())  # the gradient passes the kept elements, scaled alike
+    torch.manual_seed(0)
+    assert torch.equal(drop(x), y)  # same seed, same mask
+    drop.eval()
+    assert drop(x) is x
+    assert torch.equal(Dropout(1.0)(x), torch.zeros_like(x)) and Dropout(0.0)(x) is x

@@ -83,6 +83,20 @@ def test_backends_agree_on_outputs_and_gradients():
         torch.testing.assert_close(table(plain, name).grad, table(rec, name).grad, atol=1e-6, rtol=0)
 
 
+def test_use_torchrec_keeps_the_weights_and_the_outputs():
+    """trainer=sharded moves a torch-backend layer into TorchRec's collection before planning."""
+    _, plain = pair()
+    before = plain(batch())
+    weights = {k: v.clone() for k, v in plain.state_dict().items()}
+    plain.use_torchrec()
+    assert plain.backend == "torchrec" and type(plain.ebc).__name__ == "EmbeddingBagCollection"
+    for key, value in plain.state_dict().items():
+        torch.testing.assert_close(value, weights[key], atol=0, rtol=0)
+    after = plain(batch())
+    for tower in before:
+        torch.testing.assert_close(after[tower], before[tower], atol=1e-6, rtol=0)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_shared_table_is_one_parameter_serving_both_towers(backend):
     fe = FeatureEmbedding(SCHEMA, NUM_EMBEDDINGS, backend=backend)
@@ -170,7 +184,7 @@ def test_bad_backend_and_missing_table_are_user_errors():
     with pytest.raises(RecfunnelError, match=r"item_id.*used by item_id, hist_items"):
         FeatureEmbedding(SCHEMA, {k: v for k, v in NUM_EMBEDDINGS.items() if k != "item_id"})
     fe = build_feature_embedding(SCHEMA, NUM_EMBEDDINGS)
-    assert fe.backend == ("torchrec" if fbgemm_ops_available() else "torch")
+    assert fe.backend == ("torchrec" if torch.cuda.is_available() and fbgemm_ops_available() else "torch")
     inputs = batch()
     inputs["item"] = tower_input({"item_id": [[1]]}, [[0.0]])
     with pytest.raises(RecfunnelError, match="genres"):

@@ -166,10 +166,9 @@ class FeatureEmbedding(nn.Module):
         self.schema = schema
         self.backend = backend
         tables = _table_configs(schema, num_embeddings)
+        self._tables = tables
         self.ebc = EmbeddingBagCollection(tables) if backend == "torchrec" else TorchEmbeddingBagCollection(tables)
-        for bag in self.ebc.embedding_bags.values():
-            # a batch touches few rows of a large table: sparse gradients, updated lazily (tasks/optim.py)
-            bag.sparse = bag.num_embeddings >= SPARSE_GRAD_ROWS
+        self._set_gradient_kinds()
         # every sparse feature key of the collection, in its (table-major) order
         self._keys = [name for cfg in tables for name in cfg.feature_names]
         self.table_features = {cfg.name: list(cfg.feature_names) for cfg in tables}
@@ -186,6 +185,23 @@ class FeatureEmbedding(nn.Module):
             n_dense = len(schema.tower(tower, "dense"))
             self.register_buffer(f"dense_mean_{tower}", torch.zeros(n_dense))
             self.register_buffer(f"dense_std_{tower}", torch.ones(n_dense))
+
+    def _set_gradient_kinds(self) -> None:
+        for bag in self.ebc.embedding_bags.values():
+            # a batch touches few rows of a large table: sparse gradients, updated lazily (tasks/optim.py)
+            bag.sparse = bag.num_embeddings >= SPARSE_GRAD_ROWS
+
+    def use_torchrec(self) -> None:
+        """Hold the tables in TorchRec's ``EmbeddingBagCollection`` (the module its planner shards),
+        with the same weights, on the same device; nothing changes if they already are."""
+        if self.backend == "torchrec":
+            return
+        weights = self.ebc.state_dict()
+        device = next(iter(weights.values())).device if weights else None
+        ebc = EmbeddingBagCollection(self._tables, device=device)
+        ebc.load_state_dict(weights)
+        self.ebc, self.backend = ebc, "torchrec"
+        self._set_gradient_kinds()
 
     def tower_dim(self, tower: str) -> int:
         """Width of ``forward``'s output for ``tower``: pooled sparse dims + number of dense features."""
@@ -414,12 +430,15 @@ def build_feature_embedding(schema: FeatureSchema, num_embeddings: Mapping[str, 
                             ) -> FeatureEmbedding:
     """``FeatureEmbedding`` with ``backend`` "torchrec", "torch" or "auto".
 
-    "auto" picks "torchrec" when ``fbgemm_ops_available()`` (the target device is taken to be CUDA
-    whenever CUDA is available, else CPU) and "torch" otherwise. Both backends hold the same state
-    dict, so the choice does not affect checkpoints.
+    "auto" picks "torchrec" on a machine with CUDA when ``fbgemm_ops_available()``, and "torch"
+    otherwise: on CPU the torch backend's one ``embedding_bag`` call per table (one gradient per
+    table) trains faster than TorchRec's call per feature, e.g. 1.4x per training step on 2 cores
+    (synthetic schema, 100k items, batch 1024: 41 vs 57 ms; ML-100K full schema: 32 vs 37 ms).
+    ``trainer=sharded`` moves the tables to TorchRec's collection itself (``use_torchrec``). Both
+    backends hold the same state dict, so the choice does not affect checkpoints.
     """
     if backend == "auto":
-        backend = "torchrec" if fbgemm_ops_available() else "torch"
+        backend = "torchrec" if torch.cuda.is_available() and fbgemm_ops_available() else "torch"
     elif backend not in BACKENDS:
         raise RecfunnelError(f"embedding backend {backend!r} is not valid; choose one of: auto, {', '.join(BACKENDS)}")
     return FeatureEmbedding(schema, num_embeddings, backend, text_vectors)

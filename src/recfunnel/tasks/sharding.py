@@ -41,7 +41,7 @@ from pytorch_lightning.strategies import DDPStrategy
 from pytorch_lightning.trainer.states import TrainerFn
 from torch import nn
 
-from recfunnel.features.embedding import FeatureEmbedding
+from recfunnel.features.embedding import FeatureEmbedding, fbgemm_ops_available
 from recfunnel.tasks.checkpoints import SHARDED_META as META
 from recfunnel.tasks.checkpoints import sharded_meta
 from recfunnel.utils.errors import RecfunnelError
@@ -161,9 +161,11 @@ class ShardedStrategy(DDPStrategy):
         if not embeddings:
             raise RecfunnelError(f"trainer=sharded: the model ({type(module).__name__}) has no feature-embedding layer "
                                  "to shard")
-        if any(e.backend != "torchrec" for e in embeddings):
-            raise RecfunnelError("trainer=sharded shards TorchRec embedding collections: set model.net.backend=torchrec "
-                                 "(the torch backend, used where fbgemm has no kernels, cannot be sharded)")
+        if not fbgemm_ops_available():
+            raise RecfunnelError("trainer=sharded needs fbgemm's kernels for this device (fbgemm-gpu, or "
+                                 "fbgemm-gpu-cpu on a machine without CUDA); install the one README.md names")
+        for e in embeddings:
+            e.use_torchrec()  # the planner shards TorchRec's collection, with the model's weights
         tables = {name for e in embeddings for name in e.ebc.embedding_bags}
         unknown = sorted(set(self.tables) - tables)
         if unknown:
