@@ -59,8 +59,17 @@ class RecTask(pl.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         loss = self.compute_loss(batch)
         self.guard_finite(loss)
-        self.log("train/loss", loss, prog_bar=True, batch_size=self.train_batch_size(batch))
+        if self._logged_this_step():
+            self.log("train/loss", loss, prog_bar=True, batch_size=self.train_batch_size(batch))
         return loss
+
+    def _logged_this_step(self) -> bool:
+        """Whether Lightning hands this step's logged values to the loggers (every
+        ``trainer.log_every_n_steps`` steps). On the other steps ``self.log`` would cost ~1.5 ms of
+        bookkeeping (3% of a 10M-event training step on CPU) for a value nobody reads; the progress
+        bar shows the newest logged loss."""
+        trainer = self._trainer
+        return trainer is None or bool(trainer.fast_dev_run) or trainer._logger_connector.should_update_logs
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         """``trainer.gradient_clip_val`` / ``gradient_clip_algorithm``, also for the sparse gradients of

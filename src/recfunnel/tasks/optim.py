@@ -30,9 +30,15 @@ class SparseAdamW(torch.optim.AdamW):
     """``torch.optim.AdamW`` that accepts sparse gradients (updated lazily, row by row).
 
     Args: those of ``torch.optim.AdamW``; ``amsgrad`` and ``maximize`` are refused for parameters
-    whose gradient is sparse. AdamW's own (foreach or fused) step only ever sees the dense gradients:
-    the sparse ones are applied first and hidden from it.
+    whose gradient is sparse. AdamW's own step only ever sees the dense gradients: the sparse ones
+    are applied first and hidden from it. That step is the fused one unless ``fused=False`` is
+    given: one kernel per parameter instead of about ten (a two-tower model's MLPs on 2 CPU cores:
+    0.13 vs 0.5 ms per step).
     """
+
+    def __init__(self, params: Iterable[Any], lr: float = 1e-3, **kwargs: Any):
+        kwargs.setdefault("fused", True)
+        super().__init__(params, lr=lr, **kwargs)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
