@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Optuna search of the DLRM ranker (configs/hparams_search/ranker_optuna.yaml) over one trained
+# Optuna search of the funnel's ranker (configs/hparams_search/ranker_optuna.yaml) over one trained
 # retriever, then a comparison of its trials. Extra arguments are Hydra overrides.
 #   bash scripts/sweep_ranker.sh RETRIEVER_RUN_DIR [overrides...]
+#   bash scripts/sweep_ranker.sh RUN experiment=ml100k_funnel hydra/launcher=joblib hydra.launcher.n_jobs=2 hydra.sweeper.n_jobs=2
 # SWEEP_DIR=DIR chooses the sweep directory (default logs/funnel/multiruns/ranker_<time>).
 set -euo pipefail
 cd "$(dirname "$0")/.."
