@@ -13,6 +13,7 @@ import time
 
 import pytest
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from recfunnel.serving.recommender import Recommender
 from recfunnel.serving.retriever import Retriever
@@ -172,3 +173,13 @@ def test_the_default_configs_pass_the_checks(tmp_path):
     for name, extra in (("train", []), ("funnel", ["experiment=ml100k_funnel"]), ("evaluate", [])):
         with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
             check_config(compose(name, overrides=[f"paths.output_dir={tmp_path}", *extra]))
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (ROOT / "configs" / "experiment").glob("*.yaml")))
+def test_every_experiment_and_its_retriever_compose_and_pass_the_checks(experiment, tmp_path):
+    funnel = "funnel" in OmegaConf.load(ROOT / "configs" / "experiment" / f"{experiment}.yaml").tags
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("funnel" if funnel else "train", overrides=[f"experiment={experiment}", f"paths.output_dir={tmp_path}"])
+        check_config(cfg)
+        if funnel:  # the retriever it trains first
+            check_config(compose("train", overrides=[*cfg.retriever.overrides, f"paths.output_dir={tmp_path}"]))
