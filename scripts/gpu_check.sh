@@ -16,7 +16,7 @@
 #   env          versions, nvidia-smi -L, the device, which imports work, whether fbgemm has CUDA kernels
 #   tests        python -m pytest -m gpu tests/test_gpu.py (both embedding backends; the torchrec ones
 #                are expected to fail on fbgemm-gpu-cpu, each outcome is recorded)
-#   retriever    one bf16 epoch of experiment=ml100k_two_tower features=ml100k (trainer=gpu, backend torch, logger=csv),
+#   retriever    one bf16 epoch of experiment=ml100k_two_tower_full (trainer=gpu, backend torch, logger=csv),
 #                then full-corpus valid/test evaluation and the FAISS index (what `recfunnel.train` does)
 #   funnel       experiment=ml100k_funnel reusing that run (retriever.run_dir): one bf16 epoch of the
 #                DCN-v2 ranker, then the funnel evaluated stage by stage on valid and test
@@ -349,7 +349,7 @@ ENV_OK=$(tail -n 1 "$STEPS" | "$PY" -c "import json, sys; print(json.loads(sys.s
 
 PYTEST=("$PY" -m pytest -m gpu -q -p no:cacheprovider --junitxml="$WORK/pytest_gpu.xml" tests/test_gpu.py)
 "$PY" -c "import pytest_timeout" 2>/dev/null && PYTEST+=(--timeout=120)
-RETRIEVER=("$PY" -m recfunnel.train experiment=ml100k_two_tower features=ml100k "${TRAINER[@]}" trainer.max_epochs=1
+RETRIEVER=("$PY" -m recfunnel.train experiment=ml100k_two_tower_full "${TRAINER[@]}" trainer.max_epochs=1
            trainer.enable_progress_bar=false model.net.backend=torch logger=csv seed=0
            "hydra.run.dir=$WORK/runs/retriever")
 FUNNEL=("$PY" -m recfunnel.funnel experiment=ml100k_funnel "${TRAINER[@]}" trainer.max_epochs=1
