@@ -15,6 +15,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from recfunnel.runs import run_lock
 from recfunnel.serving.recommender import Recommender
 from recfunnel.serving.retriever import Retriever
 from recfunnel.utils.config_checks import check_config
@@ -91,6 +92,18 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"its process {dead.pid} is gone" in proc.stdout + proc.stderr
     assert not (out / ".lock").exists()
+
+
+def test_the_lock_appears_with_its_holder_and_leaves_nothing_behind(tmp_path):
+    # the lock is linked into place whole: whoever sees it can read who holds it
+    with run_lock(tmp_path):
+        assert json.loads((tmp_path / ".lock").read_text())["pid"] == os.getpid()
+        assert sorted(p.name for p in tmp_path.iterdir()) == [".lock"]
+        with pytest.raises(RecfunnelError, match=f"in use by another run \\(pid {os.getpid()} "):
+            with run_lock(tmp_path):
+                pass
+        assert sorted(p.name for p in tmp_path.iterdir()) == [".lock"]
+    assert list(tmp_path.iterdir()) == []
 
 
 # -- damaged checkpoints ---------------------------------------------------------------------------

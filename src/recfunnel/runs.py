@@ -153,24 +153,30 @@ def run_lock(out: Path) -> Iterator[None]:
     taken over with a warning; a live one (or one from another host) refuses with one line."""
     path = out / LOCK
     me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
+    # the lock appears whole or not at all: written aside, then hard-linked into place (fails if taken)
+    mine = path.with_name(f"{LOCK}.{me['pid']}")
+    mine.write_text(json.dumps(me))
+    try:
+        for _ in range(2):
             try:
-                holder = json.loads(path.read_text())
-            except (OSError, ValueError):
-                holder = {}
-            if holder.get("host") == me["host"] and not _alive(holder.get("pid")):
-                log.warning("taking over %s: its process %s is gone (a run that crashed)", path, holder.get("pid"))
-                path.unlink(missing_ok=True)
-                continue
-            raise RecfunnelError(f"{out} is in use by another run (pid {holder.get('pid')} on {holder.get('host')}, "
-                                 f"since {holder.get('since')}); wait for it or choose another hydra.run.dir "
-                                 f"(if that process is gone, delete {path})") from None
-        with os.fdopen(fd, "w") as f:
-            json.dump(me, f)
-        break
+                os.link(mine, path)
+                break
+            except FileExistsError:
+                try:
+                    holder = json.loads(path.read_text())
+                except (OSError, ValueError):
+                    holder = {}
+                if holder.get("host") == me["host"] and not _alive(holder.get("pid")):
+                    log.warning("taking over %s: its process %s is gone (a run that crashed)", path, holder.get("pid"))
+                    path.unlink(missing_ok=True)
+                    continue
+                raise RecfunnelError(f"{out} is in use by another run (pid {holder.get('pid')} on "
+                                     f"{holder.get('host')}, since {holder.get('since')}); wait for it or choose "
+                                     f"another hydra.run.dir (if that process is gone, delete {path})") from None
+        else:
+            raise RecfunnelError(f"could not take {path}: another run took it over at the same time; try again")
+    finally:
+        mine.unlink(missing_ok=True)
     try:
         yield
     finally:
