@@ -106,6 +106,21 @@ def test_the_lock_appears_with_its_holder_and_leaves_nothing_behind(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_the_lock_works_where_the_filesystem_refuses_hard_links(tmp_path, monkeypatch):
+    # some network and FUSE filesystems answer link() with EPERM: the lock is then created exclusively
+    def refuse(src, dst):
+        raise PermissionError(1, "Operation not permitted", str(src), None, str(dst))
+
+    monkeypatch.setattr(os, "link", refuse)
+    with run_lock(tmp_path):
+        assert json.loads((tmp_path / ".lock").read_text())["pid"] == os.getpid()
+        with pytest.raises(RecfunnelError, match=f"in use by another run \\(pid {os.getpid()} "):
+            with run_lock(tmp_path):
+                pass
+        assert sorted(p.name for p in tmp_path.iterdir()) == [".lock"]
+    assert list(tmp_path.iterdir()) == []
+
+
 # -- damaged checkpoints ---------------------------------------------------------------------------
 def truncate(path):
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])

@@ -159,7 +159,7 @@ def run_lock(out: Path) -> Iterator[None]:
     try:
         for _ in range(2):
             try:
-                os.link(mine, path)
+                _place(mine, path)
                 break
             except FileExistsError:
                 try:
@@ -181,6 +181,20 @@ def run_lock(out: Path) -> Iterator[None]:
         yield
     finally:
         path.unlink(missing_ok=True)
+
+
+def _place(mine: Path, path: Path) -> None:
+    """Put the lock written at ``mine`` at ``path``, or raise FileExistsError if ``path`` is taken: a
+    hard link where the filesystem has them, else an exclusive create written in one call (some
+    network and FUSE filesystems refuse links)."""
+    try:
+        os.link(mine, path)
+    except FileExistsError:
+        raise
+    except OSError:  # no hard links here (EPERM, ENOTSUP, ...)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        with os.fdopen(fd, "w") as f:
+            f.write(mine.read_text())
 
 
 def _alive(pid: Any) -> bool:
