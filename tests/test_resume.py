@@ -47,21 +47,44 @@ def test_same_seed_same_metrics_and_sigkill_resume(tmp_path):
     ref = metrics(a)
     assert ref and all(abs(ref[k] - v) <= 1e-6 for k, v in metrics(b).items())  # reproducible
 
-    proc = train(c, wait=False)
-    last = c / "checkpoints" / "last.ckpt"
+    got = killed_mid_epoch_and_resumed(c)
+    assert all(abs(ref[k] - got[k]) <= 1e-6 for k in ref), {k: (ref[k], got[k]) for k in ref}
+
+
+def killed_mid_epoch_and_resumed(run_dir, *extra):
+    """Metrics of a run SIGKILLed after its first mid-epoch checkpoint, then run again (resumed)."""
+    proc = train(run_dir, *extra, wait=False)
+    last = run_dir / "checkpoints" / "last.ckpt"
     deadline = time.time() + 300
     while not last.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)  # no chance to clean up
     proc.wait()
-    assert last.exists() and not (c / "metrics.json").exists()
+    assert last.exists() and not (run_dir / "metrics.json").exists()
     time.sleep(0.5)
     step = torch.load(last, weights_only=True)["global_step"]
     assert step % 12 != 0, f"the kill was not mid-epoch (step {step})"
 
-    output = train(c)  # same command, same directory: resumes from last.ckpt
+    output = train(run_dir, *extra)  # same command, same directory: resumes from last.ckpt
     assert "resuming from" in output
-    got = metrics(c)
+    return metrics(run_dir)
+
+
+def test_weight_averaging_is_what_is_scored_and_resumes_exactly(tmp_path):
+    # callbacks=ema: validation, best.ckpt and the scores use the averaged weights; last.ckpt also
+    # keeps the raw ones, so a killed run resumes into the same average
+    ema = ["callbacks=ema", "callbacks.ema.decay=0.9"]
+    plain, a, c = tmp_path / "plain", tmp_path / "a", tmp_path / "c"
+    train(plain)
+    train(a, *ema)
+    ref = metrics(a)
+    assert any(abs(ref[k] - v) > 1e-4 for k, v in metrics(plain).items()), "the average was not scored"
+    best = torch.load(a / "checkpoints" / "best.ckpt", weights_only=True)
+    raw, averaged = best["current_model_state"], best["state_dict"]
+    assert raw.keys() == averaged.keys()
+    assert any(not torch.equal(raw[k], averaged[k]) for k in raw if raw[k].is_floating_point())
+
+    got = killed_mid_epoch_and_resumed(c, *ema)
     assert all(abs(ref[k] - got[k]) <= 1e-6 for k in ref), {k: (ref[k], got[k]) for k in ref}
 
 
