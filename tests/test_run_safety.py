@@ -179,6 +179,19 @@ def test_a_bad_config_value_names_the_key_and_its_range(override, message, tmp_p
     assert str(e.value) == message
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["callbacks.ema.decay=1"], "callbacks.ema.decay=1 is not valid: use a number in (0, 1)"),
+    (["trainer=sharded"], "callbacks=ema cannot average a sharded model (trainer.strategy=sharded): "
+                          "use callbacks=default, or a strategy that keeps the model whole"),
+])
+def test_weight_averaging_settings_that_cannot_run_are_named(overrides, message, tmp_path):
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"paths.output_dir={tmp_path}", *FAST, "callbacks=ema", *overrides])
+    with pytest.raises(RecfunnelError) as e:
+        check_config(cfg)
+    assert str(e.value) == message
+
+
 def test_a_bad_config_value_exits_2_before_anything_is_written(tmp_path):
     out = tmp_path / "run"
     proc = run("recfunnel.train", *FAST, f"hydra.run.dir={out}", "model.lr=abc", "data.batch_size=0")

@@ -53,6 +53,7 @@ RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "model.loss.num_uniform_negatives": COUNT_OR_ZERO,
     "model.loss.label_smoothing": PROBABILITY,
     "trainer.max_epochs": EPOCHS,
+    "callbacks.ema.decay": ("a number in (0, 1)", lambda v: _number(v) and 0 < v < 1),
     "trainer.gradient_clip_val": ("null or a number > 0", lambda v: v is None or (_number(v) and v > 0)),
     "trainer.gradient_clip_algorithm": ("null, norm or value", lambda v: v in (None, "norm", "value")),
     "pairs.candidates": COUNT,
@@ -79,5 +80,8 @@ def check_config(cfg: DictConfig) -> None:
             continue
         if not ok(value):
             problems.append(f"{key}={value!r} is not valid: use {valid}")
+    if OmegaConf.select(cfg, "callbacks.ema") is not None and OmegaConf.select(cfg, "trainer.strategy") == "sharded":
+        problems.append("callbacks=ema cannot average a sharded model (trainer.strategy=sharded): "
+                        "use callbacks=default, or a strategy that keeps the model whole")
     if problems:
         raise RecfunnelError("; ".join(problems))
