@@ -280,3 +280,55 @@ def test_dropout_drops_share_p_rescales_and_is_off_in_eval(p):
     drop.eval()
     assert drop(x) is x
     assert torch.equal(Dropout(1.0)(x), torch.zeros_like(x)) and Dropout(0.0)(x) is x
+
+
+# -- target attention (DIN-style) ------------------------------------------------------------------
+ATTEND = {"history": "hist", "item": "item_id", "max_len": 4}
+
+
+def test_target_attention_by_hand_and_without_history():
+    from recfunnel.models.dlrm import TargetAttention
+
+    torch.manual_seed(0)
+    att = TargetAttention(3)
+    torch.nn.init.normal_(att.query.weight)
+    history = torch.randn(2, 4, 3)
+    mask = torch.tensor([[False, True, True, True], [False] * 4])
+    history[~mask] = 0  # padding rows are zero vectors, as FeatureEmbedding.sequence gives them
+    cands = torch.randn(2 * 5, 3)
+    out = att(history, mask, cands)
+    assert out.shape == (10, 3)
+    q = cands[:5] @ att.query.weight.T
+    w = torch.softmax(q @ history[0, 1:].T / 3 ** 0.5, dim=1)
+    torch.testing.assert_close(out[:5], w @ history[0, 1:])
+    assert (out[5:] == 0).all()  # no history: nothing attended
+
+
+def test_target_attention_adds_a_candidate_dependent_read_of_the_history():
+    model = make_model("dcn", {"layers": 2, "rank": 3, "structure": "stacked"}, target_attention=ATTEND)
+    assert model.sparse_arch.num_features == make_model("dcn", {"layers": 2, "rank": 3}).sparse_arch.num_features + 1
+    raw = random_raw(4, 5, seed=4)  # histories of 0 and 4 items
+    logits = model(to_batch(raw))
+    assert logits.shape == (4, 5) and torch.isfinite(logits).all()
+    logits.sum().backward()
+    assert model.sparse_arch.attend.query.weight.grad.abs().sum() > 0
+    # the attended history differs by candidate: same user, same history, two different items
+    model.eval()
+    batch = to_batch(raw)
+    with torch.no_grad():
+        q = model.sparse_arch.embedding.pooled({"item": batch["cand"]})["item_id"]
+        hist, mask = model.sparse_arch.embedding.sequence("hist", batch["user"].sparse, 4)
+        read = model.sparse_arch.attend(hist, mask, q).view(4, 5, -1)
+    with_history = [b for b, row in enumerate(raw["queries"]) if len(row["hist"]) > 1]
+    assert with_history and any(not torch.allclose(read[b, 0], read[b, j]) for b in with_history for j in range(1, 5))
+    assert (read[[b for b, row in enumerate(raw["queries"]) if not row["hist"]]] == 0).all()
+
+
+@pytest.mark.parametrize("attend, message", [
+    ({"history": "gender", "item": "item_id"}, "target_attention.history='gender' must be a sequence"),
+    ({"history": "hist", "item": "pop"}, "target_attention.item='pop' must be a sparse feature of the item"),
+    ({"history": "hist", "item": "item_id", "max_len": 0}, "target_attention.max_len=0 must be a positive"),
+])
+def test_target_attention_settings_that_cannot_work_are_one_clear_error(attend, message):
+    with pytest.raises(RecfunnelError, match=message):
+        make_model("dot", None, target_attention=attend)

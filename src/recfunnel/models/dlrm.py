@@ -5,6 +5,8 @@ A ranking batch scores C candidate items for each of B queries (events or reques
     sparse arch:      FeatureEmbedding → one pooled (·, D) vector per sparse feature;
                       query features (user, context) on B rows, repeated for each candidate,
                       item features on B·C rows                         → (B·C, F, D)
+                      + optional target attention (``TargetAttention``, DIN-style): the
+                      candidate attends to the user's history                → one more (B·C, D)
     dense arch:       MLP over [query dense, item dense, pair dense]    → (B·C, D)
     interaction arch: "dot" — DLRM's pairwise dot products of the F+1 vectors (+ the dense vector)
                       "cat" — the F+1 vectors concatenated
@@ -42,23 +44,73 @@ INTERACTIONS = ("dot", "cat", "dcn")
 DCN_STRUCTURES = ("stacked", "parallel")
 
 
+class TargetAttention(nn.Module):
+    """DIN-style target attention (Zhou et al. 2018), with a scaled dot product as the scorer: each
+    candidate's embedding, projected, attends over the embeddings of the user's latest ``max_len``
+    history items, so the history is read differently for each candidate.
+
+    (B, L, D) history, (B, L) mask, (B·C, D) candidates (query-major) → (B·C, D) attended history.
+    A user without history gets zeros (padding rows are zero vectors).
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.query = nn.Linear(dim, dim, bias=False)
+        nn.init.eye_(self.query.weight)  # starts as a plain dot product in the shared table's space
+        self.scale = dim ** -0.5
+
+    def forward(self, history: Tensor, mask: Tensor, candidates: Tensor) -> Tensor:
+        B, L, D = history.shape
+        q = self.query(candidates).view(B, -1, D)                              # (B, C, D)
+        scores = torch.einsum("bcd,bld->bcl", q, history) * self.scale
+        scores = scores.masked_fill(~mask[:, None, :], torch.finfo(scores.dtype).min)
+        return torch.einsum("bcl,bld->bcd", scores.softmax(-1), history).reshape(-1, D)
+
+
 class SparseArch(nn.Module):
-    """The shared feature-embedding layer, per feature: → (B·C, F, D) and the (B·C, P_towers) dense."""
+    """The shared feature-embedding layer, per feature: → (B·C, F, D) and the (B·C, P_towers) dense.
+
+    ``target_attention`` ({history, item, max_len}): one more vector per pair, the history
+    (a query-tower sequence feature) attended to by the candidate's ``item`` feature
+    (``TargetAttention``; both are best read from one table, as ``hist_items`` and ``item_id`` are).
+    """
 
     def __init__(self, schema: FeatureSchema, num_embeddings: Mapping[str, int], embedding_dim: int, backend: str,
-                 text_vectors: Mapping[str, np.ndarray] | None = None):
+                 text_vectors: Mapping[str, np.ndarray] | None = None, target_attention: Mapping | None = None):
         super().__init__()
         self.embedding = build_feature_embedding(schema.with_dim(embedding_dim), num_embeddings, backend, text_vectors)
         self.query_names = [n for t in QUERY_TOWERS for n in self.embedding.sparse_names(t)]
         self.item_names = self.embedding.sparse_names("item")
         self.num_features = len(self.query_names) + len(self.item_names)
         self.num_dense = sum(len(schema.tower(t, "dense")) for t in (*QUERY_TOWERS, "item"))
+        self.attend = None
+        if target_attention:
+            ta = dict(target_attention)
+            history, item, max_len = ta.get("history"), ta.get("item"), ta.get("max_len", 50)
+            tower = next((t for t in QUERY_TOWERS if history in self.embedding.sparse_names(t)), None)
+            bags = [n for n in self.query_names if schema[n].kind in ("sequence", "multi_hot")]
+            if tower is None or history not in bags:
+                raise RecfunnelError(f"model.net.target_attention.history={history!r} must be a sequence (or multi-hot) "
+                                     f"feature of the user or context tower; the schema has: {', '.join(bags) or 'none'}")
+            if item not in self.item_names or schema[item].kind == "text":
+                raise RecfunnelError(f"model.net.target_attention.item={item!r} must be a sparse feature of the item "
+                                     f"tower; the schema has: {', '.join(self.item_names) or 'none'}")
+            if not isinstance(max_len, int) or max_len < 1:
+                raise RecfunnelError(f"model.net.target_attention.max_len={max_len!r} must be a positive integer")
+            self.attend, self.attend_tower = TargetAttention(embedding_dim), tower
+            self.attend_history, self.attend_item, self.attend_len = history, item, max_len
+            self.num_features += 1
 
     def forward(self, query: Mapping[str, TowerInput], items: TowerInput, per_query: int) -> tuple[Tensor, Tensor]:
         q = self.embedding.pooled({t: query[t] for t in QUERY_TOWERS}) if self.query_names else {}
         i = self.embedding.pooled({"item": items})
         query_sparse = [q[n].repeat_interleave(per_query, 0) for n in self.query_names]
-        sparse = torch.stack(query_sparse + [i[n] for n in self.item_names], dim=1)
+        attended = []
+        if self.attend is not None:
+            history, mask = self.embedding.sequence(self.attend_history, query[self.attend_tower].sparse,
+                                                    self.attend_len)
+            attended = [self.attend(history, mask, i[self.attend_item])]
+        sparse = torch.stack(query_sparse + [i[n] for n in self.item_names] + attended, dim=1)
         query_dense = torch.cat([self.embedding.dense(t, query[t]) for t in QUERY_TOWERS], dim=1)
         dense = torch.cat([query_dense.repeat_interleave(per_query, 0), self.embedding.dense("item", items)], dim=1)
         return sparse, dense
@@ -131,6 +183,8 @@ class DLRM(nn.Module):
         multitask: None (one objective: the over arch gives its logit) or the ``MultiTaskHeads``
             arguments ({kind, experts, shared_experts, expert_hidden, tower_hidden}) for T > 1.
         text_vectors: {text feature: (R, E)} pretrained vectors of the schema's text features.
+        target_attention: None, or {history, item, max_len}: the candidate attends over the history
+            (``TargetAttention``), one more sparse vector in the interaction.
 
     ``heads(batch)`` gives the (B, C, T) outputs; ``forward`` mixes them into one (B, C) score with
     ``mix`` (``ObjectiveMix``; every objective weighs 1 until the funnel sets its own).
@@ -141,11 +195,11 @@ class DLRM(nn.Module):
                  dcn: Mapping | None = None, top_width: int = 256, top_depth: int = 2, dropout: float = 0.1,
                  dense_stats: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None, backend: str = "auto",
                  objectives: Sequence[Objective] | None = None, multitask: Mapping | None = None,
-                 text_vectors: Mapping[str, np.ndarray] | None = None):
+                 text_vectors: Mapping[str, np.ndarray] | None = None, target_attention: Mapping | None = None):
         super().__init__()
         self.objectives = list(objectives or parse_objectives(None))
         check_heads(self.objectives, multitask)
-        self.sparse_arch = SparseArch(schema, num_embeddings, embedding_dim, backend, text_vectors)
+        self.sparse_arch = SparseArch(schema, num_embeddings, embedding_dim, backend, text_vectors, target_attention)
         stats = dict(dense_stats or {})
         for tower in (*QUERY_TOWERS, "item"):
             if tower in stats:
