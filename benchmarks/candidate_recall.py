@@ -126,7 +126,8 @@ def split_recall(retriever: Retriever, model, split: str, k: int) -> dict[str, f
     }
 
 
-FUSION_GRID = [(k0, w) for k0 in (10, 30, 60) for w in (0.3, 0.5, 0.7)]
+FUSION_K0 = (10, 30, 60)  # the default grid (--k0, --weights)
+FUSION_WEIGHTS = (0.3, 0.5, 0.7)
 
 
 def rank_of_each_item(scores: torch.Tensor) -> torch.Tensor:
@@ -134,10 +135,11 @@ def rank_of_each_item(scores: torch.Tensor) -> torch.Tensor:
     return scores.argsort(1, descending=True).argsort(1).float() + 1
 
 
-def fused_metrics(retriever: Retriever, model, split: str) -> dict[str, dict[str, float]]:
+def fused_metrics(retriever: Retriever, model, split: str, k0s=FUSION_K0, weights=FUSION_WEIGHTS
+                  ) -> dict[str, dict[str, float]]:
     """Full-catalogue protocol metrics of reciprocal-rank fusion of the two sources,
-    ``w / (k0 + rank_two_tower) + (1 - w) / (k0 + rank_cooccurrence)``, for each (k0, w) of
-    ``FUSION_GRID``, and of each source alone; {name: {metric: value}}. Scores every user against
+    ``w / (k0 + rank_two_tower) + (1 - w) / (k0 + rank_cooccurrence)``, for each k0 of ``k0s`` and w
+    of ``weights``, and of each source alone; {name: {metric: value}}. Scores every user against
     every item at once: for catalogues of a few thousand items."""
     evalset = EvalSet.build(retriever.data, split)
     queries, _, _ = retriever.retrieve(evalset.rows, 1, f"{split} users")
@@ -148,7 +150,7 @@ def fused_metrics(retriever: Retriever, model, split: str) -> dict[str, dict[str
     num_items = retriever.data.num_items
     out = {"two-tower": protocol_evaluate(lambda idx: two_tower[torch.as_tensor(idx)], evalset, num_items),
            "co-occurrence": protocol_evaluate(lambda idx: cooc[torch.as_tensor(idx)], evalset, num_items)}
-    for k0, w in FUSION_GRID:
+    for k0, w in ((k0, w) for k0 in k0s for w in weights):
         fused = w / (k0 + rank_tt) + (1 - w) / (k0 + rank_co)
         out[f"fusion k0={k0} w={w}"] = protocol_evaluate(lambda idx, f=fused: f[torch.as_tensor(idx)], evalset, num_items)
     return out
@@ -168,7 +170,12 @@ def main() -> int:
                    help="override configs/model/cooccurrence.yaml, e.g. --set window=3 history=null")
     p.add_argument("--fusion", action="store_true",
                    help="also score reciprocal-rank fusions of the two sources over the full catalogue (small catalogues)")
+    p.add_argument("--k0", type=int, nargs="+", default=list(FUSION_K0), help="fusion grid: k0 values")
+    p.add_argument("--weights", type=float, nargs="+", default=list(FUSION_WEIGHTS),
+                   help="fusion grid: weights w on the two-tower, in [0, 1]")
     args = p.parse_args()
+    if any(not 0 <= w <= 1 for w in args.weights) or any(k0 < 0 for k0 in args.k0):
+        raise RecfunnelError("--weights must lie in [0, 1] and --k0 be >= 0")
     if args.k < 2:
         raise RecfunnelError("--k must be at least 2")
     start = time.perf_counter()
@@ -204,7 +211,7 @@ def main() -> int:
               + ", ".join(f"{k} {v:.4f}" for k, v in run_metrics.items()))
     fusion = {}
     if args.fusion:
-        fusion = {split: fused_metrics(retriever, model, split) for split in ("valid", "test")}
+        fusion = {split: fused_metrics(retriever, model, split, args.k0, args.weights) for split in ("valid", "test")}
         chosen = max((n for n in fusion["valid"] if n.startswith("fusion")), key=lambda n: fusion["valid"][n]["ndcg@10"])
         print("\n| ranking (full catalogue) | valid NDCG@10 | valid Recall@100 | test NDCG@10 | test Recall@100 |")
         print("|---|---|---|---|---|")
