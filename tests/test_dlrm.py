@@ -332,3 +332,20 @@ def test_target_attention_adds_a_candidate_dependent_read_of_the_history():
 def test_target_attention_settings_that_cannot_work_are_one_clear_error(attend, message):
     with pytest.raises(RecfunnelError, match=message):
         make_model("dot", None, target_attention=attend)
+
+
+def test_target_attention_reaches_the_ranker_from_the_command_line():
+    import hydra
+    from hydra import compose, initialize_config_dir
+
+    from helpers import ROOT
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("funnel", overrides=["experiment=ml100k_funnel",
+                                           "model.net.target_attention={history:hist,item:item_id,max_len:4}"])
+    net = hydra.utils.instantiate(cfg.model.net)(schema=SCHEMA, num_embeddings=NUM_EMB, num_pair_dense=P)
+    assert net.sparse_arch.attend is not None and net.sparse_arch.attend_len == 4
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("funnel", overrides=["experiment=ml100k_funnel"])
+    assert hydra.utils.instantiate(cfg.model.net)(schema=SCHEMA, num_embeddings=NUM_EMB,
+                                                   num_pair_dense=P).sparse_arch.attend is None

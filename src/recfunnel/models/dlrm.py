@@ -71,7 +71,7 @@ class SparseArch(nn.Module):
     """The shared feature-embedding layer, per feature: → (B·C, F, D) and the (B·C, P_towers) dense.
 
     ``target_attention`` ({history, item, max_len}): one more vector per pair, the history
-    (a query-tower sequence feature) attended to by the candidate's ``item`` feature
+    (a query-tower sequence or multi-hot feature) attended to by the candidate's ``item`` feature
     (``TargetAttention``; both are best read from one table, as ``hist_items`` and ``item_id`` are).
     """
 
