@@ -160,7 +160,7 @@ def dlrm_inputs(args, rank: int, out: Path) -> tuple[Any, pl.LightningModule, li
         vectors = net.item_vectors(rdm.catalogue()).float().numpy()
     index = ItemIndex.build(vectors, rdm.data.tables.items["item_id"].to_numpy(), kind="flat",
                             fingerprint="untrained retriever (bench_distributed)")
-    retriever = Retriever(out, rcfg, rdm, net, index)
+    retriever = Retriever([out], rcfg, rdm, [net], index)
     pairs = OmegaConf.to_container(cfg.pairs, resolve=True)
     pairs.pop("_target_")
     pairs.update(retrieved_positives_only=False, max_events_per_user=args.ranker_events_per_user)

@@ -48,7 +48,7 @@ from recfunnel.serving.fusion import RankFusion
 from recfunnel.serving.index import ItemIndex, index_fingerprint
 from recfunnel.serving.pipeline import Funnel, item_catalogue
 from recfunnel.serving.rerank import build_reranker
-from recfunnel.serving.retriever import Retriever
+from recfunnel.serving.retriever import Retriever, read_retriever_runs
 from recfunnel.tasks.build import build_datamodule, build_task
 from recfunnel.tasks.callbacks import AppendingCSVLogger, EpochSummary, SaveOnSigterm
 from recfunnel.tasks.checkpoints import checkpoint_step, load_checkpoint
@@ -495,9 +495,11 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-def train_retriever(cfg: DictConfig, out: Path) -> Path:
+def train_retriever(cfg: DictConfig, out: Path, member: int = 0) -> Path:
     """The funnel's first stage: a ``train`` run with ``retriever.overrides`` in ``out`` (unless it
-    finished there), in the funnel's W&B group."""
+    finished there), in the funnel's W&B group. Member ``m`` of an ensemble (``retriever.members``)
+    trains with seed ``seed + 1000 m``, so the ensembles of seeds 0, 1, 2, ... share no member and
+    member 0 is the single retriever of the same seed."""
     from hydra import compose
     from hydra.core.hydra_config import HydraConfig
 
@@ -511,11 +513,21 @@ def train_retriever(cfg: DictConfig, out: Path) -> Path:
     inherited += [o for o in HydraConfig.get().overrides.task if o.startswith("trainer.")]
     group, base = run_identity(cfg)
     overrides = inherited + list(cfg.retriever.overrides) + [
-        f"paths.output_dir={out.resolve()}", f"paths.data_dir={cfg.paths.data_dir}", f"seed={cfg.seed}",
-        f"group={group}", f"run_name={base}"]
-    log.info("training the retriever: recfunnel.train %s", " ".join(overrides))
+        f"paths.output_dir={out.resolve()}", f"paths.data_dir={cfg.paths.data_dir}", f"seed={cfg.seed + 1000 * member}",
+        f"group={group}", f"run_name={base}" + (f"-member{member}" if member else "")]
+    log.info("training the retriever%s: recfunnel.train %s", f" (member {member})" if member else "", " ".join(overrides))
     train(compose(config_name="train", overrides=overrides))
     return out
+
+
+def retriever_runs(cfg: DictConfig, out: Path) -> list[Path]:
+    """The funnel's retriever runs: ``retriever.run_dir`` (one run, or a list: an ensemble) when given,
+    else ``retriever.members`` runs trained here (``out/retriever``, ``out/retriever_1``, ...)."""
+    given = cfg.retriever.run_dir
+    if given:  # check_config: as many as retriever.members, when that is set
+        return [Path(given)] if isinstance(given, str) else [Path(d) for d in given]
+    members = int(cfg.retriever.get("members", 1))
+    return [train_retriever(cfg, out / ("retriever" if m == 0 else f"retriever_{m}"), m) for m in range(members)]
 
 
 def run_funnel(cfg: DictConfig) -> dict[str, float]:
@@ -524,20 +536,18 @@ def run_funnel(cfg: DictConfig) -> dict[str, float]:
     ranker_dir = reusable_ranker(cfg)  # checked before the run directory is written
     with open_run(cfg) as run:
         if ranker_dir is not None:
-            retriever_dir = Path((ranker_dir / "retriever_run.txt").read_text().strip())
-        elif cfg.retriever.run_dir:
-            retriever_dir = Path(cfg.retriever.run_dir)
+            retriever_dirs = read_retriever_runs(ranker_dir)
         else:
-            retriever_dir = train_retriever(cfg, run.out / "retriever")
+            retriever_dirs = retriever_runs(cfg, run.out)
         # the retriever's own data (checked against its fingerprint), or the folder asked for on the command line
-        retriever = Retriever.from_run(retriever_dir, data_dir=_data_dir_given(cfg))
+        retriever = Retriever.from_run(retriever_dirs, data_dir=_data_dir_given(cfg))
         record_data(run, retriever.data_name, retriever.data_dir, retriever.data_fingerprint)
         fusion = RankFusion.build(retriever, cfg.get("first_stage"), seed=cfg.seed)
-        dm, task, metrics = train_ranker(run, retriever, retriever_dir, fusion, ranker_dir)
+        dm, task, metrics = train_ranker(run, retriever, fusion, ranker_dir)
         metrics.update(evaluate_stages(cfg, retriever, dm, task, fusion))
         if not is_main_process():
             return metrics
-        (run.out / "retriever_run.txt").write_text(str(retriever_dir.resolve()) + "\n")
+        (run.out / "retriever_run.txt").write_text("".join(f"{d.resolve()}\n" for d in retriever_dirs))
         write_metrics(run.out, metrics)
         report = write_funnel_report(run.out, metrics, cfg.funnel.top_n)
         finish_loggers(build_loggers(run, "funnel", run.resolved, csv=False), metrics,
@@ -587,15 +597,16 @@ def reusable_ranker(cfg: DictConfig) -> Path | None:
         raise RecfunnelError(f"ranker.run_dir={reuse} was trained with another config: "
                              f"{_describe(differ, before, resolved)}; reusing its ranker allows "
                              "other funnel.* and rerank settings only: drop the other overrides, or train a new ranker")
-    if cfg.retriever.run_dir and Path(cfg.retriever.run_dir).resolve() != \
-            Path((reuse / "retriever_run.txt").read_text().strip()).resolve():
-        raise RecfunnelError(f"retriever.run_dir={cfg.retriever.run_dir} is not the retriever of ranker.run_dir={reuse} "
-                             f"({(reuse / 'retriever_run.txt').read_text().strip()}); drop retriever.run_dir")
+    if cfg.retriever.run_dir:
+        given = retriever_runs(cfg, reuse)
+        if [d.resolve() for d in given] != [d.resolve() for d in read_retriever_runs(reuse)]:
+            raise RecfunnelError(f"retriever.run_dir={', '.join(map(str, given))} is not the retriever of ranker.run_dir="
+                                 f"{reuse} ({', '.join(map(str, read_retriever_runs(reuse)))}); drop retriever.run_dir")
     log.info("reusing the first stage and ranker of %s", reuse)
     return reuse
 
 
-def train_ranker(run: Run, retriever: Retriever, retriever_dir: Path, fusion: RankFusion | None = None,
+def train_ranker(run: Run, retriever: Retriever, fusion: RankFusion | None = None,
                  reuse: Path | None = None) -> tuple[Any, pl.LightningModule, dict[str, float]]:
     """The funnel's second stage: pairs from the first stage (``fusion`` when given, else ``retriever``;
     ``cfg.pairs``), the ranker (``cfg.model``) trained with its own W&B run, or loaded from the run
@@ -617,7 +628,8 @@ def train_ranker(run: Run, retriever: Retriever, retriever_dir: Path, fusion: Ra
         return dm, task, ranker_metrics(score(cfg, task, dm, None))
     # the ranker's W&B config: the funnel's, less the later stages
     config = {k: v for k, v in run.resolved.items() if k not in ("rerank", "funnel")}
-    loggers = build_loggers(run, "ranker", {**config, "retriever_run": str(retriever_dir.resolve())})
+    runs = [str(d.resolve()) for d in retriever.run_dirs]
+    loggers = build_loggers(run, "ranker", {**config, "retriever_run": runs[0] if len(runs) == 1 else runs})
     trainer, callbacks = build_trainer(run, "ranker", loggers)
     fit_s = fit(run, trainer, task, dm)
     ranker = {**score(cfg, task, dm, best_checkpoint(callbacks)), "train/fit_seconds": fit_s,

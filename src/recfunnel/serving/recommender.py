@@ -41,7 +41,7 @@ from recfunnel.models.multitask import ObjectiveMix
 from recfunnel.serving.fusion import RankFusion
 from recfunnel.serving.pipeline import Funnel, item_catalogue
 from recfunnel.serving.rerank import build_reranker
-from recfunnel.serving.retriever import Retriever
+from recfunnel.serving.retriever import Retriever, read_retriever_runs
 from recfunnel.tasks.checkpoints import check_compatible, load_checkpoint
 from recfunnel.utils.errors import RecfunnelError
 from recfunnel.utils.io import atomic_path
@@ -101,7 +101,7 @@ class Recommender:
             if not (run_dir / name).exists():
                 raise RecfunnelError(f"{run_dir / name} is missing: run_dir must be a finished `recfunnel.funnel` run")
         cfg = OmegaConf.load(run_dir / "config.yaml")
-        retriever = Retriever.from_run((run_dir / "retriever_run.txt").read_text().strip(), data_dir=data_dir)
+        retriever = Retriever.from_run(read_retriever_runs(run_dir), data_dir=data_dir)
         trained_on = read_run_info(run_dir)
         if trained_on.get("data_fingerprint") not in (None, retriever.data_fingerprint):
             raise RecfunnelError(

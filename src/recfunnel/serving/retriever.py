@@ -11,16 +11,25 @@ then still holds ``k`` items.
 
 The run is loaded with the data it was trained on: its own data folder by default, and whatever the
 folder, tables whose fingerprint (``run_info.json``'s ``data_fingerprint``) is the run's.
+
+An ensemble: ``Retriever.from_run([RUN_A, RUN_B, ...])``, runs over the same data and features
+(e.g. seeds of one configuration: the funnel's ``retriever.members``). It scores an item by the sum
+of its members' scores, u·v = Σ_m u_m·v_m, so its query and item vectors are the members'
+concatenated, (B, Σ_m d_m), and one inner-product index over the concatenated item vectors (of the
+first member's index kind and settings) serves it exactly.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 from tqdm.auto import tqdm
 
 from recfunnel.data.datamodule import RecDataModule
@@ -60,41 +69,29 @@ def check_data(run_dir: Path, info: dict, name: str, data_dir: str, fingerprint:
                          f"folder holding the same tables, or train a new run on {where}")
 
 
-class Retriever:
-    """Args:
-        run_dir: the training run it came from.
-        cfg: that run's resolved config.
-        dm: its DataModule (data, split, the retriever's feature pipeline), set up.
-        net: the two-tower model with the selected checkpoint's weights, in eval mode.
-        index: the run's item index.
-        data_fingerprint: the fingerprint of ``dm``'s tables (computed when not given).
+def read_retriever_runs(funnel_dir: str | Path) -> list[Path]:
+    """The retriever runs a finished funnel run used: its ``retriever_run.txt``, one run per line
+    (several: an ensemble)."""
+    path = Path(funnel_dir) / "retriever_run.txt"
+    runs = [Path(line.strip()) for line in path.read_text().splitlines() if line.strip()]
+    if not runs:
+        raise RecfunnelError(f"{path} names no retriever run; it should hold the retriever's run directory "
+                             "(one per line for an ensemble)")
+    return runs
 
-    ``data_name``, ``data_dir`` (absolute) and ``data_fingerprint`` say which data it was loaded with.
-    """
 
-    def __init__(self, run_dir: Path, cfg: DictConfig, dm: RecDataModule, net: TwoTower, index: ItemIndex,
-                 data_fingerprint: str | None = None):
-        self.run_dir, self.cfg, self.dm, self.net, self.index = run_dir, cfg, dm, net, index
-        self.data_name = str(cfg.data.name)
-        self.data_dir = str(Path(cfg.paths.data_dir).resolve())
-        self.data_fingerprint = data_fingerprint or dm.data.fingerprint
-        self.pipeline: FeaturePipeline = dm.pipeline
-        self.store: FeatureStore = dm.store  # the dataset's events, materialised: the same inputs, gathered
-        self.item_vectors = index.index.reconstruct_n(0, index.num_items)  # (I, d), what the index scores
+class _Member(NamedTuple):
+    """One loaded training run of a retriever."""
+
+    cfg: DictConfig
+    dm: RecDataModule
+    net: TwoTower
+    index: ItemIndex
+    fingerprint: str
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, data_dir: str | None = None) -> Retriever:
-        """Load a finished ``recfunnel.train`` run of a retrieval model (``config.yaml``,
-        ``checkpoints/best.ckpt``, ``index/``, ``run_info.json``).
-
-        Data: by default the run's own data folder, its config's ``paths.data_dir`` (or, when that is a
-        relative path, the absolute folder ``run_info.json`` recorded); ``data_dir`` reads the run's
-        dataset from another folder instead. Either way the tables must have the fingerprint the run
-        recorded (``data_fingerprint``); other tables are refused with one line naming both
-        fingerprints and both folders. A run from before fingerprints were recorded loads unchecked.
-        """
-
-        run_dir = Path(run_dir)
+    def load(cls, run_dir: Path, data_dir: str | None) -> _Member:
+        """See ``Retriever.from_run``."""
         cfg_path, ckpt = run_dir / "config.yaml", run_dir / "checkpoints" / "best.ckpt"
         for path in (cfg_path, ckpt, run_dir / "index"):
             if not path.exists():
@@ -124,7 +121,85 @@ class Retriever:
         if index.num_items != dm.data.num_items:
             raise RecfunnelError(f"{run_dir / 'index'} holds {index.num_items} items but the run's data has "
                                  f"{dm.data.num_items}; rebuild the index (rerun the training command)")
-        return cls(run_dir, cfg, dm, task.net.eval(), index, data_fingerprint=fingerprint)
+        return cls(cfg, dm, task.net.eval(), index, fingerprint)
+
+
+def _ensemble_index(run_dirs: Sequence[Path], members: Sequence[_Member]) -> ItemIndex:
+    """The index of an ensemble (module docstring) over its members' concatenated item vectors, after
+    checking that the members can form one: the same tables, features and items (else one error
+    naming the first member and the one that differs)."""
+    first = members[0]
+    for run_dir, m in zip(run_dirs[1:], members[1:]):
+        differs = ("data fingerprints" if m.fingerprint != first.fingerprint else
+                   "features" if OmegaConf.to_container(m.cfg.features, resolve=True) !=
+                   OmegaConf.to_container(first.cfg.features, resolve=True) else
+                   "item ids" if not np.array_equal(m.index.item_ids, first.index.item_ids) else None)
+        if differs:
+            raise RecfunnelError(f"{run_dir} cannot join {run_dirs[0]} in one retriever ensemble: their {differs} "
+                                 "differ; an ensemble's runs train on the same data with the same features "
+                                 "(e.g. seeds of one configuration)")
+    vectors = np.concatenate([m.index.index.reconstruct_n(0, m.index.num_items) for m in members], axis=1)
+    base = first.index
+    index = ItemIndex.build(vectors, base.item_ids, base.kind, fingerprint="ensemble: " + ", ".join(
+        m.index.fingerprint for m in members), **base.params)
+    log.info("a retriever ensemble of %d runs (%s): one %s index of %d-dim vectors", len(members),
+             ", ".join(map(str, run_dirs)), index.kind, index.dim)
+    return index
+
+
+class Retriever:
+    """Args:
+        run_dirs: the training runs it came from (one; several for an ensemble).
+        cfg: the first run's resolved config.
+        dm: its DataModule (data, split, the retriever's feature pipeline), set up.
+        nets: each run's two-tower model with its selected checkpoint's weights, in eval mode.
+        index: the item index (a run's own; an ensemble's over the concatenated item vectors).
+        data_fingerprint: the fingerprint of ``dm``'s tables (computed when not given).
+
+    ``data_name``, ``data_dir`` (absolute) and ``data_fingerprint`` say which data it was loaded with.
+    """
+
+    def __init__(self, run_dirs: Sequence[Path], cfg: DictConfig, dm: RecDataModule, nets: Sequence[TwoTower],
+                 index: ItemIndex, data_fingerprint: str | None = None):
+        self.run_dirs, self.cfg, self.dm, self.index = [Path(d) for d in run_dirs], cfg, dm, index
+        self.nets = nn.ModuleList(nets)
+        self.data_name = str(cfg.data.name)
+        self.data_dir = str(Path(cfg.paths.data_dir).resolve())
+        self.data_fingerprint = data_fingerprint or dm.data.fingerprint
+        self.pipeline: FeaturePipeline = dm.pipeline
+        self.store: FeatureStore = dm.store  # the dataset's events, materialised: the same inputs, gathered
+        self.item_vectors = index.index.reconstruct_n(0, index.num_items)  # (I, d), what the index scores
+
+    @property
+    def run_dir(self) -> Path:
+        """The (first) training run."""
+        return self.run_dirs[0]
+
+    @property
+    def net(self) -> TwoTower:
+        """The (first) run's two-tower model."""
+        return self.nets[0]
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path | Sequence[str | Path], data_dir: str | None = None) -> Retriever:
+        """Load a finished ``recfunnel.train`` run of a retrieval model (``config.yaml``,
+        ``checkpoints/best.ckpt``, ``index/``, ``run_info.json``), or several runs as one ensemble
+        (module docstring), which must have trained on the same tables with the same ``features``.
+
+        Data: by default the run's own data folder, its config's ``paths.data_dir`` (or, when that is a
+        relative path, the absolute folder ``run_info.json`` recorded); ``data_dir`` reads the run's
+        dataset from another folder instead. Either way the tables must have the fingerprint the run
+        recorded (``data_fingerprint``); other tables are refused with one line naming both
+        fingerprints and both folders. A run from before fingerprints were recorded loads unchecked.
+        """
+        run_dirs = [Path(run_dir)] if isinstance(run_dir, (str, Path)) else [Path(d) for d in run_dir]
+        if not run_dirs:
+            raise RecfunnelError("retriever.run_dir names no run: give a finished `recfunnel.train` run of a "
+                                 "two-tower model, or a list of them")
+        members = [_Member.load(d, data_dir) for d in run_dirs]
+        first = members[0]
+        index = first.index if len(members) == 1 else _ensemble_index(run_dirs, members)
+        return cls(run_dirs, first.cfg, first.dm, [m.net for m in members], index, data_fingerprint=first.fingerprint)
 
     @property
     def data(self) -> SplitData:
@@ -150,10 +225,10 @@ class Retriever:
         """(B, d) float32 user-tower outputs as of each event row of ``pipeline`` (this retriever's
         pipeline or store, or a request view of the pipeline, whose new texts the towers read)."""
         out = []
-        with request_texts(self.net, getattr(pipeline, "request_text", {})):
+        with request_texts(self.nets, getattr(pipeline, "request_text", {})):
             for lo in range(0, len(rows), batch_size):
                 batch = pipeline.queries(rows[lo:lo + batch_size])
-                out.append(self.net.user_vectors(batch).float().numpy())
+                out.append(torch.cat([net.user_vectors(batch).float() for net in self.nets], 1).numpy())
         return np.concatenate(out) if out else np.zeros((0, self.index.dim), np.float32)
 
     @staticmethod

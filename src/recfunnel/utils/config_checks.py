@@ -64,6 +64,7 @@ RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "pairs.profile_len": COUNT,
     "pairs.batch_size": COUNT,
     "pairs.eval_batch_size": COUNT,
+    "retriever.members": COUNT,
     "funnel.top_n": COUNT,
     "funnel.batch_size": COUNT,
     "funnel.timing_users": COUNT_OR_ZERO,
@@ -83,5 +84,11 @@ def check_config(cfg: DictConfig) -> None:
     if OmegaConf.select(cfg, "callbacks.ema") is not None and OmegaConf.select(cfg, "trainer.strategy") == "sharded":
         problems.append("callbacks=ema cannot average a sharded model (trainer.strategy=sharded): "
                         "use callbacks=default, or a strategy that keeps the model whole")
+    given = OmegaConf.select(cfg, "retriever.run_dir", default=None)
+    members = OmegaConf.select(cfg, "retriever.members", default=1)
+    if given and members != 1 and members != (1 if isinstance(given, str) else len(given)):
+        problems.append(f"retriever.members={members} but retriever.run_dir names "
+                        f"{1 if isinstance(given, str) else len(given)} run(s): list as many runs as members, "
+                        "or leave retriever.members at 1")
     if problems:
         raise RecfunnelError("; ".join(problems))
