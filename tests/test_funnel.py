@@ -162,3 +162,19 @@ def test_batch_cli_writes_one_line_per_user(funnel_run, tmp_path):
     assert all(len(d["items"]) == 4 for d in lines) and lines[2]["fallback"] and lines[0]["fallback"] is None
     bad = run("recfunnel.recommend", f"run_dir={funnel_run}", f"users={tmp_path / 'missing.txt'}", f"out={out}")
     assert bad.returncode == 2 and "no such file" in bad.stderr and bad.stderr.count("\n") == 1
+
+
+def test_the_saved_index_holds_the_item_towers_vectors_without_dropout(funnel_run):
+    """The index is built after scoring, when Lightning has put the model back in training mode: it
+    must still hold the eval-mode vectors of the selected checkpoint (this tiny retriever's item tower
+    has a hidden layer with dropout 0.1)."""
+    import torch
+
+    from recfunnel.serving.retriever import Retriever
+
+    r = Retriever.from_run(funnel_run / "retriever", data_dir=str(DATA_DIR))
+    assert any(isinstance(m, torch.nn.Module) and type(m).__name__ == "Dropout" and m.p > 0
+               for m in r.net.item_mlp.modules()) and not r.net.training
+    with torch.no_grad():
+        expected = r.net.item_vectors(r.dm.catalogue()).numpy()
+    np.testing.assert_allclose(r.item_vectors, expected, rtol=1e-5, atol=1e-6)

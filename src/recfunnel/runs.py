@@ -31,6 +31,7 @@ from typing import Any
 import hydra
 import numpy as np
 import pytorch_lightning as pl
+import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import Logger, WandbLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
@@ -436,7 +437,13 @@ def save_index(task: pl.LightningModule, dm: RecDataModule, out: Path, fingerpri
     model's forward is collective); the main one saves it."""
     if not hasattr(task, "catalogue_vectors"):
         return None
-    vectors = task.catalogue_vectors().float().cpu().numpy()
+    training = task.training  # a Lightning test leaves the module in the mode it found: training after fit
+    task.eval()  # the vectors the scores were computed with: no dropout
+    try:
+        with torch.no_grad():
+            vectors = task.catalogue_vectors().float().cpu().numpy()
+    finally:
+        task.train(training)
     if not is_main_process():
         return out / "index"
     index = ItemIndex.build(vectors, dm.data.tables.items["item_id"].to_numpy(), kind="flat", fingerprint=fingerprint)
