@@ -2,9 +2,12 @@
 
     python -m recfunnel.funnel experiment=ml100k_funnel hydra.run.dir=DIR
     python -m recfunnel.funnel retriever.run_dir=RUN model=dcnv2        # reuse a trained retriever
+    python -m recfunnel.funnel retriever.members=3                      # an ensemble of three retrievers
 
-Steps: (1) the retriever: ``retriever.run_dir`` if given, else a ``recfunnel.train`` run with
-``retriever.overrides`` trained into ``DIR/retriever`` (skipped when it already finished there);
+Steps: (1) the retriever: ``retriever.run_dir`` if given (a list: an ensemble), else a ``recfunnel.train``
+run with ``retriever.overrides`` trained into ``DIR/retriever`` (skipped when it already finished there;
+``retriever.members=M``: M of them, ``DIR/retriever_1`` ... with seeds ``seed + 1000 m``, summed into
+one ensemble, ``recfunnel.serving.retriever``);
 (2) ranker pairs from the retriever (``pairs``: hard negatives from its top-K, uniform negatives);
 (3) the DLRM ranker (``model``) trained with early stopping on the validation NDCG@10 of the ranked
 lists; (4) re-ranking (``rerank``); (5) the funnel evaluated on valid and test per
