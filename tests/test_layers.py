@@ -12,14 +12,14 @@ from helpers import ROOT
 
 SRC = ROOT / "src" / "recfunnel"
 ENTRY_POINTS = {"recfunnel.train", "recfunnel.funnel", "recfunnel.evaluate", "recfunnel.recommend",
-                "recfunnel.compare", "recfunnel.data.prepare"}
+                "recfunnel.compare", "recfunnel.significance", "recfunnel.data.prepare"}
 LIBRARY = ("data", "features", "models", "tasks", "eval", "serving", "utils")
 # rank of each layer: a module may import only modules of its own rank or lower
 RANK = {"utils": 0, "data": 1, "features": 2, "models": 3, "tasks": 4, "serving": 5, "runs": 6}
 # modules that sit elsewhere than their package: eval holds the metric core (used by data and
 # tasks) and the funnel's evaluation and reports; the DataModules batch the feature pipeline's output
 MODULE_RANK = {"eval.metrics": 1, "eval.protocol": 1, "eval.diversity": 1, "eval.slices": 1, "eval.funnel": 5,
-               "eval.report": 5,
+               "eval.report": 5, "eval.significance": 0, "eval.per_target": 5,
                "data.datamodule": 2.5, "data.ranking": 2.5}
 
 

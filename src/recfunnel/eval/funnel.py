@@ -75,6 +75,18 @@ def objective_metrics(slate: Slate, targets: np.ndarray, labels: np.ndarray, nam
     return out
 
 
+def funnel_lists(funnel: Funnel, ranker_pipeline: FeaturePipeline, rows: np.ndarray, batch_size: int = 256
+                 ) -> dict[str, Slate]:
+    """Each stage's lists (``STAGES``: retrieval (U, K), ranked (U, K), final (U, N)) for event ``rows``
+    (U,) of the retriever's pipeline, from batched calls of ``funnel``."""
+    parts: dict[str, list[Slate]] = {s: [] for s in STAGES}
+    for lo in range(0, len(rows), batch_size):
+        for stage, slate in funnel(funnel.retriever.pipeline, ranker_pipeline, rows[lo:lo + batch_size]).items():
+            parts[stage].append(slate)
+    return {s: Slate(np.concatenate([p.items for p in v]), np.concatenate([p.scores for p in v]))
+            for s, v in parts.items()}
+
+
 def evaluate_funnel(funnel: Funnel, ranker_pipeline: FeaturePipeline, rows: np.ndarray, batch_size: int = 256,
                     timing_users: int = 200, slices: Mapping[str, np.ndarray] | None = None
                     ) -> tuple[dict[str, float], dict[str, Slate]]:
@@ -87,12 +99,7 @@ def evaluate_funnel(funnel: Funnel, ranker_pipeline: FeaturePipeline, rows: np.n
     ``ms_per_user_p99``; for each slice, ``<stage>/<slice>/...`` and ``<slice>/targets``) and the stages' lists.
     """
     ret_pipe = funnel.retriever.pipeline
-    parts: dict[str, list[Slate]] = {s: [] for s in STAGES}
-    for lo in range(0, len(rows), batch_size):
-        for stage, slate in funnel(ret_pipe, ranker_pipeline, rows[lo:lo + batch_size]).items():
-            parts[stage].append(slate)
-    slates = {s: Slate(np.concatenate([p.items for p in v]), np.concatenate([p.scores for p in v]))
-              for s, v in parts.items()}
+    slates = funnel_lists(funnel, ranker_pipeline, rows, batch_size)
     genres = funnel.catalogue.genres.astype(np.float32)
     metrics = stage_metrics(slates, ret_pipe.item_idx[rows], funnel.top_n, ret_pipe.num_items, genres, slices)
     # each slice's count, once (of no metric: the counts alone), and a line for a slice without targets
