@@ -527,12 +527,17 @@ def train_retriever(cfg: DictConfig, out: Path, member: int = 0) -> Path:
     return out
 
 
-def retriever_runs(cfg: DictConfig, out: Path) -> list[Path]:
-    """The funnel's retriever runs: ``retriever.run_dir`` (one run, or a list: an ensemble) when given,
-    else ``retriever.members`` runs trained here (``out/retriever``, ``out/retriever_1``, ...)."""
+def given_retriever_runs(cfg: DictConfig) -> list[Path]:
+    """``retriever.run_dir`` as a list: one run, several (an ensemble; ``check_config`` holds them to
+    ``retriever.members``), or none when not given."""
     given = cfg.retriever.run_dir
-    if given:  # check_config: as many as retriever.members, when that is set
-        return [Path(given)] if isinstance(given, str) else [Path(d) for d in given]
+    if not given:
+        return []
+    return [Path(given)] if isinstance(given, str) else [Path(d) for d in given]
+
+
+def train_retrievers(cfg: DictConfig, out: Path) -> list[Path]:
+    """The ``retriever.members`` retriever runs trained here: ``out/retriever``, ``out/retriever_1``, ..."""
     members = int(cfg.retriever.get("members", 1))
     return [train_retriever(cfg, out / ("retriever" if m == 0 else f"retriever_{m}"), m) for m in range(members)]
 
@@ -545,7 +550,7 @@ def run_funnel(cfg: DictConfig) -> dict[str, float]:
         if ranker_dir is not None:
             retriever_dirs = read_retriever_runs(ranker_dir)
         else:
-            retriever_dirs = retriever_runs(cfg, run.out)
+            retriever_dirs = given_retriever_runs(cfg) or train_retrievers(cfg, run.out)
         # the retriever's own data (checked against its fingerprint), or the folder asked for on the command line
         retriever = Retriever.from_run(retriever_dirs, data_dir=_data_dir_given(cfg))
         record_data(run, retriever.data_name, retriever.data_dir, retriever.data_fingerprint)
@@ -604,8 +609,8 @@ def reusable_ranker(cfg: DictConfig) -> Path | None:
         raise RecfunnelError(f"ranker.run_dir={reuse} was trained with another config: "
                              f"{_describe(differ, before, resolved)}; reusing its ranker allows "
                              "other funnel.* and rerank settings only: drop the other overrides, or train a new ranker")
-    if cfg.retriever.run_dir:
-        given = retriever_runs(cfg, reuse)
+    given = given_retriever_runs(cfg)
+    if given:
         if [d.resolve() for d in given] != [d.resolve() for d in read_retriever_runs(reuse)]:
             raise RecfunnelError(f"retriever.run_dir={', '.join(map(str, given))} is not the retriever of ranker.run_dir="
                                  f"{reuse} ({', '.join(map(str, read_retriever_runs(reuse)))}); drop retriever.run_dir")

@@ -86,9 +86,9 @@ def check_config(cfg: DictConfig) -> None:
                         "use callbacks=default, or a strategy that keeps the model whole")
     given = OmegaConf.select(cfg, "retriever.run_dir", default=None)
     members = OmegaConf.select(cfg, "retriever.members", default=1)
-    if given and members != 1 and members != (1 if isinstance(given, str) else len(given)):
-        problems.append(f"retriever.members={members} but retriever.run_dir names "
-                        f"{1 if isinstance(given, str) else len(given)} run(s): list as many runs as members, "
-                        "or leave retriever.members at 1")
+    runs = 1 if isinstance(given, str) else len(given or ())
+    if given and _integer(members) and members not in (1, runs):
+        problems.append(f"retriever.members={members} but retriever.run_dir names {runs} run(s): list as many "
+                        "runs as members, or leave retriever.members at 1")
     if problems:
         raise RecfunnelError("; ".join(problems))
