@@ -345,7 +345,7 @@ def test_pair_features_by_hand(full_pipe, ml100k_data):
 # --------------------------------------------------------------------------------------------------
 # RankingDataModule: training pairs and evaluation lists from a trained retriever
 
-HARD, UNIFORM, CANDIDATES = 10, 1000, 20  # many uniform draws: some hit the positive
+HARD, UNIFORM, CANDIDATES = 10, 1000, 10  # many uniform draws: some hit the positive; hard_pool >= K
 
 
 @pytest.fixture(scope="module")
@@ -358,7 +358,8 @@ def ranking_dm(tmp_path_factory):
     retriever = Retriever.from_run(out)
     features = yaml.safe_load((ROOT / "configs/features/ml100k_rank.yaml").read_text())
     dm = RankingDataModule(retriever, features, candidates=CANDIDATES, hard_pool=HARD, hard_negatives=HARD,
-                           uniform_negatives=UNIFORM, max_events_per_user=2, batch_size=64, eval_batch_size=64)
+                           uniform_negatives=UNIFORM, max_events_per_user=2, batch_size=64, eval_batch_size=64,
+                           retrieved_positives_only=False)  # events whose positive is outside the pool too
     dm.setup()
     return dm
 

@@ -192,6 +192,19 @@ def test_weight_averaging_settings_that_cannot_run_are_named(overrides, message,
     assert str(e.value) == message
 
 
+def test_a_hard_negative_pool_smaller_than_the_candidates_is_refused_and_follows_them_by_default(tmp_path):
+    """With hard_pool < K the ranker never trains on a negative ranked between them, while positives are
+    ranked there, and learns to put those ranks first (K 200, pool 100: valid NDCG@10 0.03 vs 0.16)."""
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        follows = compose("funnel", overrides=[f"paths.output_dir={tmp_path}", "pairs.candidates=200"])
+        bad = compose("funnel", overrides=[f"paths.output_dir={tmp_path}", "pairs.candidates=200", "pairs.hard_pool=100"])
+    assert follows.pairs.hard_pool == 200
+    check_config(follows)
+    with pytest.raises(RecfunnelError, match=r"pairs.hard_pool=100 is below pairs.candidates=200: the ranker would "
+                                             r"re-order candidates ranked 101-200 without ever training on a negative"):
+        check_config(bad)
+
+
 def test_a_bad_config_value_exits_2_before_anything_is_written(tmp_path):
     out = tmp_path / "run"
     proc = run("recfunnel.train", *FAST, f"hydra.run.dir={out}", "model.lr=abc", "data.batch_size=0")

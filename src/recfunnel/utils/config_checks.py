@@ -72,6 +72,14 @@ RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {
 }
 
 
+def hard_pool_too_small(hard_pool: int, candidates: int) -> str:
+    """The error for ``pairs.hard_pool`` < ``pairs.candidates`` (``check_config``, and
+    ``RankingDataModule`` built directly)."""
+    return (f"pairs.hard_pool={hard_pool} is below pairs.candidates={candidates}: the ranker would re-order candidates "
+            f"ranked {hard_pool + 1}-{candidates} without ever training on a negative ranked there (it learns to put "
+            "them first); set pairs.hard_pool >= pairs.candidates (its default is pairs.candidates)")
+
+
 def check_config(cfg: DictConfig) -> None:
     """Raise one ``RecfunnelError`` naming every key of ``RULES`` whose value is out of range."""
     problems = []
@@ -84,6 +92,9 @@ def check_config(cfg: DictConfig) -> None:
     if OmegaConf.select(cfg, "callbacks.ema") is not None and OmegaConf.select(cfg, "trainer.strategy") == "sharded":
         problems.append("callbacks=ema cannot average a sharded model (trainer.strategy=sharded): "
                         "use callbacks=default, or a strategy that keeps the model whole")
+    pool, k = OmegaConf.select(cfg, "pairs.hard_pool", default=None), OmegaConf.select(cfg, "pairs.candidates", default=None)
+    if _integer(pool) and _integer(k) and pool >= 1 and pool < k:
+        problems.append(hard_pool_too_small(pool, k))
     given = OmegaConf.select(cfg, "retriever.run_dir", default=None)
     members = OmegaConf.select(cfg, "retriever.members", default=1)
     runs = 1 if isinstance(given, str) else len(given or ())
