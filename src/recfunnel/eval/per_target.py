@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from recfunnel.eval.funnel import funnel_lists
-from recfunnel.eval.metrics import list_metrics, ranking_metrics
-from recfunnel.eval.protocol import EvalSet
+from recfunnel.eval.metrics import list_metrics
+from recfunnel.eval.protocol import EvalSet, per_target_chunks
 from recfunnel.serving.pipeline import STAGES
 from recfunnel.serving.recommender import Recommender
 from recfunnel.serving.retriever import Retriever
@@ -50,13 +50,13 @@ def per_target(run_dir: str | Path, split: str, metric: str, stage: str = "final
                                  "stage=final, or retrieval)")
         retriever = Retriever.from_run(run_dir, data_dir=data_dir)
         evalset = EvalSet.build(retriever.data, split)
+        vectors = retriever.item_vectors.T
         parts: dict[str, list[torch.Tensor]] = {}
-        for lo in range(0, len(evalset), chunk):
-            positions = np.arange(lo, min(lo + chunk, len(evalset)))
-            queries = retriever.query_vectors(retriever.store, evalset.rows[positions])
-            scores = torch.from_numpy(queries @ retriever.item_vectors.T)
-            chunk_values = ranking_metrics(scores, torch.as_tensor(evalset.targets[positions]),
-                                           evalset.exclusion_pairs(positions))
+
+        def scorer(positions: np.ndarray) -> torch.Tensor:  # (B, I) the index's inner products
+            return torch.from_numpy(retriever.query_vectors(retriever.store, evalset.rows[positions]) @ vectors)
+
+        for _, chunk_values in per_target_chunks(scorer, evalset, chunk):
             for k, v in chunk_values.items():
                 parts.setdefault(k, []).append(v)
         values = {k: torch.cat(v) for k, v in parts.items()}

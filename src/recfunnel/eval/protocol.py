@@ -10,7 +10,7 @@ chunks and averages ``metrics.ranking_metrics``, over all targets and over each 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -76,19 +76,27 @@ Scorer = Callable[[np.ndarray], torch.Tensor]
 """Given ``idx`` (B,) positions into an EvalSet, return (B, num_items) scores for those targets' users."""
 
 
+def per_target_chunks(scorer: Scorer, evalset: EvalSet, chunk_size: int = 1024, progress: bool = False
+                      ) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
+    """(positions (B,), {metric: (B,) per target}) for each chunk of ``evalset``'s targets, scored by
+    ``scorer`` under the set's exclusions (``ranking_metrics``: ties as expectation)."""
+    starts = range(0, len(evalset), chunk_size)
+    for lo in tqdm(starts, desc=f"eval {evalset.name}", disable=not progress, leave=False):
+        positions = np.arange(lo, min(lo + chunk_size, len(evalset)))
+        with torch.no_grad():
+            scores = scorer(positions)
+            exclude = evalset.exclusion_pairs(positions, device=scores.device)
+            targets = torch.as_tensor(evalset.targets[positions], device=scores.device)
+            yield positions, ranking_metrics(scores.float(), targets, exclude)
+
+
 @torch.no_grad()
 def evaluate(scorer: Scorer, evalset: EvalSet, num_items: int, chunk_size: int = 1024,
              progress: bool = False) -> dict[str, float]:
     """Mean metrics of ``scorer`` over ``evalset``, keys like ``recall@10``, ``ndcg@10``, ``mrr``, and
     those of each of its slices: ``cold/recall@10``, ..., ``cold/targets`` (``recfunnel.eval.slices``)."""
     sums: dict[str, float] = {}
-    starts = range(0, len(evalset), chunk_size)
-    for lo in tqdm(starts, desc=f"eval {evalset.name}", disable=not progress, leave=False):
-        positions = np.arange(lo, min(lo + chunk_size, len(evalset)))
-        scores = scorer(positions)
-        exclude = evalset.exclusion_pairs(positions, device=scores.device)
-        targets = torch.as_tensor(evalset.targets[positions], device=scores.device)
-        per_target = ranking_metrics(scores.float(), targets, exclude)
+    for positions, per_target in per_target_chunks(scorer, evalset, chunk_size, progress):
         chunk = {k: float(v.sum()) for k, v in per_target.items()}
         for name, mask in evalset.slices.items():
             chunk.update(slice_sums(per_target, mask[positions], name))

@@ -90,8 +90,9 @@ class _Member(NamedTuple):
     fingerprint: str
 
     @classmethod
-    def load(cls, run_dir: Path, data_dir: str | None) -> _Member:
-        """See ``Retriever.from_run``."""
+    def load(cls, run_dir: Path, data_dir: str | None, like: _Member | None = None) -> _Member:
+        """See ``Retriever.from_run``. ``like``: an ensemble's first member, whose DataModule this run
+        shares when it reads the same data with the same features (built once, not once a member)."""
         cfg_path, ckpt = run_dir / "config.yaml", run_dir / "checkpoints" / "best.ckpt"
         for path in (cfg_path, ckpt, run_dir / "index"):
             if not path.exists():
@@ -109,8 +110,11 @@ class _Member(NamedTuple):
         if OmegaConf.select(cfg, "data.source.cache_dir") == cfg.paths.data_dir:  # the source's downloads move too
             cfg.data.source.cache_dir = used
         cfg.paths.data_dir = used
-        dm = build_datamodule(cfg)
-        fingerprint = dm.data.fingerprint
+        same = like is not None and all(
+            OmegaConf.to_container(cfg[k], resolve=True) == OmegaConf.to_container(like.cfg[k], resolve=True)
+            for k in ("data", "features"))
+        dm = like.dm if same else build_datamodule(cfg)
+        fingerprint = like.fingerprint if same else dm.data.fingerprint
         check_data(run_dir, info, str(cfg.data.name), used, fingerprint, own=data_dir is None)
         task = build_task(cfg.model, dm)
         checkpoint = load_checkpoint(ckpt)
@@ -196,8 +200,8 @@ class Retriever:
         if not run_dirs:
             raise RecfunnelError("retriever.run_dir names no run: give a finished `recfunnel.train` run of a "
                                  "two-tower model, or a list of them")
-        members = [_Member.load(d, data_dir) for d in run_dirs]
-        first = members[0]
+        first = _Member.load(run_dirs[0], data_dir)
+        members = [first] + [_Member.load(d, data_dir, like=first) for d in run_dirs[1:]]
         index = first.index if len(members) == 1 else _ensemble_index(run_dirs, members)
         return cls(run_dirs, first.cfg, first.dm, [m.net for m in members], index, data_fingerprint=first.fingerprint)
 
