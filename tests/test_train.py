@@ -145,7 +145,7 @@ def test_another_config_in_a_finished_run_is_refused_and_the_run_is_intact(tmp_p
 
 
 @pytest.mark.parametrize("encoder, cls", [("recency", "RecencyPooling"), ("attention", "AttentionEncoder"),
-                                          ("none", None)])
+                                          ("recency+attention", "SummedEncoders"), ("none", None)])
 def test_history_encoder_option_builds_that_encoder(tmp_path, ml100k_data, encoder, cls):
     cfg = compose_cfg(tmp_path, f"model.net.history_encoder={encoder}")
     dm = build_datamodule(cfg)

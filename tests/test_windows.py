@@ -2,6 +2,7 @@
 encoding the per-event pass (used for evaluation) computes."""
 
 import numpy as np
+import pytest
 import torch
 
 from recfunnel.data.datamodule import WindowBatches
@@ -9,8 +10,9 @@ from recfunnel.tasks.build import build_datamodule, build_task
 from test_train import compose_cfg
 
 
-def test_window_pass_matches_per_event_pass_at_window_ends(tmp_path, ml100k_data):
-    cfg = compose_cfg(tmp_path, "data.train_windows=8", "data.batch_size=64", "model.net.history_encoder=attention")
+@pytest.mark.parametrize("encoder", ["attention", "recency", "recency+attention"])
+def test_window_pass_matches_per_event_pass_at_window_ends(tmp_path, ml100k_data, encoder):
+    cfg = compose_cfg(tmp_path, "data.train_windows=8", "data.batch_size=64", f"model.net.history_encoder={encoder}")
     dm = build_datamodule(cfg)
     task = build_task(cfg.model, dm).eval()
     ds = WindowBatches(dm.store, dm.data.split == 0, 8, 50)
@@ -31,8 +33,6 @@ def test_window_pass_matches_per_event_pass_at_window_ends(tmp_path, ml100k_data
 
 
 def test_windows_longer_than_history_are_refused(tmp_path, ml100k_data):
-    import pytest
-
     from recfunnel.utils.errors import RecfunnelError
 
     cfg = compose_cfg(tmp_path)

@@ -9,6 +9,11 @@ tower's features; an encoder adds an order-aware summary on top of it.
 - ``attention``: a small pre-norm transformer over the sequence with learned positions (and
   optional per-item side embeddings such as the item's age), read out at the newest position as
   in SASRec.
+- ``recency+attention``: both, each with its own projection, summed (a linear map of the two
+  summaries side by side).
+
+Every encoder also reads window batches (``all_positions=True``): position i summarises tokens
+0..i only, as if position i were the newest.
 """
 
 from __future__ import annotations
@@ -19,26 +24,38 @@ from torch import Tensor, nn
 
 from recfunnel.utils.errors import RecfunnelError
 
-ENCODERS = ("none", "recency", "attention")
+ENCODERS = ("none", "recency", "attention", "recency+attention")
 
 
 class RecencyPooling(nn.Module):
-    """Weights w_i ∝ exp(−rate · (L−1−i)) over real entries; rate = softplus(θ) is learned."""
+    """Weights w_i ∝ exp(−rate · (L−1−i)) over real entries; rate = softplus(θ) is learned.
 
-    supports_windows = False
+    (B, L, D) → (B, out_dim), or (B, L, out_dim) with ``all_positions=True`` (position i pools
+    tokens 0..i, weighted by their distance from i).
+    """
+
+    supports_windows = True
 
     def __init__(self, dim: int, out_dim: int, init_rate: float = 0.1):
         super().__init__()
         self.raw_rate = nn.Parameter(torch.tensor(float(torch.log(torch.expm1(torch.tensor(init_rate))))))
         self.proj = nn.Linear(dim, out_dim)
 
-    def forward(self, seq: Tensor, mask: Tensor, side: Tensor | None = None) -> Tensor:
+    def forward(self, seq: Tensor, mask: Tensor, side: Tensor | None = None, all_positions: bool = False) -> Tensor:
         L = seq.shape[1]
-        distance = torch.arange(L - 1, -1, -1, device=seq.device, dtype=seq.dtype)  # newest: 0
-        logits = (-F.softplus(self.raw_rate) * distance).expand_as(mask).masked_fill(~mask, float("-inf"))
-        weights = torch.softmax(logits, dim=1).nan_to_num(0.0)  # rows with no history → zeros
         x = seq if side is None else seq + side
-        return self.proj(torch.einsum("bl,bld->bd", weights, x))
+        rate = F.softplus(self.raw_rate)
+        if not all_positions:
+            distance = torch.arange(L - 1, -1, -1, device=seq.device, dtype=seq.dtype)  # newest: 0
+            logits = (-rate * distance).expand_as(mask).masked_fill(~mask, float("-inf"))
+            weights = torch.softmax(logits, dim=1).nan_to_num(0.0)  # rows with no history → zeros
+            return self.proj(torch.einsum("bl,bld->bd", weights, x))
+        pos = torch.arange(L, device=seq.device)
+        distance = (pos[:, None] - pos[None, :]).to(seq.dtype)  # (query i, token j): i − j
+        allowed = (distance >= 0)[None] & mask[:, None, :]  # (B, L, L)
+        logits = (-rate * distance.clamp(min=0)).expand(len(seq), L, L).masked_fill(~allowed, float("-inf"))
+        weights = torch.softmax(logits, dim=2).nan_to_num(0.0)
+        return self.proj(torch.einsum("bij,bjd->bid", weights, x))
 
 
 class AttentionEncoder(nn.Module):
@@ -79,11 +96,26 @@ class AttentionEncoder(nn.Module):
         return h if all_positions else h[:, -1]
 
 
+class SummedEncoders(nn.Module):
+    """Several encoders over the same tokens, their (B, out_dim) outputs summed."""
+
+    def __init__(self, encoders: list[nn.Module]):
+        super().__init__()
+        self.encoders = nn.ModuleList(encoders)
+        self.supports_windows = all(e.supports_windows for e in encoders)
+
+    def forward(self, seq: Tensor, mask: Tensor, side: Tensor | None = None, all_positions: bool = False) -> Tensor:
+        return sum(e(seq, mask, side, all_positions=all_positions) for e in self.encoders)
+
+
 def build_encoder(kind: str, dim: int, out_dim: int, max_len: int, **kw) -> nn.Module | None:
+    """``kind`` one of ``ENCODERS``; ``kw`` (layers, heads, dropout, width) configure the attention part."""
     if kind == "none":
         return None
     if kind == "recency":
         return RecencyPooling(dim, out_dim)
     if kind == "attention":
         return AttentionEncoder(dim, out_dim, max_len, **kw)
+    if kind == "recency+attention":
+        return SummedEncoders([RecencyPooling(dim, out_dim), AttentionEncoder(dim, out_dim, max_len, **kw)])
     raise RecfunnelError(f"history_encoder={kind!r} is not valid; choose one of: {', '.join(ENCODERS)}")

@@ -33,7 +33,7 @@ class TwoTower(nn.Module):
         dim: output dimension d of both towers.
         user_hidden, item_hidden: hidden widths of the towers' MLPs.
         normalize: L2-normalise both outputs.
-        history_encoder: "none" | "recency" | "attention" (see ``models/sequence.py``).
+        history_encoder: "none" | "recency" | "attention" | "recency+attention" (``models/sequence.py``).
         history_feature: the sequence feature the encoder reads (its table gives the token embedding).
         history_side: sequence features aligned with it (e.g. ``hist_age``) added to each token.
         encoder: extra keyword arguments of the encoder (layers, heads, dropout, width).
