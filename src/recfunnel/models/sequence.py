@@ -34,8 +34,6 @@ class RecencyPooling(nn.Module):
     tokens 0..i, weighted by their distance from i).
     """
 
-    supports_windows = True
-
     def __init__(self, dim: int, out_dim: int, init_rate: float = 0.1):
         super().__init__()
         self.raw_rate = nn.Parameter(torch.tensor(float(torch.log(torch.expm1(torch.tensor(init_rate))))))
@@ -66,8 +64,6 @@ class AttentionEncoder(nn.Module):
     tokens 0..i only, which lets one pass over a window of a user's timeline serve every event in
     it (``TwoTower`` with ``window`` batches), as SASRec trains.
     """
-
-    supports_windows = True
 
     def __init__(self, dim: int, out_dim: int, max_len: int, layers: int = 2, heads: int = 2,
                  dropout: float = 0.2, width: int | None = None):
@@ -102,7 +98,6 @@ class SummedEncoders(nn.Module):
     def __init__(self, encoders: list[nn.Module]):
         super().__init__()
         self.encoders = nn.ModuleList(encoders)
-        self.supports_windows = all(e.supports_windows for e in encoders)
 
     def forward(self, seq: Tensor, mask: Tensor, side: Tensor | None = None, all_positions: bool = False) -> Tensor:
         return sum(e(seq, mask, side, all_positions=all_positions) for e in self.encoders)

@@ -88,7 +88,7 @@ class TwoTower(nn.Module):
             emb = self.embedding({"user": batch["user"], "context": batch["context"]})
         parts = [emb["user"], emb["context"]]
         if self.encoder is not None:
-            if "window" in batch and self.encoder.supports_windows:
+            if "window" in batch:
                 parts.append(self._encode_windows(batch["window"]))
             else:
                 kjt = batch["user"].sparse
