@@ -39,3 +39,21 @@ def test_windows_longer_than_history_are_refused(tmp_path, ml100k_data):
     dm = build_datamodule(cfg)
     with pytest.raises(RecfunnelError, match="data.train_windows=64 exceeds the history length 50"):
         WindowBatches(dm.store, dm.data.split == 0, 64, 50)
+
+
+def test_the_transformer_experiment_trains_windows_of_50_under_the_exact_softmax(tmp_path, ml100k_data):
+    import pytorch_lightning as pl
+
+    cfg = compose_cfg(tmp_path, "experiment=ml100k_two_tower_transformer", "data.batch_size=256")
+    assert cfg.data.train_windows == 50 and cfg.model.full_softmax and cfg.callbacks.early_stopping.patience == 10
+    dm = build_datamodule(cfg)
+    task = build_task(cfg.model, dm)
+    assert type(task.net.encoder).__name__ == "AttentionEncoder" and task.full_softmax
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["window"]["tokens"].shape[1] == 50  # windows of 50 events read 50 tokens each
+    before = task.net.encoder.pos.detach().clone()
+    trainer = pl.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=0, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False)
+    trainer.fit(task, datamodule=dm)  # every step's loss is checked finite (BaseTask.guard_finite)
+    assert trainer.global_step == 2
+    assert not torch.equal(before, task.net.encoder.pos)  # the transformer's positions trained
