@@ -57,3 +57,16 @@ def test_the_transformer_experiment_trains_windows_of_50_under_the_exact_softmax
     trainer.fit(task, datamodule=dm)  # every step's loss is checked finite (BaseTask.guard_finite)
     assert trainer.global_step == 2
     assert not torch.equal(before, task.net.encoder.pos)  # the transformer's positions trained
+
+
+def test_history_side_features_with_windows_are_refused_before_the_run_starts(tmp_path):
+    from recfunnel.utils.config_checks import check_config
+    from recfunnel.utils.errors import RecfunnelError
+
+    for encoder in ("recency", "attention"):
+        cfg = compose_cfg(tmp_path, "features=ml100k", f"model.net.history_encoder={encoder}",
+                          "model.net.history_side=[hist_age]", "data.train_windows=8")
+        with pytest.raises(RecfunnelError, match="history_side features .* cannot be used with window batches"):
+            check_config(cfg)
+    check_config(compose_cfg(tmp_path, "features=ml100k", "model.net.history_encoder=recency",
+                             "model.net.history_side=[hist_age]"))  # per-event batches read them

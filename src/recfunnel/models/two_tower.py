@@ -24,6 +24,7 @@ from recfunnel.features.embedding import build_feature_embedding
 from recfunnel.features.schema import FeatureSchema
 from recfunnel.models.mlp import MLP
 from recfunnel.models.sequence import build_encoder
+from recfunnel.utils.config_checks import SIDE_WITH_WINDOWS
 from recfunnel.utils.errors import RecfunnelError
 
 
@@ -112,8 +113,7 @@ class TwoTower(nn.Module):
         (used for evaluation) reads: its last L items, newest at position L−1.
         """
         if self.history_side:
-            raise RecfunnelError("model.net.history_side features are relative to each event's time and cannot "
-                                 "be used with window batches (data.train_windows > 0); set one of them off")
+            raise RecfunnelError(SIDE_WITH_WINDOWS)
         tokens = window["tokens"]
         out = self.encoder(self.embedding.lookup(self.history_feature, tokens), tokens >= 0, all_positions=True)
         return out.reshape(-1, out.shape[-1])[window["query_index"]]

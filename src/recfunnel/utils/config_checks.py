@@ -80,6 +80,10 @@ def hard_pool_too_small(hard_pool: int, candidates: int) -> str:
             "them first); set pairs.hard_pool >= pairs.candidates (its default is pairs.candidates)")
 
 
+SIDE_WITH_WINDOWS = ("model.net.history_side features are relative to each event's time and cannot be used with "
+                     "window batches (data.train_windows > 0); set one of them off")
+
+
 def check_config(cfg: DictConfig) -> None:
     """Raise one ``RecfunnelError`` naming every key of ``RULES`` whose value is out of range."""
     problems = []
@@ -95,6 +99,11 @@ def check_config(cfg: DictConfig) -> None:
     pool, k = OmegaConf.select(cfg, "pairs.hard_pool", default=None), OmegaConf.select(cfg, "pairs.candidates", default=None)
     if _integer(pool) and _integer(k) and pool >= 1 and pool < k:
         problems.append(hard_pool_too_small(pool, k))
+    if (OmegaConf.select(cfg, "model.net.history_side", default=None)
+            and OmegaConf.select(cfg, "model.net.history_encoder", default="none") != "none"
+            and _integer(OmegaConf.select(cfg, "data.train_windows", default=0))
+            and OmegaConf.select(cfg, "data.train_windows", default=0) > 0):
+        problems.append(SIDE_WITH_WINDOWS)
     given = OmegaConf.select(cfg, "retriever.run_dir", default=None)
     members = OmegaConf.select(cfg, "retriever.members", default=1)
     runs = 1 if isinstance(given, str) else len(given or ())
