@@ -1,10 +1,12 @@
 """Recall@K of the funnel's candidate sources: the two-tower retriever, item-to-item co-occurrence, and
 their unions, on the valid and test targets of a finished retriever run's own data.
 
-    .venv/bin/python benchmarks/candidate_recall.py RUN_DIR [--k 100] [--json OUT] [--set key=value ...] [--fusion]
+    .venv/bin/python benchmarks/candidate_recall.py RUN_DIR [RUN_DIR ...] [--k 100] [--json OUT] [--set key=value ...] [--fusion]
 
 RUN_DIR is a finished ``recfunnel.train`` run of a retrieval model, e.g.
-``python -m recfunnel.train experiment=ml100k_two_tower hydra.run.dir=RUN_DIR logger=csv``. For each
+``python -m recfunnel.train experiment=ml100k_two_tower hydra.run.dir=RUN_DIR logger=csv``; several
+runs (seeds 0-2 of one config) give each figure as mean ± std over them, and ``--fusion`` then chooses
+the setting of the best mean valid NDCG@10. For each
 split (one target per user, ``../shared/EVALUATION.md``), with the user's earlier items excluded from
 every list (as the funnel's retriever excludes them):
 
@@ -160,10 +162,34 @@ def parse_value(text: str):
     return OmegaConf.create({"v": text})["v"] if text not in ("None", "none") else None
 
 
+def mean_std(values: list[float], digits: int = 4) -> str:
+    """"m" for one value, "m ± s" (s: sample std) for several."""
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
+
+
+def one_run(run_dir: Path, cfg, k: int, fusion: bool, k0s, weights) -> dict:
+    """Recall@k of each source on valid and test for the retriever run ``run_dir``, its own
+    metrics.json figures, and (``fusion``) the fused rankings' protocol metrics."""
+    retriever = Retriever.from_run(run_dir)
+    model = hydra.utils.instantiate(cfg).fit(retriever.data)
+    out = {"run_dir": str(run_dir.resolve()), "data": retriever.data_name,
+           **{split: split_recall(retriever, model, split, k) for split in ("valid", "test")}}
+    out["run_metrics"] = {}
+    if (run_dir / "metrics.json").exists():
+        flat = json.loads((run_dir / "metrics.json").read_text())
+        out["run_metrics"] = {key: flat[key] for key in (f"valid/recall@{k}", f"test/recall@{k}") if key in flat}
+    if fusion:
+        out["fusion"] = {split: fused_metrics(retriever, model, split, k0s, weights) for split in ("valid", "test")}
+    return out
+
+
 @friendly_errors
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dir", type=Path, help="a finished recfunnel.train run of a retrieval model")
+    p.add_argument("run_dirs", type=Path, nargs="+", metavar="run_dir",
+                   help="finished recfunnel.train runs of a retrieval model (several: mean ± std over them, e.g. seeds 0-2)")
     p.add_argument("--k", type=int, default=100, help="candidates per source (default 100)")
     p.add_argument("--json", type=Path, default=None, help="write the numbers here")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
@@ -178,53 +204,65 @@ def main() -> int:
         raise RecfunnelError("--weights must lie in [0, 1] and --k0 be >= 0")
     if args.k < 2:
         raise RecfunnelError("--k must be at least 2")
+    for run_dir in args.run_dirs:  # every run is checked before any is scored
+        if not (run_dir / "config.yaml").is_file():
+            raise RecfunnelError(f"{run_dir}: no config.yaml; give finished `recfunnel.train` runs of a retrieval model")
     start = time.perf_counter()
-    retriever = Retriever.from_run(args.run_dir)
     cfg = OmegaConf.load(ROOT / "configs/model/cooccurrence.yaml")
     for item in args.set:
         key, _, value = item.partition("=")
         if key not in cfg:
             raise RecfunnelError(f"--set {item}: {key!r} is not an option of configs/model/cooccurrence.yaml")
         cfg[key] = parse_value(value)
-    model = hydra.utils.instantiate(cfg).fit(retriever.data)
-    results = {split: split_recall(retriever, model, split, args.k) for split in ("valid", "test")}
-    run_metrics = {}
-    if (args.run_dir / "metrics.json").exists():
-        flat = json.loads((args.run_dir / "metrics.json").read_text())
-        run_metrics = {k: flat[k] for k in (f"valid/recall@{args.k}", f"test/recall@{args.k}") if k in flat}
+    runs = [one_run(d, cfg, args.k, args.fusion, args.k0, args.weights) for d in args.run_dirs]
+    names = sorted({r["data"] for r in runs})
+    if len(names) > 1:
+        raise RecfunnelError(f"the runs hold different data ({', '.join(names)}); give runs of one dataset")
+
+    def figures(split: str, key: str) -> list[float]:
+        return [r[split][key] for r in runs]
 
     print(f"$ {' '.join(sys.argv)}")
-    print(f"data {retriever.data_name}; co-occurrence: {OmegaConf.to_container(cfg)}")
+    print(f"data {names[0]}; co-occurrence: {OmegaConf.to_container(cfg)}; "
+          f"{len(runs)} run(s){': mean ± std' if len(runs) > 1 else ''}")
     print(f"| source | valid Recall@{args.k} | test Recall@{args.k} | mean candidates (valid / test) |")
     print("|---|---|---|---|")
     labels = {"retriever": f"retriever top {args.k}", "co-occurrence": f"co-occurrence top {args.k}",
               "union <=2K": f"union, deduplicated (<= {2 * args.k})",
               "union of K": f"union of {args.k} ({args.k // 2} + {args.k // 2}, filled)"}
     for name in SOURCES:
-        v, t = results["valid"], results["test"]
-        label = labels[name]
-        print(f"| {label} | {v[name]:.4f} | {t[name]:.4f} | {v['candidates/' + name]:.1f} / {t['candidates/' + name]:.1f} |")
-    print(f"retriever ∩ co-occurrence: {results['valid']['overlap']:.1f} / {results['test']['overlap']:.1f} items "
-          f"per user (valid / test); users {results['valid']['users']} / {results['test']['users']}")
-    if run_metrics:
-        print("the run's own metrics.json (full-catalogue scores): "
-              + ", ".join(f"{k} {v:.4f}" for k, v in run_metrics.items()))
-    fusion = {}
+        count = "candidates/" + name
+        print(f"| {labels[name]} | {mean_std(figures('valid', name))} | {mean_std(figures('test', name))} | "
+              f"{np.mean(figures('valid', count)):.1f} / {np.mean(figures('test', count)):.1f} |")
+    print(f"retriever ∩ co-occurrence: {np.mean(figures('valid', 'overlap')):.1f} / "
+          f"{np.mean(figures('test', 'overlap')):.1f} items per user (valid / test); "
+          f"users {runs[0]['valid']['users']} / {runs[0]['test']['users']}")
+    for r in runs:
+        if r["run_metrics"]:
+            print(f"{r['run_dir']}: its own metrics.json (full-catalogue scores): "
+                  + ", ".join(f"{k} {v:.4f}" for k, v in r["run_metrics"].items()))
+    summary = {}
     if args.fusion:
-        fusion = {split: fused_metrics(retriever, model, split, args.k0, args.weights) for split in ("valid", "test")}
-        chosen = max((n for n in fusion["valid"] if n.startswith("fusion")), key=lambda n: fusion["valid"][n]["ndcg@10"])
-        print("\n| ranking (full catalogue) | valid NDCG@10 | valid Recall@100 | test NDCG@10 | test Recall@100 |")
+        rankings = list(runs[0]["fusion"]["valid"])
+        cell = {(split, n, m): [r["fusion"][split][n][m] for r in runs]
+                for split in ("valid", "test") for n in rankings for m in ("ndcg@10", "recall@100")}
+        chosen = max((n for n in rankings if n.startswith("fusion")), key=lambda n: np.mean(cell["valid", n, "ndcg@10"]))
+        print(f"\n| ranking (full catalogue{'; mean ± std over the runs' if len(runs) > 1 else ''}) "
+              "| valid NDCG@10 | valid Recall@100 | test NDCG@10 | test Recall@100 |")
         print("|---|---|---|---|---|")
-        for name in fusion["valid"]:
-            v, t = fusion["valid"][name], fusion["test"][name]
+        for name in rankings:
             mark = " (chosen on valid)" if name == chosen else ""
-            print(f"| {name}{mark} | {v['ndcg@10']:.4f} | {v['recall@100']:.4f} | {t['ndcg@10']:.4f} | {t['recall@100']:.4f} |")
-        fusion["chosen"] = chosen
+            print(f"| {name}{mark} | " + " | ".join(mean_std(cell[split, name, m]) for split in ("valid", "test")
+                                                    for m in ("ndcg@10", "recall@100")) + " |")
+        summary["fusion_chosen"] = chosen
     print(f"({time.perf_counter() - start:.1f} s)")
     if args.json:
-        args.json.write_text(json.dumps({"command": " ".join(sys.argv), "run_dir": str(args.run_dir.resolve()),
-                                         "k": args.k, "cooccurrence": OmegaConf.to_container(cfg),
-                                         "run_metrics": run_metrics, **results, "fusion": fusion}, indent=2) + "\n")
+        summary.update({split: {key: {"mean": float(np.mean(figures(split, key))),
+                                      "std": float(np.std(figures(split, key), ddof=1)) if len(runs) > 1 else 0.0}
+                                for key in runs[0][split]} for split in ("valid", "test")})
+        args.json.write_text(json.dumps({"command": " ".join(sys.argv), "k": args.k,
+                                         "cooccurrence": OmegaConf.to_container(cfg), **summary, "runs": runs},
+                                        indent=2) + "\n")
         print(f"wrote {args.json}")
     return 0
 

@@ -179,35 +179,3 @@ def test_the_saved_index_holds_the_item_towers_vectors_without_dropout(funnel_ru
         expected = r.net.item_vectors(r.dm.catalogue()).numpy()
     np.testing.assert_allclose(r.item_vectors, expected, rtol=1e-5, atol=1e-6)
 
-
-def test_ranker_average_rebuilds_each_rankers_figures_and_scores_their_mean(funnel_run, tmp_path):
-    """``benchmarks/ranker_average.py``: each run's ranked and final valid NDCG@10, rebuilt from its
-    checkpoint, equal the run's own; the mean of the logits gets figures of its own; runs over other
-    first stages are refused with one line."""
-    import subprocess
-    import sys
-
-    from helpers import ROOT
-
-    other = tmp_path / "seed1"
-    proc = run("recfunnel.funnel", *TINY_FUNNEL, f"retriever.run_dir={funnel_run / 'retriever'}", "seed=1",
-               f"hydra.run.dir={other}", env={**os.environ, "WANDB_MODE": "offline"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    script = [sys.executable, str(ROOT / "benchmarks" / "ranker_average.py")]
-    out = tmp_path / "average.json"
-    proc = subprocess.run([*script, str(funnel_run), str(other), "--json", str(out)], capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads(out.read_text())["results"]
-    for run_dir in (funnel_run, other):
-        own = json.loads((run_dir / "metrics.json").read_text())
-        assert results[str(run_dir)] == pytest.approx({"ranked/ndcg@10": own["valid/ranked/ndcg@10"],
-                                                        "final/ndcg@10": own["valid/final/ndcg@10"]}, abs=1e-9)
-    mean = results["mean of the logits"]
-    assert set(mean) == {"ranked/ndcg@10", "final/ndcg@10"} and all(0 < v < 1 for v in mean.values())
-    lonely = tmp_path / "lonely"  # a copy of the run that names another retriever
-    shutil.copytree(funnel_run, lonely, ignore=shutil.ignore_patterns("retriever", "wandb"))
-    (lonely / "retriever_run.txt").write_text(f"{tmp_path}\n")
-    proc = subprocess.run([*script, str(funnel_run), str(lonely)], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
-        f"error: {lonely} ranks another retriever's candidates than {funnel_run}: give runs of one first stage"]

@@ -1,0 +1,66 @@
+"""The benchmark scripts that report the funnel's figures, run on the tiny funnel of ``conftest.funnel_run``."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from helpers import ROOT, TINY_FUNNEL, run
+
+
+def test_candidate_recall_gives_mean_and_spread_over_runs_and_refuses_a_folder_that_is_no_run(funnel_run, tmp_path):
+    """``benchmarks/candidate_recall.py`` over one retriever given twice: each figure is the single
+    run's, with a spread of 0; the deduplicated union holds at least what each source holds; the
+    retriever's Recall@20 is the run's own; a folder that is no run is refused with one line."""
+    script = [sys.executable, str(ROOT / "benchmarks" / "candidate_recall.py")]
+    retriever = funnel_run / "retriever"
+    once, twice = tmp_path / "once.json", tmp_path / "twice.json"
+    for out, runs in ((once, [retriever]), (twice, [retriever, retriever])):
+        proc = subprocess.run([*script, *map(str, runs), "--k", "20", "--json", str(out)], capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    once, twice = json.loads(once.read_text()), json.loads(twice.read_text())
+    for split in ("valid", "test"):
+        single = once["runs"][0][split]
+        assert {k: v["mean"] for k, v in twice[split].items()} == pytest.approx(single)
+        assert all(v["std"] == 0 for v in twice[split].values())
+        assert single["union <=2K"] >= max(single["retriever"], single["co-occurrence"]) > 0
+        assert single["candidates/union <=2K"] > 20
+        own = json.loads((retriever / "metrics.json").read_text())[f"{split}/recall@20"]
+        assert single["retriever"] == pytest.approx(own, abs=2 / 943)  # the same up to ties
+    proc = subprocess.run([*script, str(retriever), str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert f"{tmp_path}: no config.yaml; give finished `recfunnel.train` runs of a retrieval model" in proc.stderr
+
+
+def test_ranker_average_rebuilds_each_rankers_figures_and_scores_their_mean(funnel_run, tmp_path):
+    """``benchmarks/ranker_average.py``: each run's ranked and final valid NDCG@10, rebuilt from its
+    checkpoint, equal the run's own; the mean of the logits gets figures of its own; runs over other
+    first stages are refused with one line."""
+    other = tmp_path / "seed1"
+    proc = run("recfunnel.funnel", *TINY_FUNNEL, f"retriever.run_dir={funnel_run / 'retriever'}", "seed=1",
+               f"hydra.run.dir={other}", env={**os.environ, "WANDB_MODE": "offline"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    script = [sys.executable, str(ROOT / "benchmarks" / "ranker_average.py")]
+    out = tmp_path / "average.json"
+    proc = subprocess.run([*script, str(funnel_run), str(other), "--json", str(out)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(out.read_text())["results"]
+    for run_dir in (funnel_run, other):
+        own = json.loads((run_dir / "metrics.json").read_text())
+        assert results[str(run_dir)] == pytest.approx({"ranked/ndcg@10": own["valid/ranked/ndcg@10"],
+                                                        "final/ndcg@10": own["valid/final/ndcg@10"]}, abs=1e-9)
+    mean = results["mean of the logits"]
+    assert set(mean) == {"ranked/ndcg@10", "final/ndcg@10"} and all(0 < v < 1 for v in mean.values())
+    lonely = tmp_path / "lonely"  # a copy of the run that names another retriever
+    shutil.copytree(funnel_run, lonely, ignore=shutil.ignore_patterns("retriever", "wandb"))
+    (lonely / "retriever_run.txt").write_text(f"{tmp_path}\n")
+    proc = subprocess.run([*script, str(funnel_run), str(lonely)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
+        f"error: {lonely} ranks another retriever's candidates than {funnel_run}: give runs of one first stage"]
