@@ -169,12 +169,11 @@ def mean_std(values: list[float], digits: int = 4) -> str:
     return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
 
 
-def one_run(run_dir: Path, cfg, k: int, fusion: bool, k0s, weights) -> dict:
-    """Recall@k of each source on valid and test for the retriever run ``run_dir``, its own
-    metrics.json figures, and (``fusion``) the fused rankings' protocol metrics."""
-    retriever = Retriever.from_run(run_dir)
-    model = hydra.utils.instantiate(cfg).fit(retriever.data)
-    out = {"run_dir": str(run_dir.resolve()), "data": retriever.data_name,
+def one_run(retriever: Retriever, model, run_dir: Path, k: int, fusion: bool, k0s, weights) -> dict:
+    """Recall@k of each source on valid and test for the loaded retriever run ``run_dir`` and the
+    co-occurrence ``model`` fitted on its data, its own metrics.json figures, and (``fusion``) the
+    fused rankings' protocol metrics."""
+    out = {"run_dir": str(run_dir.resolve()),
            **{split: split_recall(retriever, model, split, k) for split in ("valid", "test")}}
     out["run_metrics"] = {}
     if (run_dir / "metrics.json").exists():
@@ -214,16 +213,19 @@ def main() -> int:
         if key not in cfg:
             raise RecfunnelError(f"--set {item}: {key!r} is not an option of configs/model/cooccurrence.yaml")
         cfg[key] = parse_value(value)
-    runs = [one_run(d, cfg, args.k, args.fusion, args.k0, args.weights) for d in args.run_dirs]
-    names = sorted({r["data"] for r in runs})
-    if len(names) > 1:
-        raise RecfunnelError(f"the runs hold different data ({', '.join(names)}); give runs of one dataset")
+    retrievers = [Retriever.from_run(d) for d in args.run_dirs]
+    if len({r.data_fingerprint for r in retrievers}) > 1:
+        raise RecfunnelError("the runs were trained on different data ("
+                             + ", ".join(f"{d}: {r.data_name} {r.data_fingerprint}" for d, r in zip(args.run_dirs, retrievers))
+                             + "); give runs of one dataset")
+    model = hydra.utils.instantiate(cfg).fit(retrievers[0].data)  # one data: one co-occurrence model
+    runs = [one_run(r, model, d, args.k, args.fusion, args.k0, args.weights) for r, d in zip(retrievers, args.run_dirs)]
 
     def figures(split: str, key: str) -> list[float]:
         return [r[split][key] for r in runs]
 
     print(f"$ {' '.join(sys.argv)}")
-    print(f"data {names[0]}; co-occurrence: {OmegaConf.to_container(cfg)}; "
+    print(f"data {retrievers[0].data_name}; co-occurrence: {OmegaConf.to_container(cfg)}; "
           f"{len(runs)} run(s){': mean ± std' if len(runs) > 1 else ''}")
     print(f"| source | valid Recall@{args.k} | test Recall@{args.k} | mean candidates (valid / test) |")
     print("|---|---|---|---|")
