@@ -18,7 +18,6 @@ import json
 import sys
 from pathlib import Path
 
-import hydra
 import torch
 from omegaconf import OmegaConf
 
@@ -26,13 +25,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from recfunnel.eval.funnel import evaluate_funnel  # noqa: E402
-from recfunnel.models.multitask import ObjectiveMix  # noqa: E402
-from recfunnel.runs import RESUMABLE_KEYS, config_differences  # noqa: E402
+from recfunnel.runs import RESUMABLE_KEYS, config_differences, ranker_data, ranker_task  # noqa: E402
 from recfunnel.serving.fusion import RankFusion  # noqa: E402
 from recfunnel.serving.pipeline import Funnel, item_catalogue  # noqa: E402
 from recfunnel.serving.rerank import build_reranker  # noqa: E402
 from recfunnel.serving.retriever import Retriever, read_retriever_runs  # noqa: E402
-from recfunnel.tasks.build import build_task  # noqa: E402
 from recfunnel.tasks.checkpoints import load_checkpoint  # noqa: E402
 from recfunnel.utils.errors import RecfunnelError  # noqa: E402
 
@@ -78,15 +75,11 @@ def main() -> None:
     cfg = OmegaConf.load(args.runs[0] / "config.yaml")
     retriever = Retriever.from_run(read_retriever_runs(args.runs[0]), data_dir=args.data_dir)
     fusion = RankFusion.build(retriever, cfg.get("first_stage"), seed=cfg.seed)
-    dm = hydra.utils.instantiate(cfg.pairs, _partial_=True)(
-        retriever=fusion or retriever, features=cfg.features, seed=cfg.seed,
-        cooccurrence=fusion.cooccurrence if fusion else None, objectives=cfg.get("objectives"))
-    dm.setup()
+    dm = ranker_data(cfg, retriever, fusion)
     rankers = []
     for run in args.runs:
-        task = build_task(cfg.model, dm)
+        task = ranker_task(cfg, dm)
         task.load_state_dict(load_checkpoint(run / "checkpoints" / "best.ckpt")["state_dict"])
-        task.net.mix = ObjectiveMix.from_config(task.net.objectives, cfg.funnel)
         rankers.append(task.net.eval())
     reranker = build_reranker(cfg.rerank)
     catalogue = item_catalogue(dm.data.tables.items, dm.genres, retriever.item_vectors)

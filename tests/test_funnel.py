@@ -178,4 +178,3 @@ def test_the_saved_index_holds_the_item_towers_vectors_without_dropout(funnel_ru
     with torch.no_grad():
         expected = r.net.item_vectors(r.dm.catalogue()).numpy()
     np.testing.assert_allclose(r.item_vectors, expected, rtol=1e-5, atol=1e-6)
-

@@ -628,12 +628,8 @@ def train_ranker(run: Run, retriever: Retriever, fusion: RankFusion | None = Non
     cfg = run.cfg
     # the same start whether the retriever was trained in this process or loaded (a resumed funnel)
     pl.seed_everything(cfg.seed, workers=True)
-    dm = hydra.utils.instantiate(cfg.pairs, _partial_=True)(
-        retriever=fusion or retriever, features=cfg.features, seed=cfg.seed,
-        cooccurrence=fusion.cooccurrence if fusion else None, objectives=cfg.get("objectives"))
-    dm.setup()
-    task = build_task(cfg.model, dm)
-    task.net.mix = ObjectiveMix.from_config(task.net.objectives, cfg.funnel)
+    dm = ranker_data(cfg, retriever, fusion)
+    task = ranker_task(cfg, dm)
     log.info("the ranker's score: %s", task.net.mix.describe())
     if reuse is not None:
         task.load_state_dict(load_checkpoint(reuse / "checkpoints" / "best.ckpt")["state_dict"])
@@ -649,6 +645,23 @@ def train_ranker(run: Run, retriever: Retriever, fusion: RankFusion | None = Non
     if is_main_process():
         finish_loggers(loggers, ranker)
     return dm, task, {"ranker/fit_seconds": fit_s, "ranker/epochs": trainer.current_epoch, **ranker_metrics(ranker)}
+
+
+def ranker_data(cfg: DictConfig, retriever: Retriever, fusion: RankFusion | None = None) -> Any:
+    """The funnel's ``pairs`` DataModule over its first stage (``fusion`` when given, else
+    ``retriever``), set up: training pairs and each split's candidate lists."""
+    dm = hydra.utils.instantiate(cfg.pairs, _partial_=True)(
+        retriever=fusion or retriever, features=cfg.features, seed=cfg.seed,
+        cooccurrence=fusion.cooccurrence if fusion else None, objectives=cfg.get("objectives"))
+    dm.setup()
+    return dm
+
+
+def ranker_task(cfg: DictConfig, dm: Any) -> pl.LightningModule:
+    """A new ranker (``cfg.model``) for ``dm``, scoring with the funnel's objective weights."""
+    task = build_task(cfg.model, dm)
+    task.net.mix = ObjectiveMix.from_config(task.net.objectives, cfg.funnel)
+    return task
 
 
 def ranker_metrics(ranker: Mapping[str, float]) -> dict[str, float]:

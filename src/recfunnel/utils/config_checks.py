@@ -99,10 +99,10 @@ def check_config(cfg: DictConfig) -> None:
     pool, k = OmegaConf.select(cfg, "pairs.hard_pool", default=None), OmegaConf.select(cfg, "pairs.candidates", default=None)
     if _integer(pool) and _integer(k) and pool >= 1 and pool < k:
         problems.append(hard_pool_too_small(pool, k))
+    windows = OmegaConf.select(cfg, "data.train_windows", default=0)
     if (OmegaConf.select(cfg, "model.net.history_side", default=None)
             and OmegaConf.select(cfg, "model.net.history_encoder", default="none") != "none"
-            and _integer(OmegaConf.select(cfg, "data.train_windows", default=0))
-            and OmegaConf.select(cfg, "data.train_windows", default=0) > 0):
+            and _integer(windows) and windows > 0):
         problems.append(SIDE_WITH_WINDOWS)
     given = OmegaConf.select(cfg, "retriever.run_dir", default=None)
     members = OmegaConf.select(cfg, "retriever.members", default=1)
