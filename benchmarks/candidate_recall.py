@@ -1,7 +1,9 @@
-"""Recall@K of the funnel's candidate sources: the two-tower retriever, item-to-item co-occurrence, and
-their unions, on the valid and test targets of a finished retriever run's own data.
+"""Recall@K of the funnel's candidate sources: the two-tower retriever, item-to-item co-occurrence, a
+second retriever when given, and their unions, on the valid and test targets of a finished retriever
+run's own data.
 
-    .venv/bin/python benchmarks/candidate_recall.py RUN_DIR [RUN_DIR ...] [--k 100] [--json OUT] [--set key=value ...] [--fusion]
+    .venv/bin/python benchmarks/candidate_recall.py RUN_DIR [RUN_DIR ...] [--k 100] [--json OUT] [--set key=value ...]
+        [--second RUN2 [RUN2 ...]] [--fusion]
 
 RUN_DIR is a finished ``recfunnel.train`` run of a retrieval model, e.g.
 ``python -m recfunnel.train experiment=ml100k_two_tower hydra.run.dir=RUN_DIR logger=csv``; several
@@ -15,11 +17,17 @@ every list (as the funnel's retriever excludes them):
   train split, with ``configs/model/cooccurrence.yaml``'s settings (``--set window=3`` etc. override them);
 - ``union <=2K``: both lists, deduplicated (up to 2K candidates; the table gives the mean count);
 - ``union of K``: exactly K candidates: the top K/2 of each source, and where the two halves
-  overlap, the next items of the two lists taken in turn (retriever first) until K are distinct.
+  overlap, the next items of the two lists taken in turn (retriever first) until K are distinct;
+- with ``--second`` (one run per RUN_DIR, in the same order, over its data and features: the funnel's
+  ``second_retriever``): ``second retriever``, its top K, and ``union of three``, the three lists
+  deduplicated (up to 3K).
 
 With ``--fusion``, the full-catalogue ranking of reciprocal-rank fusion of the two sources,
 ``w / (k0 + rank_two_tower) + (1 - w) / (k0 + rank_cooccurrence)``, is scored by the protocol for a
-small (k0, w) grid; the setting best on valid NDCG@10 is marked (test is for reporting only).
+small (k0, w) grid; the setting best on valid NDCG@10 is marked (test is for reporting only). With
+``--second`` too, three-way fusions ``(1 - s) [w / (k0 + rank_two_tower) + (1 - w) / (k0 +
+rank_cooccurrence)] + s / (k0 + rank_second)`` for s in ``--second-weights`` join the grid (the
+funnel's ``first_stage.second_weight``).
 
 Recall@K here is the share of targets found in the list (a target missing from it counts 0). The
 retriever's row can be compared with the run's own ``test/recall@100`` (scored over the full
@@ -50,6 +58,7 @@ from recfunnel.utils.cli import friendly_errors  # noqa: E402
 from recfunnel.utils.errors import RecfunnelError  # noqa: E402
 
 SOURCES = ("retriever", "co-occurrence", "union <=2K", "union of K")
+SECOND_SOURCES = ("second retriever", "union of three")
 
 
 def merge_lists(lists: np.ndarray, limit: int) -> np.ndarray:
@@ -95,7 +104,7 @@ def hit_rate(lists: np.ndarray, targets: np.ndarray) -> float:
     return float((lists == targets[:, None]).any(1).mean())
 
 
-def split_recall(retriever: Retriever, model, split: str, k: int) -> dict[str, float]:
+def split_recall(retriever: Retriever, model, split: str, k: int, second: Retriever | None = None) -> dict[str, float]:
     data = retriever.data
     evalset = EvalSet.build(data, split)
     _, ret, _ = retriever.retrieve(evalset.rows, k, f"{split} users")
@@ -114,7 +123,14 @@ def split_recall(retriever: Retriever, model, split: str, k: int) -> dict[str, f
     union_k = merge_lists(np.concatenate([interleave(ret[:, :half], co[:, :half]),
                                           interleave(ret[:, half:], co[:, half:])], axis=1), k)
     overlap = (ret[:, :, None] == co[:, None, :]) & (ret[:, :, None] >= 0)
-    return {
+    out = {}
+    if second is not None:
+        _, sec, _ = second.retrieve(evalset.rows, k, f"{split} users (second retriever)")
+        three = merge_lists(np.concatenate([union, sec], axis=1), 3 * k)
+        out = {"second retriever": hit_rate(sec, targets), "union of three": hit_rate(three, targets),
+               "candidates/second retriever": float((sec >= 0).sum(1).mean()),
+               "candidates/union of three": float((three >= 0).sum(1).mean())}
+    return {**out,
         "users": len(evalset),
         "retriever": hit_rate(ret, targets),
         "co-occurrence": hit_rate(co, targets),
@@ -130,6 +146,7 @@ def split_recall(retriever: Retriever, model, split: str, k: int) -> dict[str, f
 
 FUSION_K0 = (10, 30, 60)  # the default grid (--k0, --weights)
 FUSION_WEIGHTS = (0.3, 0.5, 0.7)
+SECOND_WEIGHTS = (0.1, 0.2, 0.3)  # with --second (--second-weights)
 
 
 def rank_of_each_item(scores: torch.Tensor) -> torch.Tensor:
@@ -137,24 +154,36 @@ def rank_of_each_item(scores: torch.Tensor) -> torch.Tensor:
     return scores.argsort(1, descending=True).argsort(1).float() + 1
 
 
-def fused_metrics(retriever: Retriever, model, split: str, k0s=FUSION_K0, weights=FUSION_WEIGHTS
-                  ) -> dict[str, dict[str, float]]:
+def catalogue_scores(retriever: Retriever, rows: np.ndarray, split: str) -> torch.Tensor:
+    """(U, I) the retriever's scores of every item for event ``rows`` (U,)."""
+    queries, _, _ = retriever.retrieve(rows, 1, f"{split} users")
+    return torch.from_numpy(np.asarray(queries, np.float32)) @ torch.from_numpy(
+        np.asarray(retriever.item_vectors, np.float32)).T
+
+
+def fused_metrics(retriever: Retriever, model, split: str, k0s=FUSION_K0, weights=FUSION_WEIGHTS,
+                  second: Retriever | None = None, second_weights=SECOND_WEIGHTS) -> dict[str, dict[str, float]]:
     """Full-catalogue protocol metrics of reciprocal-rank fusion of the two sources,
     ``w / (k0 + rank_two_tower) + (1 - w) / (k0 + rank_cooccurrence)``, for each k0 of ``k0s`` and w
-    of ``weights``, and of each source alone; {name: {metric: value}}. Scores every user against
-    every item at once: for catalogues of a few thousand items."""
+    of ``weights`` (with ``second``: and three-way, for each s of ``second_weights``, module
+    docstring), and of each source alone; {name: {metric: value}}. Scores every user against every
+    item at once: for catalogues of a few thousand items."""
     evalset = EvalSet.build(retriever.data, split)
-    queries, _, _ = retriever.retrieve(evalset.rows, 1, f"{split} users")
-    two_tower = torch.from_numpy(np.asarray(queries, np.float32)) @ torch.from_numpy(
-        np.asarray(retriever.item_vectors, np.float32)).T
-    cooc = model.scorer(evalset)(np.arange(len(evalset)))
-    rank_tt, rank_co = rank_of_each_item(two_tower), rank_of_each_item(cooc)
+    scores = {"two-tower": catalogue_scores(retriever, evalset.rows, split),
+              "co-occurrence": torch.as_tensor(model.scorer(evalset)(np.arange(len(evalset))))}
+    if second is not None:
+        scores["second retriever"] = catalogue_scores(second, evalset.rows, split)
     num_items = retriever.data.num_items
-    out = {"two-tower": protocol_evaluate(lambda idx: two_tower[torch.as_tensor(idx)], evalset, num_items),
-           "co-occurrence": protocol_evaluate(lambda idx: cooc[torch.as_tensor(idx)], evalset, num_items)}
+    out = {name: protocol_evaluate(lambda idx, s=s: s[torch.as_tensor(idx)], evalset, num_items)
+           for name, s in scores.items()}
+    rank = {name: rank_of_each_item(s) for name, s in scores.items()}
     for k0, w in ((k0, w) for k0 in k0s for w in weights):
-        fused = w / (k0 + rank_tt) + (1 - w) / (k0 + rank_co)
+        fused = w / (k0 + rank["two-tower"]) + (1 - w) / (k0 + rank["co-occurrence"])
         out[f"fusion k0={k0} w={w}"] = protocol_evaluate(lambda idx, f=fused: f[torch.as_tensor(idx)], evalset, num_items)
+        for s in (second_weights if second is not None else ()):
+            three = (1 - s) * fused + s / (k0 + rank["second retriever"])
+            out[f"fusion k0={k0} w={w} s={s}"] = protocol_evaluate(lambda idx, f=three: f[torch.as_tensor(idx)],
+                                                                   evalset, num_items)
     return out
 
 
@@ -169,18 +198,20 @@ def mean_std(values: list[float], digits: int = 4) -> str:
     return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
 
 
-def one_run(retriever: Retriever, model, run_dir: Path, k: int, fusion: bool, k0s, weights) -> dict:
-    """Recall@k of each source on valid and test for the loaded retriever run ``run_dir`` and the
-    co-occurrence ``model`` fitted on its data, its own metrics.json figures, and (``fusion``) the
-    fused rankings' protocol metrics."""
+def one_run(retriever: Retriever, model, run_dir: Path, k: int, fusion: bool, k0s, weights,
+            second: Retriever | None = None, second_weights=SECOND_WEIGHTS) -> dict:
+    """Recall@k of each source on valid and test for the loaded retriever run ``run_dir`` (and its
+    ``second`` retriever) and the co-occurrence ``model`` fitted on its data, its own metrics.json
+    figures, and (``fusion``) the fused rankings' protocol metrics."""
     out = {"run_dir": str(run_dir.resolve()),
-           **{split: split_recall(retriever, model, split, k) for split in ("valid", "test")}}
+           **{split: split_recall(retriever, model, split, k, second) for split in ("valid", "test")}}
     out["run_metrics"] = {}
     if (run_dir / "metrics.json").exists():
         flat = json.loads((run_dir / "metrics.json").read_text())
         out["run_metrics"] = {key: flat[key] for key in (f"valid/recall@{k}", f"test/recall@{k}") if key in flat}
     if fusion:
-        out["fusion"] = {split: fused_metrics(retriever, model, split, k0s, weights) for split in ("valid", "test")}
+        out["fusion"] = {split: fused_metrics(retriever, model, split, k0s, weights, second, second_weights)
+                         for split in ("valid", "test")}
     return out
 
 
@@ -195,6 +226,10 @@ def main() -> int:
                    help="override configs/model/cooccurrence.yaml, e.g. --set window=3 history=null")
     p.add_argument("--fusion", action="store_true",
                    help="also score reciprocal-rank fusions of the two sources over the full catalogue (small catalogues)")
+    p.add_argument("--second", type=Path, nargs="+", default=None, metavar="RUN2",
+                   help="a second retriever run per run_dir (same order, same data and features): a third source")
+    p.add_argument("--second-weights", type=float, nargs="+", default=list(SECOND_WEIGHTS),
+                   help="fusion grid with --second: the second retriever's weights s, in [0, 1)")
     p.add_argument("--k0", type=int, nargs="+", default=list(FUSION_K0), help="fusion grid: k0 values")
     p.add_argument("--weights", type=float, nargs="+", default=list(FUSION_WEIGHTS),
                    help="fusion grid: weights w on the two-tower, in [0, 1]")
@@ -203,7 +238,12 @@ def main() -> int:
         raise RecfunnelError("--weights must lie in [0, 1] and --k0 be >= 0")
     if args.k < 2:
         raise RecfunnelError("--k must be at least 2")
-    for run_dir in args.run_dirs:  # every run is checked before any is scored
+    if args.second is not None and len(args.second) != len(args.run_dirs):
+        raise RecfunnelError(f"--second names {len(args.second)} run(s) for {len(args.run_dirs)} run_dir(s); "
+                             "give one second retriever per run, in the same order")
+    if any(not 0 <= s < 1 for s in args.second_weights):
+        raise RecfunnelError("--second-weights must lie in [0, 1)")
+    for run_dir in [*args.run_dirs, *(args.second or [])]:  # every run is checked before any is scored
         if not (run_dir / "config.yaml").is_file():
             raise RecfunnelError(f"{run_dir}: no config.yaml; give finished `recfunnel.train` runs of a retrieval model")
     start = time.perf_counter()
@@ -218,8 +258,10 @@ def main() -> int:
         raise RecfunnelError("the runs were trained on different data ("
                              + ", ".join(f"{d}: {r.data_name} {r.data_fingerprint}" for d, r in zip(args.run_dirs, retrievers))
                              + "); give runs of one dataset")
+    seconds = [Retriever.beside(d, r) for d, r in zip(args.second, retrievers)] if args.second else [None] * len(retrievers)
     model = hydra.utils.instantiate(cfg).fit(retrievers[0].data)  # one data: one co-occurrence model
-    runs = [one_run(r, model, d, args.k, args.fusion, args.k0, args.weights) for r, d in zip(retrievers, args.run_dirs)]
+    runs = [one_run(r, model, d, args.k, args.fusion, args.k0, args.weights, sec, args.second_weights)
+            for r, d, sec in zip(retrievers, args.run_dirs, seconds)]
 
     def figures(split: str, key: str) -> list[float]:
         return [r[split][key] for r in runs]
@@ -231,8 +273,10 @@ def main() -> int:
     print("|---|---|---|---|")
     labels = {"retriever": f"retriever top {args.k}", "co-occurrence": f"co-occurrence top {args.k}",
               "union <=2K": f"union, deduplicated (<= {2 * args.k})",
-              "union of K": f"union of {args.k} ({args.k // 2} + {args.k // 2}, filled)"}
-    for name in SOURCES:
+              "union of K": f"union of {args.k} ({args.k // 2} + {args.k // 2}, filled)",
+              "second retriever": f"second retriever top {args.k}",
+              "union of three": f"union of all three, deduplicated (<= {3 * args.k})"}
+    for name in SOURCES + (SECOND_SOURCES if args.second else ()):
         count = "candidates/" + name
         print(f"| {labels[name]} | {mean_std(figures('valid', name))} | {mean_std(figures('test', name))} | "
               f"{np.mean(figures('valid', count)):.1f} / {np.mean(figures('test', count)):.1f} |")

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from recfunnel.eval.funnel import evaluate_funnel  # noqa: E402
 from recfunnel.runs import RESUMABLE_KEYS, config_differences, ranker_data, ranker_task  # noqa: E402
-from recfunnel.serving.fusion import RankFusion  # noqa: E402
+from recfunnel.serving.fusion import RankFusion, read_second_retriever_run  # noqa: E402
 from recfunnel.serving.pipeline import Funnel, item_catalogue  # noqa: E402
 from recfunnel.serving.rerank import build_reranker  # noqa: E402
 from recfunnel.serving.retriever import Retriever, read_retriever_runs  # noqa: E402
@@ -53,7 +53,8 @@ def check_runs(runs: list[Path]) -> None:
                 raise RecfunnelError(f"{run / name} is missing; give finished `recfunnel.funnel` runs")
     first = OmegaConf.to_container(OmegaConf.load(runs[0] / "config.yaml"))
     for run in runs[1:]:
-        if [p.resolve() for p in read_retriever_runs(run)] != [p.resolve() for p in read_retriever_runs(runs[0])]:
+        if [p.resolve() for p in read_retriever_runs(run)] != [p.resolve() for p in read_retriever_runs(runs[0])] or \
+                str(read_second_retriever_run(run)) != str(read_second_retriever_run(runs[0])):
             raise RecfunnelError(f"{run} ranks another retriever's candidates than {runs[0]}: give runs of one first stage")
         differ = config_differences(first, OmegaConf.to_container(OmegaConf.load(run / "config.yaml")),
                                     (*RESUMABLE_KEYS, "seed", "hydra.", "retriever."))
@@ -74,7 +75,7 @@ def main() -> None:
     check_runs(args.runs)
     cfg = OmegaConf.load(args.runs[0] / "config.yaml")
     retriever = Retriever.from_run(read_retriever_runs(args.runs[0]), data_dir=args.data_dir)
-    fusion = RankFusion.build(retriever, cfg.get("first_stage"), seed=cfg.seed)
+    fusion = RankFusion.of_funnel_run(retriever, args.runs[0], cfg)
     dm = ranker_data(cfg, retriever, fusion)
     rankers = []
     for run in args.runs:

@@ -38,6 +38,30 @@ def test_candidate_recall_gives_mean_and_spread_over_runs_and_refuses_a_folder_t
     assert f"{tmp_path}: no config.yaml; give finished `recfunnel.train` runs of a retrieval model" in proc.stderr
 
 
+def test_candidate_recall_adds_a_second_retriever_as_a_third_source(funnel_run, tmp_path):
+    """``--second``: with the retriever itself as its second, the second source's row is the
+    retriever's, the union of three is the two-source union, and the three-way fusion joins the grid."""
+    retriever = funnel_run / "retriever"
+    out = tmp_path / "three.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "candidate_recall.py"), str(retriever),
+                           "--second", str(retriever), "--k", "20", "--fusion", "--k0", "10", "--weights", "0.7",
+                           "--second-weights", "0.2", "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| second retriever top 20 |" in proc.stdout and "| union of all three, deduplicated (<= 60) |" in proc.stdout
+    runs = json.loads(out.read_text())["runs"]
+    for split in ("valid", "test"):
+        r = runs[0][split]
+        assert r["second retriever"] == r["retriever"] > 0
+        assert r["union of three"] == r["union <=2K"] and r["candidates/union of three"] == r["candidates/union <=2K"]
+        fusion = runs[0]["fusion"][split]
+        assert set(fusion) == {"two-tower", "co-occurrence", "second retriever", "fusion k0=10 w=0.7",
+                               "fusion k0=10 w=0.7 s=0.2"}
+        assert fusion["second retriever"] == fusion["two-tower"]
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "candidate_recall.py"), str(retriever),
+                           "--second", str(retriever), str(retriever)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "--second names 2 run(s) for 1 run_dir(s)" in proc.stderr
+
+
 def test_ranker_average_rebuilds_each_rankers_figures_and_scores_their_mean(funnel_run, tmp_path):
     """``benchmarks/ranker_average.py``: each run's ranked and final valid NDCG@10, rebuilt from its
     checkpoint, equal the run's own; the mean of the logits gets figures of its own; runs over other

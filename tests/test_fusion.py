@@ -81,12 +81,17 @@ def test_no_leakage_from_a_users_own_train_events(cross, ml100k_data):
     assert (cross.full.matrix != other.full.matrix).nnz > 0
 
 
-def fused_by_hand(tt: np.ndarray, co: np.ndarray, seen: set, k: int, depth: int, w: float, k0: float) -> list[int]:
-    """Reciprocal-rank fusion of two full score rows, each cut to its top ``depth`` unseen items."""
-    def ranking(s):
-        return [j for j in sorted(range(len(s)), key=lambda j: (-s[j], j)) if j not in seen][:depth]
+def fused_by_hand(tt: np.ndarray, co: np.ndarray, seen: set, k: int, depth: int, w: float, k0: float,
+                  second: np.ndarray | None = None, s: float = 0.0) -> list[int]:
+    """Reciprocal-rank fusion of full score rows (two-tower, co-occurrence, and a second retriever's at
+    weight ``s``), each cut to its top ``depth`` unseen items."""
+    def ranking(scores):
+        return [j for j in sorted(range(len(scores)), key=lambda j: (-scores[j], j)) if j not in seen][:depth]
     fused: dict[int, float] = {}
-    for order, weight in ((ranking(tt), w), (ranking(co), 1 - w)):
+    sources = [(ranking(tt), (1 - s) * w), (ranking(co), (1 - s) * (1 - w))]
+    if second is not None:
+        sources.append((ranking(second), s))
+    for order, weight in sources:
         for r, j in enumerate(order):
             fused[j] = fused.get(j, 0.0) + weight / (k0 + r + 1)
     return sorted(fused, key=lambda j: (-fused[j], j))[:k]
@@ -109,6 +114,52 @@ def test_fused_lists_are_reciprocal_rank_fusion_of_both_sources(cross, pipe, ml1
     assert (np.diff(scores, axis=1) <= 0).all()
 
 
+def fake_retriever(vectors: np.ndarray) -> Retriever:
+    retriever = Retriever.__new__(Retriever)  # ``search`` reads only the index
+    retriever.index = ItemIndex.build(vectors, kind="flat")
+    return retriever
+
+
+def test_a_second_retriever_is_a_third_source_read_from_its_block_of_the_queries(cross, pipe, ml100k_data):
+    """Queries (B, d1 + d2): the two-tower ranks with the first d1 columns, the second retriever with
+    the rest; the fused lists are three-way reciprocal-rank fusion."""
+    rng = np.random.default_rng(5)
+    first, second = (rng.normal(size=(ml100k_data.num_items, d)).astype(np.float32) for d in (8, 4))
+    fusion = RankFusion(fake_retriever(first), cross, weight=0.7, k0=10, depth=40, second=fake_retriever(second),
+                        second_weight=0.2)
+    rows = rng.choice(EvalSet.build(ml100k_data, "valid").rows, 30, replace=False)
+    queries = rng.normal(size=(len(rows), 12)).astype(np.float32)
+    seen = Retriever.seen_before(pipe, rows)
+    items, _ = fusion.search(pipe, rows, queries, seen, k=25)
+    co = cross.scores(pipe, rows)
+    for b in range(len(rows)):
+        s = set(seen[1][seen[0][b]:seen[0][b + 1]].tolist())
+        want = fused_by_hand(first @ queries[b, :8], co[b], s, 25, 40, 0.7, 10.0, second @ queries[b, 8:], 0.2)
+        assert items[b].tolist() == want
+    # without co-occurrence: the two retrievers alone, the first at weight 1 - second_weight
+    pair = RankFusion(fake_retriever(first), None, k0=10, depth=40, second=fake_retriever(second), second_weight=0.2)
+    items, _ = pair.search(pipe, rows, queries, seen, k=25)
+    nothing = np.full(ml100k_data.num_items, -np.inf)
+    for b in range(len(rows)):
+        s = set(seen[1][seen[0][b]:seen[0][b + 1]].tolist())
+        want = fused_by_hand(first @ queries[b, :8], nothing, s, 25, 40, 1.0, 10.0, second @ queries[b, 8:], 0.2)
+        assert items[b].tolist() == want
+
+
+def test_pair_features_read_the_retrievers_block_of_wider_queries(pipe, ml100k_data):
+    """A first stage with a second retriever hands the ranker (B, d1 + d2) queries: the pair features
+    are those of the retriever's d1 columns alone."""
+    d = ml100k_data
+    rng = np.random.default_rng(6)
+    pairs = PairFeatures(rng.normal(size=(d.num_items, 8)).astype(np.float32), genre_matrix(d.tables.items))
+    rows = EvalSet.build(d, "test").rows[:32]
+    cands = rng.integers(-1, d.num_items, size=(32, 10))
+    queries = rng.normal(size=(32, 12)).astype(np.float32)
+    wide = pairs(pipe, rows, queries, cands, cands)
+    np.testing.assert_array_equal(wide, pairs(pipe, rows, queries[:, :8], cands, cands))
+    assert not np.array_equal(wide, pairs(pipe, rows, queries[:, 4:], cands, cands))
+
+
 def test_pair_features_add_the_cooccurrence_score(cross, pipe, ml100k_data):
     d = ml100k_data
     vectors = np.random.default_rng(3).normal(size=(d.num_items, 8)).astype(np.float32)
@@ -128,7 +179,8 @@ def test_pair_features_add_the_cooccurrence_score(cross, pipe, ml100k_data):
 def test_bad_options_are_one_line_naming_the_key(ml100k_data):
     with pytest.raises(RecfunnelError, match="first_stage.folds"):
         CrossFitted(Cooccurrence, ml100k_data, folds=1)
-    for key, kwargs in (("first_stage.weight", {"weight": 1.5}), ("first_stage.k0", {"k0": 0})):
+    for key, kwargs in (("first_stage.weight", {"weight": 1.5}), ("first_stage.k0", {"k0": 0}),
+                        ("first_stage.second_weight", {"second_weight": 1.0})):
         with pytest.raises(RecfunnelError, match=key):
             RankFusion(None, None, **kwargs)
 

@@ -45,7 +45,7 @@ from recfunnel.eval.protocol import evaluate as evaluate_protocol
 from recfunnel.eval.report import flatten, print_metrics, write_funnel_report, write_metrics
 from recfunnel.eval.slices import target_slices
 from recfunnel.models.multitask import ObjectiveMix, check_heads
-from recfunnel.serving.fusion import RankFusion
+from recfunnel.serving.fusion import SECOND_RUN_FILE, RankFusion, read_second_retriever_run
 from recfunnel.serving.index import ItemIndex, index_fingerprint
 from recfunnel.serving.pipeline import Funnel, item_catalogue
 from recfunnel.serving.rerank import build_reranker
@@ -502,11 +502,11 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-def train_retriever(cfg: DictConfig, out: Path, member: int = 0) -> Path:
-    """The funnel's first stage: a ``train`` run with ``retriever.overrides`` in ``out`` (unless it
-    finished there), in the funnel's W&B group. Member ``m`` of an ensemble (``retriever.members``)
-    trains with seed ``seed + 1000 m``, so the ensembles of seeds 0, 1, 2, ... share no member and
-    member 0 is the single retriever of the same seed."""
+def train_retriever(cfg: DictConfig, out: Path, member: int = 0, role: str = "retriever") -> Path:
+    """The funnel's first stage: a ``train`` run with ``{role}.overrides`` (``retriever`` or
+    ``second_retriever``) in ``out`` (unless it finished there), in the funnel's W&B group. Member
+    ``m`` of an ensemble (``retriever.members``) trains with seed ``seed + 1000 m``, so the ensembles
+    of seeds 0, 1, 2, ... share no member and member 0 is the single retriever of the same seed."""
     from hydra import compose
     from hydra.core.hydra_config import HydraConfig
 
@@ -519,10 +519,12 @@ def train_retriever(cfg: DictConfig, out: Path, member: int = 0) -> Path:
     # the funnel's own trainer.* command-line overrides (e.g. trainer.enable_progress_bar=false) apply too
     inherited += [o for o in HydraConfig.get().overrides.task if o.startswith("trainer.")]
     group, base = run_identity(cfg)
-    overrides = inherited + list(cfg.retriever.overrides) + [
+    name = base + (f"-member{member}" if member else "") + ("-second" if role == "second_retriever" else "")
+    overrides = inherited + list(cfg[role].overrides) + [
         f"paths.output_dir={out.resolve()}", f"paths.data_dir={cfg.paths.data_dir}", f"seed={cfg.seed + 1000 * member}",
-        f"group={group}", f"run_name={base}" + (f"-member{member}" if member else "")]
-    log.info("training the retriever%s: recfunnel.train %s", f" (member {member})" if member else "", " ".join(overrides))
+        f"group={group}", f"run_name={name}"]
+    log.info("training the %s%s: recfunnel.train %s", role.replace("_", " "), f" (member {member})" if member else "",
+             " ".join(overrides))
     train(compose(config_name="train", overrides=overrides))
     return out
 
@@ -542,24 +544,39 @@ def train_retrievers(cfg: DictConfig, out: Path) -> list[Path]:
     return [train_retriever(cfg, out / ("retriever" if m == 0 else f"retriever_{m}"), m) for m in range(members)]
 
 
+def second_retriever_run(cfg: DictConfig, out: Path) -> Path | None:
+    """The first stage's ``second_retriever``: its ``run_dir`` when given, else a run with its
+    ``overrides`` trained into ``out/second_retriever``; None when both are null."""
+    second = cfg.get("second_retriever") or {}
+    if second.get("run_dir"):
+        return Path(second.run_dir)
+    if second.get("overrides"):
+        return train_retriever(cfg, out / "second_retriever", role="second_retriever")
+    return None
+
+
 def run_funnel(cfg: DictConfig) -> dict[str, float]:
     """The whole funnel (see ``recfunnel.funnel``); returns the flat metrics of ``metrics.json``."""
     check_objectives(cfg)
     ranker_dir = reusable_ranker(cfg)  # checked before the run directory is written
     with open_run(cfg) as run:
         if ranker_dir is not None:
-            retriever_dirs = read_retriever_runs(ranker_dir)
+            retriever_dirs, second_dir = read_retriever_runs(ranker_dir), read_second_retriever_run(ranker_dir)
         else:
             retriever_dirs = given_retriever_runs(cfg) or train_retrievers(cfg, run.out)
+            second_dir = second_retriever_run(cfg, run.out)
         # the retriever's own data (checked against its fingerprint), or the folder asked for on the command line
         retriever = Retriever.from_run(retriever_dirs, data_dir=_data_dir_given(cfg))
         record_data(run, retriever.data_name, retriever.data_dir, retriever.data_fingerprint)
-        fusion = RankFusion.build(retriever, cfg.get("first_stage"), seed=cfg.seed)
+        second = Retriever.beside(second_dir, retriever) if second_dir else None
+        fusion = RankFusion.build(retriever, cfg.get("first_stage"), seed=cfg.seed, second=second)
         dm, task, metrics = train_ranker(run, retriever, fusion, ranker_dir)
         metrics.update(evaluate_stages(cfg, retriever, dm, task, fusion))
         if not is_main_process():
             return metrics
         (run.out / "retriever_run.txt").write_text("".join(f"{d.resolve()}\n" for d in retriever_dirs))
+        if second_dir:
+            (run.out / SECOND_RUN_FILE).write_text(f"{second_dir.resolve()}\n")
         write_metrics(run.out, metrics)
         report = write_funnel_report(run.out, metrics, cfg.funnel.top_n)
         finish_loggers(build_loggers(run, "funnel", run.resolved, csv=False), metrics,

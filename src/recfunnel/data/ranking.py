@@ -75,7 +75,9 @@ class CooccurrenceScores(Protocol):
 
 class CandidateSource(Protocol):
     """What the ranker's data needs of the first stage (``recfunnel.serving.retriever.Retriever``
-    is one): its data and item vectors, and candidate lists for event rows."""
+    is one): its data and item vectors, and candidate lists for event rows. The query vectors may
+    carry more columns than the item vectors (a first stage with a second retriever,
+    ``recfunnel.serving.fusion.RankFusion``: (B, d + d2)); the pair features read the first d."""
 
     data: SplitData
     item_vectors: np.ndarray  # (I, d)
@@ -115,8 +117,7 @@ class PairFeatures:
     RECENT = 5
 
     def __init__(self, item_vectors: np.ndarray, genres: np.ndarray, profile_len: int = 50,
-                 cooccurrence: CooccurrenceScores | None = None, objectives: Mapping[str, Any] | None = None,
-                 data: SplitData | None = None):
+                 cooccurrence: CooccurrenceScores | None = None, data: SplitData | None = None):
         self.item_vectors = np.asarray(item_vectors, np.float32)
         norm = np.linalg.norm(self.item_vectors, axis=1, keepdims=True)
         self.unit_vectors = self.item_vectors / np.maximum(norm, 1e-12)
@@ -129,12 +130,12 @@ class PairFeatures:
 
     def __call__(self, pipeline: FeaturePipeline, rows: np.ndarray, queries: np.ndarray, cands: np.ndarray,
                  lists: np.ndarray, in_sample: bool = False, here: np.ndarray | None = None) -> np.ndarray:
-        """rows (B,) of ``pipeline``; queries (B, d) their retriever vectors; cands (B, C) items (−1 =
-        empty); lists (B, K) the first stage's top-K for the rank feature; ``in_sample``: the rows are
-        train events (out-of-fold co-occurrence); ``here`` (B, 2): where the users are, when the
-        request says (default: ``UserLocations.where``) → (B, C, P) float32."""
+        """rows (B,) of ``pipeline``; queries (B, ≥ d) their first stage's vectors (the retriever's d
+        first); cands (B, C) items (−1 = empty); lists (B, K) the first stage's top-K for the rank
+        feature; ``in_sample``: the rows are train events (out-of-fold co-occurrence); ``here`` (B, 2):
+        where the users are, when the request says (default: ``UserLocations.where``) → (B, C, P) float32."""
         safe = np.maximum(cands, 0)
-        score = np.einsum("bd,bcd->bc", queries, self.item_vectors[safe])
+        score = np.einsum("bd,bcd->bc", queries[:, :self.item_vectors.shape[1]], self.item_vectors[safe])
         match = (lists[:, None, :] == cands[:, :, None]) & (cands[:, :, None] >= 0)
         rank = np.where(match.any(2), match.argmax(2) + 1, lists.shape[1] + 1)
         events, lengths = pipeline.history_events(rows, self.profile_len)

@@ -1,17 +1,26 @@
-"""The funnel's first stage from two sources: the two-tower retriever fused with item-to-item co-occurrence.
+"""The funnel's first stage from several sources: the two-tower retriever fused with item-to-item
+co-occurrence and, optionally, a second retriever.
 
-    fusion = RankFusion.build(retriever, cfg.first_stage)   # None when first_stage.cooccurrence is null
+    fusion = RankFusion.build(retriever, cfg.first_stage, second=second)  # None: the index alone
     queries, lists, scores = fusion.retrieve(rows, k=100)   # a CandidateSource, as a Retriever is
 
-Each source ranks the catalogue for a query event, the user's earlier items removed: the retriever
+Each source ranks the catalogue for a query event, the user's earlier items removed: a retriever
 through its FAISS index, co-occurrence (``recfunnel.models.cooccurrence``) from the user's latest
 items. The top ``depth`` of each are fused by reciprocal rank,
 
-    fused(j) = weight / (k0 + rank_two_tower(j)) + (1 - weight) / (k0 + rank_cooccurrence(j)),
+    fused(j) = (1 - s) · [w / (k0 + rank_two_tower(j)) + (1 - w) / (k0 + rank_cooccurrence(j))]
+               + s / (k0 + rank_second(j)),
 
-a source's term left out for an item outside its top ``depth``, and the K items of highest fused
-score are the candidates. The defaults (k0 = 60, weight = 0.3) were chosen on ML-100K validation
-NDCG@10 of the full-catalogue fusion (``benchmarks/candidate_recall.py --fusion``).
+a source's term left out for an item outside its top ``depth`` (w = ``weight``, s = ``second_weight``;
+without co-occurrence the two-tower term has weight 1 - s), and the K items of highest fused score are
+the candidates. The defaults (k0 = 60, weight = 0.3) were chosen on ML-100K validation NDCG@10 of the
+full-catalogue fusion (``benchmarks/candidate_recall.py --fusion``).
+
+The second retriever (the funnel's ``second_retriever``, e.g. the causal transformer beside the
+recency-pooled two-tower) reads the first one's data and features (``Retriever.beside``). A first
+stage with one has query vectors of both, side by side: (B, d1 + d2), the first retriever's d1 first;
+``item_vectors`` stays the first retriever's (what the ranker's pair features read). The second
+retriever's score as a ranker pair feature was tried on ML-100K and not kept (README, "Tried").
 
 Co-occurrence as of each event, without leakage into the ranker's training (``CrossFitted``): valid,
 test and served events are scored by the model fitted on every train event, all of which precede
@@ -24,6 +33,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -32,12 +42,27 @@ from tqdm.auto import tqdm
 
 from recfunnel.data.dataset import TRAIN, SplitData
 from recfunnel.features.pipeline import FeaturePipeline
+from recfunnel.features.store import FeatureStore
 from recfunnel.models.cooccurrence import Cooccurrence
 from recfunnel.serving.retriever import Retriever
 from recfunnel.utils.arrays import concat_ranges
 from recfunnel.utils.errors import RecfunnelError
 
 log = logging.getLogger(__name__)
+
+
+SECOND_RUN_FILE = "second_retriever_run.txt"  # in a funnel run with a second retriever: that run's directory
+
+
+def read_second_retriever_run(funnel_dir: str | Path) -> Path | None:
+    """The second retriever run a finished funnel run used (its ``second_retriever_run.txt``), or None."""
+    path = Path(funnel_dir) / SECOND_RUN_FILE
+    if not path.is_file():
+        return None
+    text = path.read_text().strip()
+    if not text:
+        raise RecfunnelError(f"{path} names no run; it should hold the second retriever's run directory")
+    return Path(text)
 
 
 def top_k_rows(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -124,37 +149,59 @@ class CrossFitted:
 
 
 class RankFusion:
-    """The retriever's and co-occurrence's top-``depth`` lists fused by reciprocal rank (module docstring).
+    """The top-``depth`` lists of the retriever, co-occurrence and a second retriever fused by
+    reciprocal rank (module docstring).
 
     Args:
         retriever: the loaded two-tower run.
-        cooccurrence: co-occurrence fitted on the retriever's data.
-        weight: the two-tower term's weight (co-occurrence's is 1 − weight), in [0, 1].
+        cooccurrence: co-occurrence fitted on the retriever's data (None: not a source).
+        weight: the two-tower term's weight against co-occurrence's (1 − weight), in [0, 1].
         k0: the rank offset (larger: flatter weights down the lists), > 0.
         depth: how much of each source's ranking is fused (≥ the candidates asked for).
+        second: a second retriever over the first one's data and features (``Retriever.beside``).
+        second_weight: its term's weight, in [0, 1); the others share 1 − second_weight.
     """
 
-    def __init__(self, retriever: Retriever, cooccurrence: CrossFitted, weight: float = 0.3, k0: float = 60.0,
-                 depth: int = 200, chunk: int = 512):
+    def __init__(self, retriever: Retriever, cooccurrence: CrossFitted | None, weight: float = 0.3, k0: float = 60.0,
+                 depth: int = 200, chunk: int = 512, second: Retriever | None = None, second_weight: float = 0.0):
         if not 0 <= weight <= 1:
             raise RecfunnelError(f"first_stage.weight={weight} is not valid; use a value in [0, 1]")
         if k0 <= 0:
             raise RecfunnelError(f"first_stage.k0={k0} is not valid; use a value > 0")
-        self.retriever, self.cooccurrence = retriever, cooccurrence
+        if not 0 <= second_weight < 1:
+            raise RecfunnelError(f"first_stage.second_weight={second_weight} is not valid; use a value in [0, 1)")
+        self.retriever, self.cooccurrence, self.second = retriever, cooccurrence, second
         self.weight, self.k0, self.depth, self.chunk = float(weight), float(k0), int(depth), chunk
+        self.second_weight = float(second_weight)
 
     @classmethod
-    def build(cls, retriever: Retriever, cfg: Mapping[str, Any] | None, seed: int = 0) -> RankFusion | None:
-        """From the funnel's ``first_stage`` config; None when it names no co-occurrence model."""
-        if not cfg or cfg.get("cooccurrence") is None:
+    def build(cls, retriever: Retriever, cfg: Mapping[str, Any] | None, seed: int = 0,
+              second: Retriever | None = None) -> RankFusion | None:
+        """From the funnel's ``first_stage`` config and its loaded ``second`` retriever, if any; None
+        when there is neither co-occurrence (``first_stage.cooccurrence``) nor a second retriever."""
+        cfg = cfg or {}
+        options = cfg.get("cooccurrence")
+        if options is None and second is None:
             return None
-        options = cfg["cooccurrence"]
-        folds = {"folds": int(cfg["folds"])} if "folds" in cfg else {}
-        cooc = CrossFitted(lambda: hydra.utils.instantiate(options), retriever.data, seed=seed, **folds)
-        fusion = cls(retriever, cooc, **{k: cfg[k] for k in ("weight", "k0", "depth") if k in cfg})
-        log.info("first stage: two-tower fused with co-occurrence (weight %.2f, k0 %g, depth %d, %d folds)",
-                 fusion.weight, fusion.k0, fusion.depth, cooc.folds)
+        cooc = None
+        if options is not None:
+            folds = {"folds": int(cfg["folds"])} if "folds" in cfg else {}
+            cooc = CrossFitted(lambda: hydra.utils.instantiate(options), retriever.data, seed=seed, **folds)
+        fusion = cls(retriever, cooc, **{k: cfg[k] for k in ("weight", "k0", "depth", "second_weight") if k in cfg},
+                     second=second)
+        log.info("first stage: two-tower%s%s fused by reciprocal rank (weight %.2f, k0 %g, depth %d)",
+                 f" + co-occurrence ({cooc.folds} folds)" if cooc else "",
+                 f" + {second.run_dir} (second_weight {fusion.second_weight:.2f})" if second else "",
+                 fusion.weight, fusion.k0, fusion.depth)
         return fusion
+
+    @classmethod
+    def of_funnel_run(cls, retriever: Retriever, funnel_dir: str | Path, cfg: Mapping[str, Any]) -> RankFusion | None:
+        """The first stage of the finished funnel run ``funnel_dir`` (its config ``cfg``) over its loaded
+        ``retriever``: the fusion refitted (deterministic), its second retriever loaded beside it."""
+        second = read_second_retriever_run(funnel_dir)
+        return cls.build(retriever, cfg.get("first_stage"), seed=cfg["seed"],
+                         second=Retriever.beside(second, retriever) if second else None)
 
     # what the ranker's data needs of a first stage (recfunnel.data.ranking.CandidateSource)
     @property
@@ -165,39 +212,54 @@ class RankFusion:
     def item_vectors(self) -> np.ndarray:
         return self.retriever.item_vectors
 
+    def query_vectors(self, pipeline: FeaturePipeline | FeatureStore, rows: np.ndarray) -> np.ndarray:
+        """(B, d1 [+ d2]) the retriever's query vectors for event ``rows`` (B,) of ``pipeline`` (the
+        retriever's pipeline, store or a request view), the second retriever's beside them."""
+        queries = self.retriever.query_vectors(pipeline, rows)
+        if self.second is None:
+            return queries
+        return np.concatenate([queries, self.second.query_vectors(pipeline, rows)], axis=1)
+
     def retrieve(self, rows: np.ndarray, k: int, what: str = "events") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Query vectors (B, d), fused top-``k`` lists (B, k; the user's earlier items removed, −1 pads)
-        and their fused scores (B, k) for event ``rows`` (B,) of the retriever's data; train events
-        read out-of-fold co-occurrence."""
+        """Query vectors (B, d1 [+ d2]; ``query_vectors``), fused top-``k`` lists (B, k; the user's
+        earlier items removed, −1 pads) and their fused scores (B, k) for event ``rows`` (B,) of the
+        retriever's data; train events read out-of-fold co-occurrence."""
         r = self.retriever
         queries, lists, scores = [], [], []
         for lo in tqdm(range(0, len(rows), self.chunk), desc=f"retrieving and fusing for {what}", leave=False,
                        disable=len(rows) <= 8 * self.chunk):
             part = rows[lo:lo + self.chunk]
-            q = r.query_vectors(r.store, part)
+            q = self.query_vectors(r.store, part)
             items, s = self.search(r.pipeline, part, q, r.seen_before(r.pipeline, part), k,
                                    in_sample=r.data.split[part] == TRAIN)
             queries.append(q), lists.append(items), scores.append(s)
         if not lists:
-            return np.zeros((0, r.index.dim), np.float32), np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
+            dim = r.index.dim + (self.second.index.dim if self.second is not None else 0)
+            return np.zeros((0, dim), np.float32), np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
         return np.concatenate(queries), np.concatenate(lists), np.concatenate(scores)
 
     def search(self, pipeline: FeaturePipeline, rows: np.ndarray, queries: np.ndarray,
                seen: tuple[np.ndarray, np.ndarray], k: int, in_sample: np.ndarray | bool = False
                ) -> tuple[np.ndarray, np.ndarray]:
         """Fused top-``k`` items (B, k) int64 (−1 where fewer remain) and fused scores (B, k) float32
-        (−inf there) for event ``rows`` (B,) of ``pipeline`` with retriever ``queries`` (B, d), without
-        each row's ``seen`` items (CSR: indptr (B+1,), items)."""
+        (−inf there) for event ``rows`` (B,) of ``pipeline`` with ``queries`` (B, d1 [+ d2];
+        ``query_vectors``), without each row's ``seen`` items (CSR: indptr (B+1,), items)."""
         B, num_items = len(rows), self.retriever.index.num_items
         depth = max(self.depth, k)
-        two_tower, _ = self.retriever.search(queries, depth, seen=seen)
-        cooc = self.cooccurrence.scores(pipeline, rows, in_sample).copy()
-        ptr, seen_items = seen
-        cooc[np.repeat(np.arange(B), np.diff(ptr)), seen_items] = -np.inf
-        cooccurrence, _ = top_k_rows(cooc, depth)
+        d1 = self.retriever.index.dim
+        rest = 1.0 - self.second_weight
+        two_tower, _ = self.retriever.search(queries[:, :d1], depth, seen=seen)
+        sources = [(two_tower, rest * (self.weight if self.cooccurrence is not None else 1.0))]
+        if self.cooccurrence is not None:
+            cooc = self.cooccurrence.scores(pipeline, rows, in_sample).copy()
+            ptr, seen_items = seen
+            cooc[np.repeat(np.arange(B), np.diff(ptr)), seen_items] = -np.inf
+            sources.append((top_k_rows(cooc, depth)[0], rest * (1.0 - self.weight)))
+        if self.second is not None:
+            sources.append((self.second.search(queries[:, d1:], depth, seen=seen)[0], self.second_weight))
         fused = np.zeros((B, num_items), np.float64)
         member = np.zeros((B, num_items), bool)
-        for items, w in ((two_tower, self.weight), (cooccurrence, 1.0 - self.weight)):
+        for items, w in sources:
             b, rank = np.nonzero(items >= 0)
             fused[b, items[b, rank]] += w / (self.k0 + rank + 1)
             member[b, items[b, rank]] = True

@@ -48,8 +48,8 @@ class Funnel:
         reranker: the re-ranking stages.
         catalogue: item attributes for re-ranking.
         candidates: K retrieved per query; top_n: N returned.
-        fusion: the first stage when it fuses the retriever with co-occurrence
-            (``recfunnel.serving.fusion``); None: the retriever's index alone.
+        fusion: the first stage when it fuses the retriever with co-occurrence or a second
+            retriever (``recfunnel.serving.fusion``); None: the retriever's index alone.
     """
 
     def __init__(self, retriever: Retriever, ranker: DLRM, pairs: PairFeatures, reranker: Reranker,
@@ -86,7 +86,7 @@ class Funnel:
         (B, 2) (lat, lon) say where the users are (default: the module docstring's).
         """
         r = self.retriever
-        queries = r.query_vectors(retriever_pipeline, rows)
+        queries = (self.fusion or r).query_vectors(retriever_pipeline, rows)  # (B, d [+ d2]), see RankFusion
         users = self.seen(retriever_pipeline, rows, locations)
         seen = (users.indptr, users.indices)
         if candidates is None and self.fusion is not None:
@@ -99,7 +99,7 @@ class Funnel:
             if bad.size:
                 raise RecfunnelError(f"candidates reference item indices {sorted(set(bad.tolist()))[:5]} outside the "
                                      f"catalogue [0, {r.index.num_items}); pass items of the retriever's catalogue")
-            scores = np.einsum("bd,bcd->bc", queries, r.item_vectors[items])
+            scores = np.einsum("bd,bcd->bc", queries[:, :r.index.dim], r.item_vectors[items])
             order = np.argsort(-scores, axis=1, kind="stable")
             items, scores = np.take_along_axis(items, order, 1), np.take_along_axis(scores, order, 1)
         retrieval = Slate(items, scores)

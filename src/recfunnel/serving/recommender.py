@@ -110,7 +110,7 @@ class Recommender:
                 f"{retriever.run_dir} loads {retriever.data_name} tables with fingerprint {retriever.data_fingerprint} "
                 f"from {retriever.data_dir}; point retriever_run.txt at the retriever it was trained with, or pass "
                 "data_dir=a folder holding the tables it was trained on")
-        fusion = RankFusion.build(retriever, cfg.get("first_stage"), seed=cfg.seed)  # refitted: deterministic
+        fusion = RankFusion.of_funnel_run(retriever, run_dir, cfg)
         schema, pipeline, genres, pairs = ranker_inputs(retriever.data, retriever.item_vectors, cfg.features,
                                                         cfg.pairs.profile_len, fusion.cooccurrence if fusion else None)
         net = hydra.utils.instantiate(cfg.model.net)(schema=schema, num_embeddings=pipeline.num_embeddings,

@@ -128,10 +128,9 @@ class _Member(NamedTuple):
         return cls(cfg, dm, task.net.eval(), index, fingerprint)
 
 
-def _ensemble_index(run_dirs: Sequence[Path], members: Sequence[_Member]) -> ItemIndex:
-    """The index of an ensemble (module docstring) over its members' concatenated item vectors, after
-    checking that the members can form one: the same tables, features and items (else one error
-    naming the first member and the one that differs)."""
+def _check_joinable(run_dirs: Sequence[Path], members: Sequence[_Member], what: str) -> None:
+    """The runs can serve together (``what``: e.g. "one retriever ensemble"): the same tables, features
+    and items; else one error naming the first run and the one that differs."""
     first = members[0]
     for run_dir, m in zip(run_dirs[1:], members[1:]):
         differs = ("data fingerprints" if m.fingerprint != first.fingerprint else
@@ -139,9 +138,15 @@ def _ensemble_index(run_dirs: Sequence[Path], members: Sequence[_Member]) -> Ite
                    OmegaConf.to_container(first.cfg.features, resolve=True) else
                    "item ids" if not np.array_equal(m.index.item_ids, first.index.item_ids) else None)
         if differs:
-            raise RecfunnelError(f"{run_dir} cannot join {run_dirs[0]} in one retriever ensemble: their {differs} "
-                                 "differ; an ensemble's runs train on the same data with the same features "
-                                 "(e.g. seeds of one configuration)")
+            raise RecfunnelError(f"{run_dir} cannot join {run_dirs[0]} in {what}: their {differs} differ; "
+                                 "train it on the same data with the same features (e.g. the same features= override)")
+
+
+def _ensemble_index(run_dirs: Sequence[Path], members: Sequence[_Member]) -> ItemIndex:
+    """The index of an ensemble (module docstring) over its members' concatenated item vectors, after
+    checking that the members can form one (``_check_joinable``)."""
+    _check_joinable(run_dirs, members, "one retriever ensemble")
+    first = members[0]
     vectors = np.concatenate([m.index.index.reconstruct_n(0, m.index.num_items) for m in members], axis=1)
     base = first.index
     index = ItemIndex.build(vectors, base.item_ids, base.kind, fingerprint="ensemble: " + ", ".join(
@@ -204,6 +209,17 @@ class Retriever:
         members = [first] + [_Member.load(d, data_dir, like=first) for d in run_dirs[1:]]
         index = first.index if len(members) == 1 else _ensemble_index(run_dirs, members)
         return cls(run_dirs, first.cfg, first.dm, [m.net for m in members], index, data_fingerprint=first.fingerprint)
+
+    @classmethod
+    def beside(cls, run_dir: str | Path, first: Retriever) -> Retriever:
+        """A second retriever (a finished ``recfunnel.train`` run, e.g. of another user tower) that reads
+        ``first``'s data and features, sharing its DataModule, so that both score the same event rows
+        and request views; a run over other tables, features or items is refused in one line."""
+        run_dir = Path(run_dir)
+        like = _Member(first.cfg, first.dm, first.net, first.index, first.data_fingerprint)
+        member = _Member.load(run_dir, str(first.cfg.paths.data_dir), like=like)
+        _check_joinable([first.run_dir, run_dir], [like, member], "one first stage (second_retriever)")
+        return cls([run_dir], member.cfg, member.dm, [member.net], member.index, data_fingerprint=member.fingerprint)
 
     @property
     def data(self) -> SplitData:
