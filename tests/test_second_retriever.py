@@ -89,6 +89,8 @@ def test_a_second_retriever_over_other_features_is_refused_in_one_line(second_ru
     first = Retriever.from_run(read_retriever_runs(second_run), data_dir=str(DATA_DIR))
     with pytest.raises(RecfunnelError, match=r"cannot join .* in one first stage \(second_retriever\): their features"):
         Retriever.beside(other, first)
+    with pytest.raises(RecfunnelError, match=r"config.yaml is missing: second_retriever.run_dir must be a finished"):
+        Retriever.beside(tmp_path / "no-run", first)
 
     bad = tmp_path / "bad"
     proc = run("recfunnel.funnel", *TINY_FUNNEL, "logger=none", f"retriever.run_dir={read_retriever_runs(second_run)[0]}",

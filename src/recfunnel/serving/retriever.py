@@ -90,18 +90,20 @@ class _Member(NamedTuple):
     fingerprint: str
 
     @classmethod
-    def load(cls, run_dir: Path, data_dir: str | None, like: _Member | None = None) -> _Member:
+    def load(cls, run_dir: Path, data_dir: str | None, like: _Member | None = None,
+             key: str = "retriever.run_dir") -> _Member:
         """See ``Retriever.from_run``. ``like``: an ensemble's first member, whose DataModule this run
-        shares when it reads the same data with the same features (built once, not once a member)."""
+        shares when it reads the same data with the same features (built once, not once a member).
+        ``key``: the config key the run was given by, for the errors."""
         cfg_path, ckpt = run_dir / "config.yaml", run_dir / "checkpoints" / "best.ckpt"
         for path in (cfg_path, ckpt, run_dir / "index"):
             if not path.exists():
-                raise RecfunnelError(f"{path} is missing: retriever.run_dir must be a finished `recfunnel.train` run "
+                raise RecfunnelError(f"{path} is missing: {key} must be a finished `recfunnel.train` run "
                                      "of a retrieval model (model=two_tower)")
         cfg = OmegaConf.load(cfg_path)
         if not str(cfg.model.get("_target_", "")).endswith("RetrievalTask"):
             raise RecfunnelError(f"{run_dir} trained {cfg.model.get('_target_')}, not a retrieval model; "
-                                 "retriever.run_dir needs a two-tower run")
+                                 f"{key} needs a two-tower run")
         info = read_run_info(run_dir)
         own = str(cfg.paths.data_dir)
         if info.get("data_dir") and not Path(own).is_absolute():  # relative to wherever it was launched from
@@ -217,7 +219,7 @@ class Retriever:
         and request views; a run over other tables, features or items is refused in one line."""
         run_dir = Path(run_dir)
         like = _Member(first.cfg, first.dm, first.net, first.index, first.data_fingerprint)
-        member = _Member.load(run_dir, str(first.cfg.paths.data_dir), like=like)
+        member = _Member.load(run_dir, str(first.cfg.paths.data_dir), like=like, key="second_retriever.run_dir")
         _check_joinable([first.run_dir, run_dir], [like, member], "one first stage (second_retriever)")
         return cls([run_dir], member.cfg, member.dm, [member.net], member.index, data_fingerprint=member.fingerprint)
 
