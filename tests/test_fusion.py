@@ -97,27 +97,30 @@ def fused_by_hand(tt: np.ndarray, co: np.ndarray, seen: set, k: int, depth: int,
     return sorted(fused, key=lambda j: (-fused[j], j))[:k]
 
 
-def test_fused_lists_are_reciprocal_rank_fusion_of_both_sources(cross, pipe, ml100k_data):
-    rng = np.random.default_rng(2)
-    vectors = rng.normal(size=(ml100k_data.num_items, 8)).astype(np.float32)
-    retriever = Retriever.__new__(Retriever)  # ``search`` reads only the index
-    retriever.index = ItemIndex.build(vectors, kind="flat")
-    fusion = RankFusion(retriever, cross, weight=0.3, k0=60, depth=40)
-    rows = rng.choice(EvalSet.build(ml100k_data, "test").rows, 40, replace=False)
-    queries = rng.normal(size=(len(rows), 8)).astype(np.float32)
-    seen = Retriever.seen_before(pipe, rows)
-    items, scores = fusion.search(pipe, rows, queries, seen, k=25)
-    co = cross.scores(pipe, rows)
-    for b in range(len(rows)):
-        s = set(seen[1][seen[0][b]:seen[0][b + 1]].tolist())
-        assert items[b].tolist() == fused_by_hand(vectors @ queries[b], co[b], s, 25, 40, 0.3, 60.0)
-    assert (np.diff(scores, axis=1) <= 0).all()
-
-
 def fake_retriever(vectors: np.ndarray) -> Retriever:
     retriever = Retriever.__new__(Retriever)  # ``search`` reads only the index
     retriever.index = ItemIndex.build(vectors, kind="flat")
     return retriever
+
+
+def assert_fused(fusion: RankFusion, pipe, rows: np.ndarray, queries: np.ndarray, by_hand) -> None:
+    """``fusion``'s top 25 for ``rows`` are ``by_hand(b, seen items of row b)``, scores descending."""
+    seen = Retriever.seen_before(pipe, rows)
+    items, scores = fusion.search(pipe, rows, queries, seen, k=25)
+    for b in range(len(rows)):
+        assert items[b].tolist() == by_hand(b, set(seen[1][seen[0][b]:seen[0][b + 1]].tolist()))
+    assert (np.diff(scores, axis=1) <= 0).all()
+
+
+def test_fused_lists_are_reciprocal_rank_fusion_of_both_sources(cross, pipe, ml100k_data):
+    rng = np.random.default_rng(2)
+    vectors = rng.normal(size=(ml100k_data.num_items, 8)).astype(np.float32)
+    fusion = RankFusion(fake_retriever(vectors), cross, weight=0.3, k0=60, depth=40)
+    rows = rng.choice(EvalSet.build(ml100k_data, "test").rows, 40, replace=False)
+    queries = rng.normal(size=(len(rows), 8)).astype(np.float32)
+    co = cross.scores(pipe, rows)
+    assert_fused(fusion, pipe, rows, queries,
+                 lambda b, seen: fused_by_hand(vectors @ queries[b], co[b], seen, 25, 40, 0.3, 60.0))
 
 
 def test_a_second_retriever_is_a_third_source_read_from_its_block_of_the_queries(cross, pipe, ml100k_data):
@@ -125,25 +128,18 @@ def test_a_second_retriever_is_a_third_source_read_from_its_block_of_the_queries
     the rest; the fused lists are three-way reciprocal-rank fusion."""
     rng = np.random.default_rng(5)
     first, second = (rng.normal(size=(ml100k_data.num_items, d)).astype(np.float32) for d in (8, 4))
-    fusion = RankFusion(fake_retriever(first), cross, weight=0.7, k0=10, depth=40, second=fake_retriever(second),
-                        second_weight=0.2)
     rows = rng.choice(EvalSet.build(ml100k_data, "valid").rows, 30, replace=False)
     queries = rng.normal(size=(len(rows), 12)).astype(np.float32)
-    seen = Retriever.seen_before(pipe, rows)
-    items, _ = fusion.search(pipe, rows, queries, seen, k=25)
     co = cross.scores(pipe, rows)
-    for b in range(len(rows)):
-        s = set(seen[1][seen[0][b]:seen[0][b + 1]].tolist())
-        want = fused_by_hand(first @ queries[b, :8], co[b], s, 25, 40, 0.7, 10.0, second @ queries[b, 8:], 0.2)
-        assert items[b].tolist() == want
+    three = RankFusion(fake_retriever(first), cross, weight=0.7, k0=10, depth=40, second=fake_retriever(second),
+                       second_weight=0.2)
+    assert_fused(three, pipe, rows, queries, lambda b, seen: fused_by_hand(
+        first @ queries[b, :8], co[b], seen, 25, 40, 0.7, 10.0, second @ queries[b, 8:], 0.2))
     # without co-occurrence: the two retrievers alone, the first at weight 1 - second_weight
-    pair = RankFusion(fake_retriever(first), None, k0=10, depth=40, second=fake_retriever(second), second_weight=0.2)
-    items, _ = pair.search(pipe, rows, queries, seen, k=25)
+    two = RankFusion(fake_retriever(first), None, k0=10, depth=40, second=fake_retriever(second), second_weight=0.2)
     nothing = np.full(ml100k_data.num_items, -np.inf)
-    for b in range(len(rows)):
-        s = set(seen[1][seen[0][b]:seen[0][b + 1]].tolist())
-        want = fused_by_hand(first @ queries[b, :8], nothing, s, 25, 40, 1.0, 10.0, second @ queries[b, 8:], 0.2)
-        assert items[b].tolist() == want
+    assert_fused(two, pipe, rows, queries, lambda b, seen: fused_by_hand(
+        first @ queries[b, :8], nothing, seen, 25, 40, 1.0, 10.0, second @ queries[b, 8:], 0.2))
 
 
 def test_pair_features_read_the_retrievers_block_of_wider_queries(pipe, ml100k_data):
