@@ -194,3 +194,9 @@ def test_the_first_stage_config_reaches_the_fusion(ml100k_data):
     assert set(fusion.cooccurrence.fold_of_user.tolist()) == {0, 1}
     assert RankFusion.build(retriever, {**cfg, "cooccurrence": None}) is None
     assert RankFusion.build(retriever, None) is None
+    # a second retriever is a source of its own: with or without co-occurrence, at second_weight
+    second = SimpleNamespace(run_dir="second-run")
+    for options in (cfg, {**cfg, "cooccurrence": None}):
+        fusion = RankFusion.build(retriever, {**options, "second_weight": 0.25}, second=second)
+        assert fusion.second is second and fusion.second_weight == 0.25
+        assert (fusion.cooccurrence is None) == (options["cooccurrence"] is None)

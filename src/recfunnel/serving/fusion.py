@@ -215,10 +215,7 @@ class RankFusion:
     def query_vectors(self, pipeline: FeaturePipeline | FeatureStore, rows: np.ndarray) -> np.ndarray:
         """(B, d1 [+ d2]) the retriever's query vectors for event ``rows`` (B,) of ``pipeline`` (the
         retriever's pipeline, store or a request view), the second retriever's beside them."""
-        queries = self.retriever.query_vectors(pipeline, rows)
-        if self.second is None:
-            return queries
-        return np.concatenate([queries, self.second.query_vectors(pipeline, rows)], axis=1)
+        return self.retriever.query_vectors(pipeline, rows, beside=[self.second] if self.second is not None else [])
 
     def retrieve(self, rows: np.ndarray, k: int, what: str = "events") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Query vectors (B, d1 [+ d2]; ``query_vectors``), fused top-``k`` lists (B, k; the user's
@@ -234,8 +231,7 @@ class RankFusion:
                                    in_sample=r.data.split[part] == TRAIN)
             queries.append(q), lists.append(items), scores.append(s)
         if not lists:
-            dim = r.index.dim + (self.second.index.dim if self.second is not None else 0)
-            return np.zeros((0, dim), np.float32), np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
+            return self.query_vectors(r.store, rows), np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
         return np.concatenate(queries), np.concatenate(lists), np.concatenate(scores)
 
     def search(self, pipeline: FeaturePipeline, rows: np.ndarray, queries: np.ndarray,

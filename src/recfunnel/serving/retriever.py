@@ -243,15 +243,19 @@ class Retriever:
 
     @torch.no_grad()
     def query_vectors(self, pipeline: FeaturePipeline | FeatureStore, rows: np.ndarray,
-                      batch_size: int = 2048) -> np.ndarray:
+                      batch_size: int = 2048, beside: Sequence[Retriever] = ()) -> np.ndarray:
         """(B, d) float32 user-tower outputs as of each event row of ``pipeline`` (this retriever's
-        pipeline or store, or a request view of the pipeline, whose new texts the towers read)."""
+        pipeline or store, or a request view of the pipeline, whose new texts the towers read).
+        ``beside``: retrievers over the same features (``Retriever.beside``) whose vectors follow,
+        (B, d + Σ d_b), each batch of inputs built once for all."""
+        nets = nn.ModuleList([*self.nets, *(net for r in beside for net in r.nets)])
         out = []
-        with request_texts(self.nets, getattr(pipeline, "request_text", {})):
+        with request_texts(nets, getattr(pipeline, "request_text", {})):
             for lo in range(0, len(rows), batch_size):
                 batch = pipeline.queries(rows[lo:lo + batch_size])
-                out.append(torch.cat([net.user_vectors(batch).float() for net in self.nets], 1).numpy())
-        return np.concatenate(out) if out else np.zeros((0, self.index.dim), np.float32)
+                out.append(torch.cat([net.user_vectors(batch).float() for net in nets], 1).numpy())
+        dim = self.index.dim + sum(r.index.dim for r in beside)
+        return np.concatenate(out) if out else np.zeros((0, dim), np.float32)
 
     @staticmethod
     def seen_before(pipeline: FeaturePipeline, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
