@@ -121,6 +121,11 @@ def test_fused_lists_are_reciprocal_rank_fusion_of_both_sources(cross, pipe, ml1
     co = cross.scores(pipe, rows)
     assert_fused(fusion, pipe, rows, queries,
                  lambda b, seen: fused_by_hand(vectors @ queries[b], co[b], seen, 25, 40, 0.3, 60.0))
+    # second_weight without a second retriever changes nothing, the fused scores included
+    seen = Retriever.seen_before(pipe, rows)
+    alone = RankFusion(fake_retriever(vectors), cross, weight=0.3, k0=60, depth=40, second_weight=0.2)
+    for got, want in zip(alone.search(pipe, rows, queries, seen, k=25), fusion.search(pipe, rows, queries, seen, k=25)):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_a_second_retriever_is_a_third_source_read_from_its_block_of_the_queries(cross, pipe, ml100k_data):

@@ -159,7 +159,8 @@ class RankFusion:
         k0: the rank offset (larger: flatter weights down the lists), > 0.
         depth: how much of each source's ranking is fused (≥ the candidates asked for).
         second: a second retriever over the first one's data and features (``Retriever.beside``).
-        second_weight: its term's weight, in [0, 1); the others share 1 − second_weight.
+        second_weight: its term's weight, in [0, 1); the others share 1 − second_weight (without
+            ``second``: no effect, the fused scores are those of the two sources).
     """
 
     def __init__(self, retriever: Retriever, cooccurrence: CrossFitted | None, weight: float = 0.3, k0: float = 60.0,
@@ -172,7 +173,7 @@ class RankFusion:
             raise RecfunnelError(f"first_stage.second_weight={second_weight} is not valid; use a value in [0, 1)")
         self.retriever, self.cooccurrence, self.second = retriever, cooccurrence, second
         self.weight, self.k0, self.depth, self.chunk = float(weight), float(k0), int(depth), chunk
-        self.second_weight = float(second_weight)
+        self.second_weight = float(second_weight) if second is not None else 0.0
 
     @classmethod
     def build(cls, retriever: Retriever, cfg: Mapping[str, Any] | None, seed: int = 0,
