@@ -154,9 +154,9 @@ def rank_of_each_item(scores: torch.Tensor) -> torch.Tensor:
     return scores.argsort(1, descending=True).argsort(1).float() + 1
 
 
-def catalogue_scores(retriever: Retriever, rows: np.ndarray, split: str) -> torch.Tensor:
+def catalogue_scores(retriever: Retriever, rows: np.ndarray) -> torch.Tensor:
     """(U, I) the retriever's scores of every item for event ``rows`` (U,)."""
-    queries, _, _ = retriever.retrieve(rows, 1, f"{split} users")
+    queries = retriever.query_vectors(retriever.store, rows)
     return torch.from_numpy(np.asarray(queries, np.float32)) @ torch.from_numpy(
         np.asarray(retriever.item_vectors, np.float32)).T
 
@@ -169,10 +169,10 @@ def fused_metrics(retriever: Retriever, model, split: str, k0s=FUSION_K0, weight
     docstring), and of each source alone; {name: {metric: value}}. Scores every user against every
     item at once: for catalogues of a few thousand items."""
     evalset = EvalSet.build(retriever.data, split)
-    scores = {"two-tower": catalogue_scores(retriever, evalset.rows, split),
+    scores = {"two-tower": catalogue_scores(retriever, evalset.rows),
               "co-occurrence": torch.as_tensor(model.scorer(evalset)(np.arange(len(evalset))))}
     if second is not None:
-        scores["second retriever"] = catalogue_scores(second, evalset.rows, split)
+        scores["second retriever"] = catalogue_scores(second, evalset.rows)
     num_items = retriever.data.num_items
     out = {name: protocol_evaluate(lambda idx, s=s: s[torch.as_tensor(idx)], evalset, num_items)
            for name, s in scores.items()}

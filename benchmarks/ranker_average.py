@@ -29,7 +29,7 @@ from recfunnel.runs import RESUMABLE_KEYS, config_differences, ranker_data, rank
 from recfunnel.serving.fusion import RankFusion, read_second_retriever_run  # noqa: E402
 from recfunnel.serving.pipeline import Funnel, item_catalogue  # noqa: E402
 from recfunnel.serving.rerank import build_reranker  # noqa: E402
-from recfunnel.serving.retriever import Retriever, read_retriever_runs  # noqa: E402
+from recfunnel.serving.retriever import FUNNEL_RUN_FILES, Retriever, read_retriever_runs  # noqa: E402
 from recfunnel.tasks.checkpoints import load_checkpoint  # noqa: E402
 from recfunnel.utils.errors import RecfunnelError  # noqa: E402
 
@@ -48,7 +48,7 @@ class MeanLogits(torch.nn.Module):
 def check_runs(runs: list[Path]) -> None:
     """Every run is a finished funnel run with the first run's retriever and config (but its seed)."""
     for run in runs:
-        for name in ("config.yaml", "retriever_run.txt", "checkpoints/best.ckpt"):
+        for name in FUNNEL_RUN_FILES:
             if not (run / name).is_file():
                 raise RecfunnelError(f"{run / name} is missing; give finished `recfunnel.funnel` runs")
     first = OmegaConf.to_container(OmegaConf.load(runs[0] / "config.yaml"))

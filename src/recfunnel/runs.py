@@ -49,7 +49,7 @@ from recfunnel.serving.fusion import SECOND_RUN_FILE, RankFusion, read_second_re
 from recfunnel.serving.index import ItemIndex, index_fingerprint
 from recfunnel.serving.pipeline import Funnel, item_catalogue
 from recfunnel.serving.rerank import build_reranker
-from recfunnel.serving.retriever import Retriever, read_retriever_runs
+from recfunnel.serving.retriever import FUNNEL_RUN_FILES, Retriever, read_retriever_runs
 from recfunnel.tasks.build import build_datamodule, build_task
 from recfunnel.tasks.callbacks import AppendingCSVLogger, EpochSummary, SaveOnSigterm
 from recfunnel.tasks.checkpoints import checkpoint_step, load_checkpoint
@@ -616,7 +616,7 @@ def reusable_ranker(cfg: DictConfig) -> Path | None:
     if not reuse:
         return None
     reuse = Path(reuse)
-    for name in ("config.yaml", "retriever_run.txt", "checkpoints/best.ckpt"):
+    for name in FUNNEL_RUN_FILES:
         if not (reuse / name).is_file():
             raise RecfunnelError(f"ranker.run_dir: {reuse / name} is missing; give a finished `recfunnel.funnel` run")
     resolved = redact(OmegaConf.to_container(cfg, resolve=True))

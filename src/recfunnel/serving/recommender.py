@@ -41,7 +41,7 @@ from recfunnel.models.multitask import ObjectiveMix
 from recfunnel.serving.fusion import RankFusion
 from recfunnel.serving.pipeline import Funnel, item_catalogue
 from recfunnel.serving.rerank import build_reranker
-from recfunnel.serving.retriever import Retriever, read_retriever_runs
+from recfunnel.serving.retriever import FUNNEL_RUN_FILES, Retriever, read_retriever_runs
 from recfunnel.tasks.checkpoints import check_compatible, load_checkpoint
 from recfunnel.utils.errors import RecfunnelError
 from recfunnel.utils.io import atomic_path
@@ -97,7 +97,7 @@ class Recommender:
         """
         set_threads(threads)
         run_dir = Path(run_dir)
-        for name in ("config.yaml", "retriever_run.txt", "checkpoints/best.ckpt"):
+        for name in FUNNEL_RUN_FILES:
             if not (run_dir / name).exists():
                 raise RecfunnelError(f"{run_dir / name} is missing: run_dir must be a finished `recfunnel.funnel` run")
         cfg = OmegaConf.load(run_dir / "config.yaml")

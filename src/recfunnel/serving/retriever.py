@@ -69,6 +69,10 @@ def check_data(run_dir: Path, info: dict, name: str, data_dir: str, fingerprint:
                          f"folder holding the same tables, or train a new run on {where}")
 
 
+#: what a finished ``recfunnel.funnel`` run holds that loading it again needs
+FUNNEL_RUN_FILES = ("config.yaml", "retriever_run.txt", "checkpoints/best.ckpt")
+
+
 def read_retriever_runs(funnel_dir: str | Path) -> list[Path]:
     """The retriever runs a finished funnel run used: its ``retriever_run.txt``, one run per line
     (several: an ensemble)."""
