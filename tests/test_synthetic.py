@@ -65,11 +65,12 @@ def test_same_seed_same_tables_other_seed_differs(tables, query_tables):
 # the tables it made before search queries existed (commit 972156d) and the query stream (the 5th child
 # of spawn(5)): at query_share=0 (the default), whatever query_own_cluster, and at query_own_cluster=1
 # (every query for the user's own cluster), whatever query_share.
-# Float columns are fingerprinted rounded to 6 significant digits (``_six_digits``): NumPy's exp and
-# log take other SIMD paths on other CPUs (AVX-512 against AVX2) and differ in the last bits, which
-# moved the exact fingerprints of the price and revenue columns on an AVX2-only machine. The anchors
-# below are the rounded fingerprints of the same tables: the exact ones (2f9669b8fb305b69 and
-# d6706bccf25485c2 for the price columns) still matched on the AVX-512 machines up to 4799a59.
+# Float columns are fingerprinted rounded to 6 significant digits (``_six_digits``): NumPy picks its
+# SIMD kernels (exp, log, ...) by CPU, and on an AMD EPYC with AVX2 and no AVX-512 the exact
+# fingerprints of the price-era columns changed (2f9669b8fb305b69 → 6ec95c3179d56df1 and
+# d6706bccf25485c2 → dcdc9999da722cd4) while the code, the packages and every integer column stayed
+# the same; the exact ones had matched on the machines CI ran on up to 4799a59. The anchors below are
+# the rounded fingerprints of the same tables.
 OLD_COLUMNS = {"interactions": ["user_id", "item_id", "ts", "rating"],
                "users": ["user_id", "age", "gender", "occupation", "zip", "cluster"],
                "items": ["item_id", "title", "year", "genres", "cluster"]}
