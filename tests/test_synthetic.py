@@ -61,7 +61,7 @@ def test_same_seed_same_tables_other_seed_differs(tables, query_tables):
 
 # Fingerprints (recfunnel.data.fingerprint.tables_fingerprint) of the tables the generator made before
 # prices and purchases existed (commit 2a6171c), restricted to the columns it made then: adding the
-# purchase stream (the 4th child of SeedSequence(seed).spawn(4)) must leave them bit-identical. Likewise
+# purchase stream (the 4th child of SeedSequence(seed).spawn(4)) must leave them unchanged. Likewise
 # the tables it made before search queries existed (commit 972156d) and the query stream (the 5th child
 # of spawn(5)): at query_share=0 (the default), whatever query_own_cluster, and at query_own_cluster=1
 # (every query for the user's own cluster), whatever query_share.
@@ -98,7 +98,7 @@ def _six_digits(df: pd.DataFrame) -> pd.DataFrame:
     (PRE_QUERY_COLUMNS, SMALL[0], {**SMALL[1], "query_share": 0.0, "query_own_cluster": 0.0}, "6abf9514cea5620c"),
     (PRE_QUERY_COLUMNS, SMALL[0], {**SMALL[1], "query_share": 1.0, "query_own_cluster": 1.0}, "6abf9514cea5620c"),
 ])
-def test_new_streams_leave_the_earlier_columns_bit_identical(tables, columns, args, kwargs, fingerprint):
+def test_new_streams_leave_the_earlier_columns_unchanged(tables, columns, args, kwargs, fingerprint):
     t = tables if kwargs == {"seed": 0} else generate_synthetic(*args, **kwargs)
     old = Tables(**{name: _six_digits(getattr(t, name)[cols]) for name, cols in columns.items()}, edges=t.edges)
     assert tables_fingerprint(old) == fingerprint
