@@ -20,7 +20,7 @@ from recfunnel.serving.rerank import Slate
 from recfunnel.tasks.checkpoints import load_checkpoint
 from recfunnel.utils.errors import RecfunnelError
 
-from helpers import NUM_EMB, SCHEMA, TINY_FUNNEL, P, make_model, random_raw, run, to_batch
+from helpers import NUM_EMB, ROOT, SCHEMA, TINY_FUNNEL, P, make_model, random_raw, run, to_batch
 
 ML = {"engagement": {"column": None}, "satisfaction": {"column": "rating", "at_least": 4}}
 SHOP = {"click": {}, "purchase": {"column": "purchase"}, "revenue": {"column": "revenue", "loss": "mse"}}
@@ -214,16 +214,31 @@ def test_a_trained_ranker_is_evaluated_again_under_other_weights(multitask_run, 
     assert "the ranker's score: 1·satisfaction (product)" in proc.stdout + proc.stderr
 
 
-@pytest.mark.parametrize("override, match", [
-    ("model.lr=0.5", r"ranker.run_dir=.* was trained with another config: model.lr differ"),
-    ("+funnel.objective_weights.revenue=1", r"names \['revenue'\], which the ranker does not predict"),
-    ("model.net.multitask=null", r"predicts 2 objectives \['engagement', 'satisfaction'\] but has one head"),
-])
-def test_bad_reuse_and_weights_are_one_line_before_anything_runs(multitask_run, tmp_path, override, match):
+def test_a_bad_reuse_is_one_line_before_anything_runs(multitask_run, tmp_path):
+    """The command line's side of the refusals below: exit 2, one line, no run directory written."""
     out = tmp_path / "bad"
     proc = run("recfunnel.funnel", *TINY_FUNNEL, *MULTI, f"ranker.run_dir={multitask_run}", f"hydra.run.dir={out}",
-               override)
-    assert proc.returncode == 2 and re.search(match, proc.stderr), proc.stderr[-2000:]
+               "model.lr=0.5")
+    assert proc.returncode == 2 and re.search(r"ranker.run_dir=.* was trained with another config: model.lr differ",
+                                              proc.stderr), proc.stderr[-2000:]
     assert [line.startswith("error: ") for line in proc.stderr.splitlines() if "Traceback" in line or "rror" in line] \
         == [True]  # one error line, no traceback
     assert not (out / "config.yaml").exists()  # refused before the run is written: the same folder can be used again
+
+
+@pytest.mark.parametrize("override, match", [
+    ("+funnel.objective_weights.revenue=1", r"names \['revenue'\], which the ranker does not predict"),
+    ("model.net.multitask=null", r"predicts 2 objectives \['engagement', 'satisfaction'\] but has one head"),
+])
+def test_weights_and_heads_that_disagree_are_refused_before_anything_runs(override, match, tmp_path):
+    """What ``recfunnel.funnel`` checks before its run directory is written (``check_objectives``)."""
+    from hydra import compose, initialize_config_dir
+
+    from recfunnel.runs import check_objectives
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        base = [*TINY_FUNNEL, *MULTI, f"paths.output_dir={tmp_path}"]
+        check_objectives(compose("funnel", overrides=base))  # the run's own config passes
+        cfg = compose("funnel", overrides=[*base, override])
+    with pytest.raises(RecfunnelError, match=match):
+        check_objectives(cfg)

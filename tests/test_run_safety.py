@@ -52,9 +52,18 @@ def test_bad_override_into_a_finished_funnel_run_leaves_it_intact_and_servable(f
     assert Recommender.from_run(copy, data_dir=str(DATA_DIR)).recommend(196, k=3)["items"]
 
 
-def test_resume_false_into_a_used_directory_is_refused(tmp_path):
+@pytest.fixture(scope="module")
+def fast_run(tmp_path_factory):
+    """A finished ``FAST`` retriever run; tests work on copies of it."""
+    out = tmp_path_factory.mktemp("fast") / "run"
+    proc = run("recfunnel.train", *FAST, f"hydra.run.dir={out}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return out
+
+
+def test_resume_false_into_a_used_directory_is_refused(fast_run, tmp_path):
     out = tmp_path / "run"
-    assert run("recfunnel.train", *FAST, f"hydra.run.dir={out}").returncode == 0
+    shutil.copytree(fast_run, out)
     before = snapshot(out)
     proc = run("recfunnel.train", *FAST, f"hydra.run.dir={out}", "resume=false")
     assert proc.returncode == 2 and one_line(proc) and "already holds a run and resume=false" in proc.stderr
@@ -145,9 +154,9 @@ def test_damaged_checkpoints_are_one_clear_error(funnel_run, tmp_path):
     assert proc.returncode == 2 and one_line(proc) and "best.ckpt is damaged" in proc.stderr, proc.stderr[-2000:]
 
 
-def test_a_damaged_last_checkpoint_stops_a_resume_with_one_line(tmp_path):
+def test_a_damaged_last_checkpoint_stops_a_resume_with_one_line(fast_run, tmp_path):
     out = tmp_path / "run"
-    assert run("recfunnel.train", *FAST, f"hydra.run.dir={out}").returncode == 0
+    shutil.copytree(fast_run, out)
     last = out / "checkpoints" / "last.ckpt"
     truncate(last)
     proc = run("recfunnel.train", *FAST, f"hydra.run.dir={out}")
