@@ -76,7 +76,7 @@ def main() -> None:
     cfg = OmegaConf.load(args.runs[0] / "config.yaml")
     retriever = Retriever.from_run(read_retriever_runs(args.runs[0]), data_dir=args.data_dir)
     fusion = RankFusion.of_funnel_run(retriever, args.runs[0], cfg)
-    dm = ranker_data(cfg, retriever, fusion)
+    dm = ranker_data(cfg, retriever, fusion, stage="test")  # the rankers are loaded: no training pairs
     rankers = []
     for run in args.runs:
         task = ranker_task(cfg, dm)

@@ -204,6 +204,8 @@ def test_a_trained_ranker_is_evaluated_again_under_other_weights(multitask_run, 
     keys = [k for k in before if k.startswith(("test/", "valid/")) and "ms_per_user" not in k]
     assert {k: after[k] for k in keys} == pytest.approx({k: before[k] for k in keys})
     assert not (same / "checkpoints").exists()  # nothing trained
+    # nor its training pairs built (the run that trained it logged them): the checkpoint holds their statistics
+    assert "ranker pairs:" in (multitask_run / "funnel.log").read_text() and "ranker pairs:" not in proc.stdout + proc.stderr
     other = tmp_path / "other"
     proc = run("recfunnel.funnel", *TINY_FUNNEL, *MULTI, f"ranker.run_dir={multitask_run}", f"hydra.run.dir={other}",
                "funnel.objective_weights.engagement=0", "funnel.objective_combine=product")

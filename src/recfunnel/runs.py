@@ -645,7 +645,7 @@ def train_ranker(run: Run, retriever: Retriever, fusion: RankFusion | None = Non
     cfg = run.cfg
     # the same start whether the retriever was trained in this process or loaded (a resumed funnel)
     pl.seed_everything(cfg.seed, workers=True)
-    dm = ranker_data(cfg, retriever, fusion)
+    dm = ranker_data(cfg, retriever, fusion, stage="test" if reuse is not None else None)  # reused: no training pairs
     task = ranker_task(cfg, dm)
     log.info("the ranker's score: %s", task.net.mix.describe())
     if reuse is not None:
@@ -664,13 +664,14 @@ def train_ranker(run: Run, retriever: Retriever, fusion: RankFusion | None = Non
     return dm, task, {"ranker/fit_seconds": fit_s, "ranker/epochs": trainer.current_epoch, **ranker_metrics(ranker)}
 
 
-def ranker_data(cfg: DictConfig, retriever: Retriever, fusion: RankFusion | None = None) -> Any:
+def ranker_data(cfg: DictConfig, retriever: Retriever, fusion: RankFusion | None = None, stage: str | None = None) -> Any:
     """The funnel's ``pairs`` DataModule over its first stage (``fusion`` when given, else
-    ``retriever``), set up: training pairs and each split's candidate lists."""
+    ``retriever``), set up: each split's candidate lists, and the training pairs unless ``stage`` is
+    "test" or "validate" (``RankingDataModule.setup``)."""
     dm = hydra.utils.instantiate(cfg.pairs, _partial_=True)(
         retriever=fusion or retriever, features=cfg.features, seed=cfg.seed,
         cooccurrence=fusion.cooccurrence if fusion else None, objectives=cfg.get("objectives"))
-    dm.setup()
+    dm.setup(stage)
     return dm
 
 

@@ -344,35 +344,45 @@ class RankingDataModule(pl.LightningDataModule):
         self.batch_size, self.eval_batch_size, self.num_workers, self.seed = batch_size, eval_batch_size, num_workers, seed
         self.objectives = parse_objectives(objectives)
         self.pipeline: FeaturePipeline | None = None
+        self.train_rows: np.ndarray | None = None  # set up with the training pairs (setup: None or "fit")
 
     def setup(self, stage: str | None = None) -> None:
-        if self.pipeline is not None:
-            return
+        """Each split's candidate lists, and for ``stage`` None or "fit" the training pairs too (the
+        first stage's lists for every train event: most of the time on a large split). A ranker loaded
+        to be scored again needs only the former (``setup("test")``)."""
+        if self.pipeline is None:
+            self._setup_evaluation()
+        if stage in (None, "fit") and self.train_rows is None:
+            self._setup_training()
+
+    def _setup_evaluation(self) -> None:
         r = self.retriever
         self.data = r.data
         self.labels = event_labels(self.data.tables.interactions, self.objectives)
         self.head_labels = np.ascontiguousarray(self.labels[:, [o.predict for o in self.objectives]])
         self.schema, self.pipeline, self.genres, self.pairs = ranker_inputs(self.data, r.item_vectors, self.features_cfg,
                                                                             self.profile_len, self.cooccurrence)
-        rows = np.flatnonzero(self.data.split == TRAIN)
-        if self.max_events_per_user:
-            p = self.pipeline
-            from_end = np.diff(p.timeline_ptr)[p.user_idx[rows]] - p.timeline_pos[rows]  # 1 = the user's last event
-            rows = rows[from_end <= self.max_events_per_user + 2]  # + valid and test events after them
-        self.train_rows = rows
-        pool = max(self.hard_pool, self.candidates)
-        self.train_queries, self.train_lists, _ = r.retrieve(rows, pool, "train events")
-        if self.retrieved_positives_only:
-            # the ranker only ever sees retrieved lists: train it on events whose positive was retrieved
-            keep = (self.train_lists[:, :self.candidates] == self.pipeline.item_idx[rows][:, None]).any(1)
-            rows, self.train_queries, self.train_lists = rows[keep], self.train_queries[keep], self.train_lists[keep]
-            self.train_rows = rows
         self.eval_rows, self.eval_queries, self.eval_lists, self.eval_scores = {}, {}, {}, {}
         for split in ("valid", "test"):
             rows = EvalSet.build(self.data, split).rows
             self.eval_rows[split] = rows
             self.eval_queries[split], self.eval_lists[split], self.eval_scores[split] = \
                 r.retrieve(rows, self.candidates, f"{split} users")
+
+    def _setup_training(self) -> None:
+        r = self.retriever
+        rows = np.flatnonzero(self.data.split == TRAIN)
+        if self.max_events_per_user:
+            p = self.pipeline
+            from_end = np.diff(p.timeline_ptr)[p.user_idx[rows]] - p.timeline_pos[rows]  # 1 = the user's last event
+            rows = rows[from_end <= self.max_events_per_user + 2]  # + valid and test events after them
+        pool = max(self.hard_pool, self.candidates)
+        queries, lists, _ = r.retrieve(rows, pool, "train events")
+        if self.retrieved_positives_only:
+            # the ranker only ever sees retrieved lists: train it on events whose positive was retrieved
+            keep = (lists[:, :self.candidates] == self.pipeline.item_idx[rows][:, None]).any(1)
+            rows, queries, lists = rows[keep], queries[keep], lists[keep]
+        self.train_rows, self.train_queries, self.train_lists = rows, queries, lists
         log.info("ranker pairs: %d train events × (1 + %d hard + %d uniform); K=%d candidates for %d/%d valid/test users",
                  len(self.train_rows), self.hard_negatives, self.uniform_negatives, self.candidates,
                  len(self.eval_rows["valid"]), len(self.eval_rows["test"]))
@@ -397,9 +407,12 @@ class RankingDataModule(pl.LightningDataModule):
         return len(self.pairs.names)
 
     def model_inputs(self) -> dict[str, Any]:
-        """What a ranker built for this data needs to know (``recfunnel.tasks.build.build_task``)."""
+        """What a ranker built for this data needs to know (``recfunnel.tasks.build.build_task``). Set up
+        without training pairs, the dense statistics are None: the ranker's own buffers (0 / 1) wait for
+        a checkpoint's, which hold the statistics it was trained with."""
         return {"schema": self.schema, "num_embeddings": self.num_embeddings, "num_pair_dense": self.num_pair_dense,
-                "dense_stats": self.dense_stats(), "text_vectors": self.pipeline.text_vectors,
+                "dense_stats": None if self.train_rows is None else self.dense_stats(),
+                "text_vectors": self.pipeline.text_vectors,
                 "objectives": predicted(self.objectives)}
 
     # -- loaders ----------------------------------------------------------------------------------
