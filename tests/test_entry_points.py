@@ -1,8 +1,10 @@
 """The real entry points, run as users run them."""
 
 import json
+import subprocess
+import sys
 
-from helpers import DATA_DIR, run
+from helpers import DATA_DIR, ROOT, run
 
 
 def test_evaluate_popularity_writes_reference_metrics(tmp_path):
@@ -39,3 +41,19 @@ def test_sweep_range_on_missing_key_is_one_clear_error(tmp_path):
                "model.net.colour=interval(0,1)", f"hydra.sweep.dir={tmp_path}")
     assert proc.returncode != 0
     assert "model.net.colour" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_config_error_is_answered_before_torch_loads(tmp_path):
+    """A typo in an override or a bad value stops each entry point before torch, Lightning and
+    TorchRec are imported (they take about 10 s on 2 cores): exit 2 or Hydra's 1, and torch unloaded."""
+    probe = ("import runpy, sys\n"
+             "sys.argv = [sys.argv[1], *sys.argv[2:]]\n"
+             "try:\n"
+             "    runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)\n"
+             "except SystemExit as e:\n"
+             "    print('exit', e.code, 'torch loaded' if 'torch' in sys.modules else 'torch not loaded')\n")
+    for module, override, status in (("recfunnel.train", "model.lr=abc", 2), ("recfunnel.funnel", "model.lr=abc", 2),
+                                     ("recfunnel.evaluate", "data.batch_size=0", 2), ("recfunnel.train", "nosuch=1", 1)):
+        proc = subprocess.run([sys.executable, "-c", probe, module, override, f"hydra.run.dir={tmp_path / module}"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert proc.stdout.strip().splitlines()[-1] == f"exit {status} torch not loaded", (module, proc.stdout, proc.stderr)

@@ -8,13 +8,16 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from recfunnel.runs import evaluate
 from recfunnel.utils.cli import friendly_errors
+from recfunnel.utils.config_checks import check_config
 
 
 @hydra.main(version_base="1.3", config_path="../../configs", config_name="evaluate")
 @friendly_errors
 def main(cfg: DictConfig) -> dict[str, float]:
+    check_config(cfg)  # a bad value is answered before torch and Lightning load (about 10 s on 2 cores)
+    from recfunnel.runs import evaluate
+
     return evaluate(cfg)
 
 

@@ -16,13 +16,16 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from recfunnel.runs import monitored, train
 from recfunnel.utils.cli import friendly_errors
+from recfunnel.utils.config_checks import check_config
 
 
 @hydra.main(version_base="1.3", config_path="../../configs", config_name="train")
 @friendly_errors
 def main(cfg: DictConfig) -> float:
+    check_config(cfg)  # a bad value is answered before torch and Lightning load (about 10 s on 2 cores)
+    from recfunnel.runs import monitored, train
+
     return monitored(cfg, train(cfg))
 
 
