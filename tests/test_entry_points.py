@@ -47,7 +47,7 @@ def test_a_config_error_is_answered_before_torch_loads(tmp_path):
     """A typo in an override or a bad value stops each entry point before torch, Lightning and
     TorchRec are imported (they take about 10 s on 2 cores): exit 2 or Hydra's 1, and torch unloaded."""
     probe = ("import runpy, sys\n"
-             "sys.argv = [sys.argv[1], *sys.argv[2:]]\n"
+             "sys.argv = sys.argv[1:]  # drop -c: argv[0] is the module\n"
              "try:\n"
              "    runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)\n"
              "except SystemExit as e:\n"

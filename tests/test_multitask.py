@@ -12,10 +12,12 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
 
 from recfunnel.data.objectives import Objective, event_labels, parse_objectives
 from recfunnel.eval.funnel import objective_metrics
 from recfunnel.models.multitask import MultiTaskHeads, ObjectiveMix
+from recfunnel.runs import check_objectives
 from recfunnel.serving.rerank import Slate
 from recfunnel.tasks.checkpoints import load_checkpoint
 from recfunnel.utils.errors import RecfunnelError
@@ -234,10 +236,6 @@ def test_a_bad_reuse_is_one_line_before_anything_runs(multitask_run, tmp_path):
 ])
 def test_weights_and_heads_that_disagree_are_refused_before_anything_runs(override, match, tmp_path):
     """What ``recfunnel.funnel`` checks before its run directory is written (``check_objectives``)."""
-    from hydra import compose, initialize_config_dir
-
-    from recfunnel.runs import check_objectives
-
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         base = [*TINY_FUNNEL, *MULTI, f"paths.output_dir={tmp_path}"]
         check_objectives(compose("funnel", overrides=base))  # the run's own config passes
