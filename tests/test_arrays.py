@@ -12,6 +12,8 @@ def test_concat_ranges_is_the_concatenation_of_aranges():
     want = np.concatenate([np.arange(s, e) for s, e in zip(starts, ends)])
     assert np.array_equal(concat_ranges(starts, ends), want)
     assert concat_ranges(np.zeros(3, int), np.zeros(3, int)).dtype == np.int64
+    one = concat_ranges(np.array([7], np.int32), np.array([11], np.int32))  # one range: its own shortcut
+    assert np.array_equal(one, np.arange(7, 11)) and one.dtype == np.int64
 
 
 def test_searchsorted_segments_equals_a_searchsorted_per_segment():

@@ -97,6 +97,29 @@ def test_use_torchrec_keeps_the_weights_and_the_outputs():
         torch.testing.assert_close(after[tower], before[tower], atol=1e-6, rtol=0)
 
 
+def test_torch_collection_without_gradients_pools_exactly_as_with_them():
+    """Under no_grad the torch collection skips embedding_bag for tables whose bags are all empty or all
+    hold one id; the result must be the training path's to the bit, whatever the KJT's key order."""
+    _, plain = pair()
+    ebc = plain.ebc
+    full = plain._merge([batch()["user"], batch()["context"]], 3)  # item keys: empty bags only
+    mixed = make_kjt(["genres", "hour", "hist_items", "gender", "user_id", "item_id"],  # not table order
+                     [torch.tensor(v) for v in ([0, 3, 4], [23, 0, 12], [1, 2, 7, 4], [1, 2, 0], [0, 5, 2], [7, 0, 9])],
+                     [torch.tensor(n, dtype=torch.int32) for n in ([2, 0, 1], [1, 1, 1], [3, 0, 1], [1, 1, 1],
+                                                                   [1, 1, 1], [1, 1, 1])])
+    for kjt in (full, mixed):
+        with torch.enable_grad():
+            want = ebc(kjt)
+        with torch.no_grad():
+            got = ebc(kjt)
+        assert set(got) == set(want) == set(ebc._keys)
+        for key in want:
+            assert torch.equal(got[key], want[key]), key
+    assert not any(got[k].requires_grad for k in got) and all(want[k].requires_grad for k in want)
+    with pytest.raises(KeyError):
+        ebc(make_kjt(["user_id"], [torch.tensor([0])], [torch.tensor([1], dtype=torch.int32)]))
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_shared_table_is_one_parameter_serving_both_towers(backend):
     fe = FeatureEmbedding(SCHEMA, NUM_EMBEDDINGS, backend=backend)

@@ -66,7 +66,11 @@ class TorchEmbeddingBagCollection(nn.Module):
     config's ``init_fn``), so state dicts are interchangeable. ``forward`` takes a fixed-stride KJT
     holding every configured feature key (a missing key raises ``KeyError``, as in torchrec) and
     returns {feature: (B, dim) pooled embedding}; it uses only torch ops (no fbgemm), and looks up
-    all features of one table in a single ``embedding_bag`` call.
+    all features of one table in a single ``embedding_bag`` call over a slice of the KJT (its keys
+    put in table-major order first when they are not). Under ``torch.no_grad`` (evaluation, serving)
+    two cases skip ``embedding_bag`` with the same result: a table whose bags are all empty pools to
+    zeros (serving's item-tower call holds no query keys), and one whose bags hold one id each to
+    that id's row (``index_select``); training keeps the ``embedding_bag`` call and its gradients.
     """
 
     def __init__(self, tables: Sequence[EmbeddingBagConfig]):
@@ -79,20 +83,44 @@ class TorchEmbeddingBagCollection(nn.Module):
             cfg.init_fn(bag.weight)
             self.embedding_bags[cfg.name] = bag
             self._feature_names[cfg.name] = list(cfg.feature_names)
+        self._keys = [name for names in self._feature_names.values() for name in names]  # table-major
 
     def forward(self, features: KeyedJaggedTensor) -> dict[str, Tensor]:
-        batch_size = features.stride()
+        if features.keys() != self._keys:
+            features = self._in_table_order(features)
+        batch_size, per_key = features.stride(), features.length_per_key()
+        values = features.values().long()
+        lengths = features.lengths().view(-1, batch_size)  # (keys, B)
+        offsets = torch.cat([values.new_zeros(1), lengths.flatten().long().cumsum(0)])  # (keys * B + 1,)
+        out: dict[str, Tensor] = {}
+        first_key = first_value = 0
+        for table, names in self._feature_names.items():
+            last_key = first_key + len(names)
+            last_value = first_value + sum(per_key[first_key:last_key])
+            bag, bags = self.embedding_bags[table], (last_key - first_key) * batch_size
+            ids = values[first_value:last_value]  # the table's keys are adjacent: one slice of the KJT
+            if torch.is_grad_enabled():
+                pooled = bag(ids, offsets[first_key * batch_size:last_key * batch_size + 1] - first_value)
+            elif last_value == first_value:  # every bag empty: zeros (sum and mean alike), no lookup
+                pooled = bag.weight.new_zeros(bags, bag.embedding_dim)
+            elif last_value - first_value == bags and bool(lengths[first_key:last_key].min() == 1):
+                pooled = bag.weight.index_select(0, ids)  # one id per bag: its row, exactly (sum or mean)
+            else:
+                pooled = bag(ids, offsets[first_key * batch_size:last_key * batch_size + 1] - first_value)
+            out.update(zip(names, pooled.split(batch_size)))
+            first_key, first_value = last_key, last_value
+        return out
+
+    def _in_table_order(self, features: KeyedJaggedTensor) -> KeyedJaggedTensor:
+        """The same KJT with its keys in the collection's table-major order (a missing key raises
+        ``KeyError``, as in torchrec; keys the collection does not pool are dropped)."""
         index = {key: i for i, key in enumerate(features.keys())}
         values = features.values().split(features.length_per_key())
-        lengths = features.lengths().view(len(index), batch_size)
-        out: dict[str, Tensor] = {}
-        for table, names in self._feature_names.items():
-            rows = [index[name] for name in names]
-            bag_lengths = torch.cat([lengths[i] for i in rows]).long()
-            offsets = torch.cat([bag_lengths.new_zeros(1), bag_lengths.cumsum(0)])
-            pooled = self.embedding_bags[table](torch.cat([values[i] for i in rows]).long(), offsets)
-            out.update(zip(names, pooled.split(batch_size)))
-        return out
+        lengths = features.lengths().view(len(index), features.stride())
+        rows = [index[key] for key in self._keys]
+        return KeyedJaggedTensor(keys=self._keys, values=torch.cat([values[i] for i in rows]),
+                                 lengths=torch.cat([lengths[i] for i in rows]), stride=features.stride(),
+                                 length_per_key=[len(values[i]) for i in rows])
 
 
 class TextProjection(nn.Module):
@@ -130,6 +158,9 @@ def request_texts(model: nn.Module, vectors: Mapping[str, np.ndarray]) -> Iterat
     """Within the block, the ``TextProjection`` of each text feature named in ``vectors`` of every
     ``FeatureEmbedding`` in ``model`` reads ids R, R+1, ... as the rows of ``vectors[name]`` (Q, E)
     (``FeaturePipeline.request_text`` of a request view)."""
+    if not vectors:  # nothing to set (no text feature, or no new text): no walk over the modules
+        yield
+        return
     projections = [(emb.text[name], v) for emb in model.modules() if isinstance(emb, FeatureEmbedding)
                    for name, v in vectors.items() if name in emb.text]
     for proj, v in projections:
