@@ -89,3 +89,37 @@ def test_ranker_average_rebuilds_each_rankers_figures_and_scores_their_mean(funn
     proc = subprocess.run([*script, str(funnel_run), str(lonely)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
         f"error: {lonely} ranks another retriever's candidates than {funnel_run}: give runs of one first stage"]
+
+
+def test_bench_serving_prints_the_latency_table_beside_retrieval_alone(funnel_run):
+    """``benchmarks/bench_serving.py``: one row per thread count and load, whole request against the
+    retrieval stage alone, measured in the same run."""
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_serving.py"), str(funnel_run),
+                           "--requests", "20", "--warmup", "2", "--threads", "1", "--load-workers", "0"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line.split("|")[1:-1] for line in proc.stdout.splitlines() if line.startswith("| 1 |")]
+    assert len(rows) == 1 and rows[0][1].strip() == "idle"
+    p50, p99, ret_p50, ratio = (float(rows[0][i]) for i in (3, 5, 7, 9))
+    assert 0 < p50 <= p99 and 0 < ret_p50 and ratio == pytest.approx(p50 / ret_p50, abs=0.01)
+
+
+@pytest.mark.skipif(subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True).returncode,
+                    reason="needs this repository's git history")
+def test_serving_ab_serves_the_same_requests_under_both_versions(funnel_run):
+    """``benchmarks/serving_ab.py`` against HEAD: both workers answer every request; the lists agree
+    request for request when the versions' serving code agrees (it does for HEAD in a clean checkout)."""
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "serving_ab.py"), str(funnel_run),
+                           "--against", "HEAD", "--requests", "20", "--warmup", "2"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {line.split("|")[1].strip(): line for line in proc.stdout.splitlines() if line.startswith("| ")}
+    assert {"this tree", "HEAD"} <= set(rows)
+    summary = proc.stdout.strip().splitlines()[-1]
+    assert summary.startswith("this tree / HEAD: median per-request ratio ")
+    unchanged = subprocess.run(["git", "-C", str(ROOT), "diff", "--quiet", "HEAD", "--", "src"]).returncode == 0
+    if unchanged:
+        assert summary.endswith("requests with different items: 0")
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "serving_ab.py"), str(funnel_run),
+                           "--against", "no-such-revision"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "cannot read src/ of --against 'no-such-revision'" in proc.stderr
