@@ -62,7 +62,7 @@ def test_candidate_recall_adds_a_second_retriever_as_a_third_source(funnel_run, 
     assert proc.returncode != 0 and "--second names 2 run(s) for 1 run_dir(s)" in proc.stderr
 
 
-@pytest.mark.slow  # a second funnel and two runs of the script (~80 s on 2 cores): the script backs one README row of a lever not kept
+@pytest.mark.slow  # a second funnel and two runs of the script (~80 s on 2 cores); it backs a row of docs/ml100k-tried.md
 def test_ranker_average_rebuilds_each_rankers_figures_and_scores_their_mean(funnel_run, tmp_path):
     """``benchmarks/ranker_average.py``: each run's ranked and final valid NDCG@10, rebuilt from its
     checkpoint, equal the run's own; the mean of the logits gets figures of its own; runs over other

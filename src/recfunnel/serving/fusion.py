@@ -20,7 +20,7 @@ The second retriever (the funnel's ``second_retriever``, e.g. the causal transfo
 recency-pooled two-tower) reads the first one's data and features (``Retriever.beside``). A first
 stage with one has query vectors of both, side by side: (B, d1 + d2), the first retriever's d1 first;
 ``item_vectors`` stays the first retriever's (what the ranker's pair features read). The second
-retriever's score as a ranker pair feature was tried on ML-100K and not kept (README, "Tried").
+retriever's score as a ranker pair feature was tried on ML-100K and not kept (docs/ml100k-tried.md).
 
 Co-occurrence as of each event, without leakage into the ranker's training (``CrossFitted``): valid,
 test and served events are scored by the model fitted on every train event, all of which precede
