@@ -191,6 +191,20 @@ def test_beats_most_popular_on_ml100k(ml100k_data):
     assert m["recall@10"] > pop["recall@10"] + 0.05  # 0.2174 vs 0.0848
 
 
+def test_the_dense_product_scores_as_the_sparse_one_to_the_bit(ml100k_data):
+    """A fitted model multiplies by a dense copy of S when S is small and full (ML-100K's is 42% full)
+    and by the sparse S otherwise (a few neighbours per item on a larger catalogue); both give the
+    same scores to the bit."""
+    d = ml100k_data
+    model = Cooccurrence().fit(d)
+    assert model.dense is not None and np.array_equal(model.dense, model.matrix.toarray())
+    rows = np.flatnonzero(d.split == TRAIN)[::97]
+    dense = model.score_rows(rows)
+    model.dense = None
+    assert np.array_equal(model.score_rows(rows), dense)
+    assert Cooccurrence(neighbours=20).fit(d).dense is None  # 20 of 1682 per row: the sparse product
+
+
 def test_a_bad_option_is_one_line_naming_the_key(tmp_path):
     from helpers import DATA_DIR, run
     proc = run("recfunnel.evaluate", "model=cooccurrence", "model.normalize=bm25", f"paths.data_dir={DATA_DIR}",

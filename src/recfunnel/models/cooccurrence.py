@@ -41,6 +41,11 @@ from recfunnel.utils.arrays import concat_ranges
 from recfunnel.utils.errors import RecfunnelError
 
 NORMALIZE = ("none", "cosine", "conditional")
+# Scoring multiplies sparse query rows by S. Against a dense copy of S the product is 4.6x faster on
+# ML-100K (S 42% full; 512 queries: 6.6 ms against 30 ms, the same numbers to the bit), so a fitted
+# model keeps one when it costs at most this much memory and S is at least this full.
+DENSE_PRODUCT_MAX_BYTES = 256 << 20
+DENSE_PRODUCT_MIN_FILL = 1 / 16
 
 
 def top_n_per_row(m: sp.csr_matrix, n: int) -> sp.csr_matrix:
@@ -74,7 +79,8 @@ class Cooccurrence:
         tie_break: the popularity tie-breaker's scale, relative to each user's smallest positive score.
 
     After ``fit``: ``matrix`` (I, I) float64 CSR, row = history item, column = candidate;
-    ``counts`` (I,) train events per item.
+    ``counts`` (I,) train events per item; ``dense`` the same matrix as a dense array when it is small
+    and full enough to be the faster operand (``DENSE_PRODUCT_MAX_BYTES``), else None.
     """
 
     PAIRS_PER_BATCH = 1 << 23  # pairs collected before they are added into the matrix (memory bound)
@@ -96,6 +102,7 @@ class Cooccurrence:
         self.normalize, self.neighbours, self.history, self.decay = normalize, neighbours, history, decay
         self.tie_break = tie_break
         self.matrix: sp.csr_matrix | None = None
+        self.dense: np.ndarray | None = None
         self.counts: np.ndarray | None = None
 
     # -- fit -----------------------------------------------------------------------------------------
@@ -140,6 +147,9 @@ class Cooccurrence:
             c.data = c.data / n[c.row]
         c = c.tocsr()
         self.matrix = top_n_per_row(c, self.neighbours) if self.neighbours else c
+        cells = self.matrix.shape[0] * self.matrix.shape[1]
+        small = cells * 8 <= DENSE_PRODUCT_MAX_BYTES and self.matrix.nnz >= cells * DENSE_PRODUCT_MIN_FILL
+        self.dense = self.matrix.toarray() if small else None
         # the protocol timeline of every event (all splits), to find each target's earlier events
         self._order = data.order
         self._position = np.empty(len(data.order), dtype=np.int64)
@@ -183,7 +193,7 @@ class Cooccurrence:
         ones the tie-breaker can reorder.
         """
         assert self.matrix is not None, "call fit() first"
-        dense = (queries @ self.matrix).toarray()
+        dense = queries @ self.dense if self.dense is not None else (queries @ self.matrix).toarray()
         positive = np.where(dense > 0, dense, np.inf).min(axis=1)
         eps = self.tie_break * np.where(np.isfinite(positive), positive, 1.0)
         pop = self.counts / max(self.counts.max(initial=0.0), 1.0)
