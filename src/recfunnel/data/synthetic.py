@@ -106,10 +106,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from tqdm.auto import tqdm
 
 from recfunnel.data.tables import Tables
 from recfunnel.utils.errors import RecfunnelError
+from recfunnel.utils.progress import progress_bar
 
 GENRES = ["Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
           "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War",
@@ -237,8 +237,8 @@ def generate_synthetic(num_users: int, num_items: int, num_interactions: int, *,
     decide = functools.partial(_query_sessions, np.random.default_rng(decide_seed), share=query_share,
                                own_share=query_own_cluster, num_clusters=num_clusters)
     session_query = []  # per chunk: (S_chunk,) query cluster of each session, -1 without a query
-    for b_lo, b_hi in tqdm(list(zip(bounds[:-1], bounds[1:])), desc="synthetic events", unit="chunk",
-                           disable=not progress):
+    for b_lo, b_hi in progress_bar(list(zip(bounds[:-1], bounds[1:])), desc="synthetic events", unit="chunk",
+                                   disable=not progress):
         u_lo, u_hi = b_lo * BLOCK_USERS, min(b_hi * BLOCK_USERS, num_users)
         e_lo, e_hi = event_end[u_lo] - counts[u_lo], event_end[u_hi - 1]
         rngs = [np.random.default_rng(s) for s in block_seeds[b_lo:b_hi]]

@@ -14,12 +14,12 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from recfunnel.data.dataset import TEST, TRAIN, VALID, SplitData
 from recfunnel.eval.metrics import ranking_metrics
 from recfunnel.eval.slices import metric_means, slice_sums, target_slices
 from recfunnel.utils.arrays import concat_ranges, sorted_unique
+from recfunnel.utils.progress import progress_bar
 
 SPLIT_CODES = {"valid": VALID, "test": TEST}
 
@@ -81,7 +81,7 @@ def per_target_chunks(scorer: Scorer, evalset: EvalSet, chunk_size: int = 1024, 
     """(positions (B,), {metric: (B,) per target}) for each chunk of ``evalset``'s targets, scored by
     ``scorer`` under the set's exclusions (``ranking_metrics``: ties as expectation)."""
     starts = range(0, len(evalset), chunk_size)
-    for lo in tqdm(starts, desc=f"eval {evalset.name}", disable=not progress, leave=False):
+    for lo in progress_bar(starts, desc=f"eval {evalset.name}", disable=not progress, leave=False):
         positions = np.arange(lo, min(lo + chunk_size, len(evalset)))
         with torch.no_grad():
             scores = scorer(positions)

@@ -46,7 +46,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from recfunnel.features import pipeline as pipeline_module
 from recfunnel.features.batch import TowerInput, make_kjt
@@ -55,6 +54,7 @@ from recfunnel.features.schema import QUERY_TOWERS, TOWERS, FeatureSpec
 from recfunnel.utils import arrays as arrays_module
 from recfunnel.utils.arrays import concat_ranges
 from recfunnel.utils.io import atomic_path, write_json
+from recfunnel.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -216,8 +216,8 @@ def _fill(p: FeaturePipeline, arrays: dict[str, np.ndarray], progress: bool) -> 
     arrays["timeline_item"][:] = p.item_idx[p.order]
     arrays["timeline_ts"][:] = p.ts[p.order] - p.t0
     specs = {t: p.schema.tower(t, "categorical") for t in TOWERS}
-    for lo in tqdm(range(0, n, CHUNK), desc="materialising features", unit="chunk", disable=not progress,
-                   total=-(-n // CHUNK)):
+    for lo in progress_bar(range(0, n, CHUNK), desc="materialising features", unit="chunk", disable=not progress,
+                           total=-(-n // CHUNK)):
         rows = np.arange(lo, min(lo + CHUNK, n), dtype=np.int64)
         first = p.timeline_ptr[p.user_idx[rows]]
         arrays["bounds"][lo:lo + len(rows)] = np.stack([first, first + p.timeline_pos[rows], p.session_start[rows]], 1)

@@ -38,7 +38,6 @@ from typing import Any
 
 import hydra
 import numpy as np
-from tqdm.auto import tqdm
 
 from recfunnel.data.dataset import TRAIN, SplitData
 from recfunnel.features.pipeline import FeaturePipeline
@@ -47,6 +46,7 @@ from recfunnel.models.cooccurrence import Cooccurrence
 from recfunnel.serving.retriever import Retriever
 from recfunnel.utils.arrays import concat_ranges
 from recfunnel.utils.errors import RecfunnelError
+from recfunnel.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -224,8 +224,8 @@ class RankFusion:
         retriever's data; train events read out-of-fold co-occurrence."""
         r = self.retriever
         queries, lists, scores = [], [], []
-        for lo in tqdm(range(0, len(rows), self.chunk), desc=f"retrieving and fusing for {what}", leave=False,
-                       disable=len(rows) <= 8 * self.chunk):
+        for lo in progress_bar(range(0, len(rows), self.chunk), desc=f"retrieving and fusing for {what}", leave=False,
+                               disable=len(rows) <= 8 * self.chunk):
             part = rows[lo:lo + self.chunk]
             q = self.query_vectors(r.store, part)
             items, s = self.search(r.pipeline, part, q, r.seen_before(r.pipeline, part), k,

@@ -32,7 +32,6 @@ import hydra
 import numpy as np
 import torch
 from omegaconf import OmegaConf
-from tqdm.auto import tqdm
 
 from recfunnel.data.dataset import TRAIN
 from recfunnel.data.objectives import parse_objectives, predicted
@@ -45,6 +44,7 @@ from recfunnel.serving.retriever import FUNNEL_RUN_FILES, Retriever, read_retrie
 from recfunnel.tasks.checkpoints import check_compatible, load_checkpoint
 from recfunnel.utils.errors import RecfunnelError
 from recfunnel.utils.io import atomic_path
+from recfunnel.utils.progress import progress_bar
 from recfunnel.utils.run_info import read_run_info
 
 
@@ -281,6 +281,6 @@ def recommend_file(run_dir: str, users: str, out: str, k: int = 10, threads: int
     ids = [i for i in ids if i]
     rec = Recommender.from_run(run_dir, threads=threads)
     with atomic_path(out) as tmp, open(tmp, "w") as fh:
-        for user in tqdm(ids, desc="recommending", disable=len(ids) < 100):
+        for user in progress_bar(ids, desc="recommending", disable=len(ids) < 100):
             fh.write(json.dumps(rec.recommend(user, k=k)) + "\n")
     return len(ids)

@@ -30,7 +30,6 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from tqdm.auto import tqdm
 
 from recfunnel.data.datamodule import RecDataModule
 from recfunnel.data.dataset import SplitData
@@ -42,6 +41,7 @@ from recfunnel.serving.index import ItemIndex, index_fingerprint
 from recfunnel.tasks.build import build_datamodule, build_task
 from recfunnel.tasks.checkpoints import check_compatible, load_checkpoint
 from recfunnel.utils.errors import RecfunnelError
+from recfunnel.utils.progress import progress_bar
 from recfunnel.utils.run_info import read_run_info
 
 log = logging.getLogger(__name__)
@@ -237,8 +237,8 @@ class Retriever:
         """Query vectors (B, d), top-``k`` lists (B, k) without the user's earlier items, and their
         scores (B, k), for event ``rows`` (B,) of this retriever's pipeline (a progress bar when long)."""
         queries, lists, scores = [], [], []
-        for lo in tqdm(range(0, len(rows), chunk), desc=f"retrieving for {what}", leave=False,
-                       disable=len(rows) <= chunk):
+        for lo in progress_bar(range(0, len(rows), chunk), desc=f"retrieving for {what}", leave=False,
+                               disable=len(rows) <= chunk):
             part = rows[lo:lo + chunk]
             q = self.query_vectors(self.store, part)
             items, s = self.search(q, k, seen=self.seen_before(self.pipeline, part))
