@@ -197,12 +197,12 @@ def test_the_dense_product_scores_as_the_sparse_one_to_the_bit(ml100k_data):
     same scores to the bit."""
     d = ml100k_data
     model = Cooccurrence().fit(d)
-    assert model.dense is not None and np.array_equal(model.dense, model.matrix.toarray())
+    assert model.dense_matrix is not None and np.array_equal(model.dense_matrix, model.matrix.toarray())
     rows = np.flatnonzero(d.split == TRAIN)[::97]
     dense = model.score_rows(rows)
-    model.dense = None
+    model.dense_matrix = None
     assert np.array_equal(model.score_rows(rows), dense)
-    assert Cooccurrence(neighbours=20).fit(d).dense is None  # 20 of 1682 per row: the sparse product
+    assert Cooccurrence(neighbours=20).fit(d).dense_matrix is None  # 20 of 1682 per row: the sparse product
 
 
 def test_a_bad_option_is_one_line_naming_the_key(tmp_path):

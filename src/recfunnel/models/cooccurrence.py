@@ -79,8 +79,8 @@ class Cooccurrence:
         tie_break: the popularity tie-breaker's scale, relative to each user's smallest positive score.
 
     After ``fit``: ``matrix`` (I, I) float64 CSR, row = history item, column = candidate;
-    ``counts`` (I,) train events per item; ``dense`` the same matrix as a dense array when it is small
-    and full enough to be the faster operand (``DENSE_PRODUCT_MAX_BYTES``), else None.
+    ``counts`` (I,) train events per item; ``dense_matrix`` the same matrix as a dense array when it
+    is small and full enough to be the faster operand (``DENSE_PRODUCT_MAX_BYTES``), else None.
     """
 
     PAIRS_PER_BATCH = 1 << 23  # pairs collected before they are added into the matrix (memory bound)
@@ -102,7 +102,7 @@ class Cooccurrence:
         self.normalize, self.neighbours, self.history, self.decay = normalize, neighbours, history, decay
         self.tie_break = tie_break
         self.matrix: sp.csr_matrix | None = None
-        self.dense: np.ndarray | None = None
+        self.dense_matrix: np.ndarray | None = None
         self.counts: np.ndarray | None = None
 
     # -- fit -----------------------------------------------------------------------------------------
@@ -149,7 +149,7 @@ class Cooccurrence:
         self.matrix = top_n_per_row(c, self.neighbours) if self.neighbours else c
         cells = self.matrix.shape[0] * self.matrix.shape[1]
         small = cells * 8 <= DENSE_PRODUCT_MAX_BYTES and self.matrix.nnz >= cells * DENSE_PRODUCT_MIN_FILL
-        self.dense = self.matrix.toarray() if small else None
+        self.dense_matrix = self.matrix.toarray() if small else None
         # the protocol timeline of every event (all splits), to find each target's earlier events
         self._order = data.order
         self._position = np.empty(len(data.order), dtype=np.int64)
@@ -193,7 +193,8 @@ class Cooccurrence:
         ones the tie-breaker can reorder.
         """
         assert self.matrix is not None, "call fit() first"
-        dense = queries @ self.dense if self.dense is not None else (queries @ self.matrix).toarray()
+        m = self.dense_matrix
+        dense = queries @ m if m is not None else (queries @ self.matrix).toarray()
         positive = np.where(dense > 0, dense, np.inf).min(axis=1)
         eps = self.tie_break * np.where(np.isfinite(positive), positive, 1.0)
         pop = self.counts / max(self.counts.max(initial=0.0), 1.0)
