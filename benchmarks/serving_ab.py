@@ -61,8 +61,8 @@ def extract_src(rev: str, into: Path) -> Path:
                           capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(f"serving_ab.py: cannot read src/ of --against {rev!r}: {proc.stderr.strip()}")
-    with tarfile.open(archive) as tar:
-        tar.extractall(into, filter="data")
+    with tarfile.open(archive) as tar:  # our own repository's files; the "data" filter where Python has it
+        tar.extractall(into, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
     return into / "src"
 
 
