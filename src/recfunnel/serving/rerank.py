@@ -367,8 +367,9 @@ class GenreCap(Stage):
         counts = np.zeros((U, genres.shape[1]), dtype=np.int64)
         # 0 = selected, 1 = skipped, 2 = empty slot; a stable sort on it gives the output order.
         status = np.where(real, 0, 2).astype(np.int8)
+        slate_genres = genres[np.maximum(slate.items, 0)] & real[:, :, None]   # (U, K, G)
         for k in range(K):
-            g = genres[np.maximum(slate.items[:, k], 0)] & real[:, k, None]   # (U, G)
+            g = slate_genres[:, k]
             full = (g & (counts >= self.max_per_genre)).any(1)
             status[full, k] = 1
             counts += g & ~full[:, None]
