@@ -99,11 +99,10 @@ class TorchEmbeddingBagCollection(nn.Module):
             last_value = first_value + sum(per_key[first_key:last_key])
             bag, bags = self.embedding_bags[table], (last_key - first_key) * batch_size
             ids = values[first_value:last_value]  # the table's keys are adjacent: one slice of the KJT
-            if torch.is_grad_enabled():
-                pooled = bag(ids, offsets[first_key * batch_size:last_key * batch_size + 1] - first_value)
-            elif last_value == first_value:  # every bag empty: zeros (sum and mean alike), no lookup
+            lookup = not torch.is_grad_enabled()  # no gradient to keep: two cases need no embedding_bag
+            if lookup and last_value == first_value:  # every bag empty: zeros (sum and mean alike)
                 pooled = bag.weight.new_zeros(bags, bag.embedding_dim)
-            elif last_value - first_value == bags and bool(lengths[first_key:last_key].min() == 1):
+            elif lookup and last_value - first_value == bags and bool(lengths[first_key:last_key].min() == 1):
                 pooled = bag.weight.index_select(0, ids)  # one id per bag: its row, exactly (sum or mean)
             else:
                 pooled = bag(ids, offsets[first_key * batch_size:last_key * batch_size + 1] - first_value)

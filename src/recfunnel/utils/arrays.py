@@ -12,8 +12,6 @@ def concat_ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     total = int(lengths.sum())
     if total == 0:
         return np.zeros(0, dtype=np.int64)
-    if len(starts) == 1:
-        return np.arange(starts[0], starts[0] + total, dtype=np.int64)
     offsets = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
     return offsets + np.arange(total, dtype=np.int64)
 
