@@ -271,6 +271,10 @@ class Retriever:
                ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` items per query from the index, without each query's ``seen`` items.
 
+        Each query asks the index for k plus its seen count rounded up to a power of two, and queries
+        asking for the same number are searched together: a chunk of train events holding one user
+        with thousands of items does not make every query of the chunk ask for thousands.
+
         Returns items (B, k) int64 (−1 where fewer than k remain) and scores (B, k) float32 (−inf there).
         """
         B = len(queries)
@@ -278,9 +282,14 @@ class Retriever:
             seen = (np.zeros(B + 1, np.int64), np.zeros(0, np.int64))
         ptr, seen_items = seen
         per_row = np.diff(ptr)
-        wide = int(min(self.index.num_items, k + (per_row.max() if B else 0)))
-        scores, items = self.index.search(queries, wide) if B else (np.zeros((0, wide), np.float32),
-                                                                      np.zeros((0, wide), np.int64))
+        margin = np.where(per_row > 0, 2 ** np.ceil(np.log2(np.maximum(per_row, 1))).astype(np.int64), 0)
+        widths = np.minimum(self.index.num_items, k + margin)
+        wide = int(widths.max()) if B else min(self.index.num_items, k)
+        scores = np.full((B, wide), -np.inf, np.float32)
+        items = np.full((B, wide), -1, np.int64)
+        for w in np.unique(widths):
+            sel = np.flatnonzero(widths == w)
+            scores[sel, :w], items[sel, :w] = self.index.search(queries[sel], int(w))
         # drop seen items: one vectorised membership test on (row, item) keys
         row_of_seen = np.repeat(np.arange(B), per_row)
         seen_keys = row_of_seen * self.index.num_items + seen_items
