@@ -9,7 +9,7 @@ from datetime import datetime
 
 import pytest
 
-from recfunnel.utils.run_info import TRACKED_PACKAGES, redact, run_metadata
+from recfunnel.utils.run_info import TRACKED_PACKAGES, redact, redact_overrides, run_metadata
 
 KEY = "cafef00d" * 5
 
@@ -93,3 +93,11 @@ def test_redact_current_wandb_key_anywhere(monkeypatch):
 def test_redact_without_wandb_key_keeps_strings(monkeypatch):
     monkeypatch.setenv("WANDB_API_KEY", "")
     assert redact({"a": "text", "b": [1, "x"]}) == {"a": "text", "b": [1, "x"]}
+
+
+def test_redact_overrides_hides_secret_values_and_keeps_the_rest(monkeypatch):
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    given = ["+logger.wandb.api_key=abc", "db_password=pw", "model.lr=0.1", "+hf_token=t", "~tags",
+             "note=" + "k" * 40, "num_tokens=5"]
+    assert redact_overrides(given) == ["+logger.wandb.api_key=***", "db_password=***", "model.lr=0.1", "+hf_token=***",
+                                       "~tags", "note=***", "num_tokens=5"]

@@ -27,9 +27,8 @@ FAST = ["debug=fast", "logger=csv", f"paths.data_dir={DATA_DIR}", "data.batch_si
 
 
 def snapshot(folder):
-    """Every file of a run directory (but Hydra's own .hydra/ and the appended job log) and its bytes."""
-    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*")
-            if p.is_file() and ".hydra" not in p.parts and p.suffix != ".log"}
+    """Every file of a run directory (but the appended job log) and its bytes."""
+    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file() and p.suffix != ".log"}
 
 
 def one_line(proc):
@@ -59,6 +58,20 @@ def fast_run(tmp_path_factory):
     proc = run("recfunnel.train", *FAST, f"hydra.run.dir={out}")
     assert proc.returncode == 0, proc.stderr[-2000:]
     return out
+
+
+def test_a_run_records_its_overrides_and_a_refused_command_rewrites_no_record(fast_run, tmp_path):
+    """The run's own record of its command line (``overrides.yaml``; Hydra's ``.hydra/`` is off) is
+    written after the checks: a refused command, secret and all, leaves every byte as it was."""
+    assert (fast_run / "overrides.yaml").read_text().splitlines() == [f"- {o}" for o in FAST]
+    assert not (fast_run / ".hydra").exists()
+    out = tmp_path / "run"
+    shutil.copytree(fast_run, out)
+    before = snapshot(out)
+    proc = run("recfunnel.train", *FAST, f"hydra.run.dir={out}", "+logger.wandb.api_key=hunter2", "model.net.dim=7")
+    assert proc.returncode == 2 and one_line(proc) and "holds a run with another config" in proc.stderr, proc.stderr
+    assert snapshot(out) == before and not (out / ".hydra").exists()
+    assert not [p for p in out.rglob("*") if p.is_file() and b"hunter2" in p.read_bytes()]
 
 
 def test_resume_false_into_a_used_directory_is_refused(fast_run, tmp_path):

@@ -98,4 +98,4 @@ def test_a_second_retriever_over_other_features_is_refused_in_one_line(second_ru
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert "their features differ" in errors[0] and proc.stderr.strip().endswith(errors[0])
-    assert sorted(p.name for p in bad.iterdir()) == [".hydra", "funnel.log"]  # no config, checkpoint or run file
+    assert sorted(p.name for p in bad.iterdir()) == ["funnel.log"]  # no config, overrides, checkpoint or run file

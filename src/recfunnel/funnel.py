@@ -21,7 +21,7 @@ Writes into DIR: ``metrics.json`` — the end of the funnel under the usual keys
 ...), each stage under ``test/retrieval/...``, ``test/ranked/...``, the ranker's pair metrics
 (``test/ranker/auc``, ``logloss``), coverage, intra-list diversity, time per user, and what
 removing each re-ranking stage changes (``test/rerank_without_<stage>/...``); ``funnel.md`` and
-``funnel.png`` (the stage comparison); ``config.yaml``; ``run_info.json``; ``checkpoints/``;
+``funnel.png`` (the stage comparison); ``config.yaml``; ``overrides.yaml``; ``run_info.json``; ``checkpoints/``;
 ``retriever_run.txt`` (and ``second_retriever_run.txt``): the retriever runs it used.
 Running the same command again in DIR resumes. Each model is its own W&B run (``job_type``
 retriever / ranker / funnel) in one group, the run's name. The job itself is

@@ -58,7 +58,8 @@ from recfunnel.utils.config_checks import check_config
 from recfunnel.utils.dist import barrier, is_main_process
 from recfunnel.utils.errors import RecfunnelError, RunStopped
 from recfunnel.utils.io import atomic_path, write_json
-from recfunnel.utils.run_info import DATA_KEYS, data_info, read_run_info, redact, run_metadata, update_run_info
+from recfunnel.utils.run_info import (DATA_KEYS, OVERRIDES_FILE, data_info, read_run_info, redact, redact_overrides,
+                                      run_metadata, update_run_info)
 from recfunnel.utils.timing import timed
 from recfunnel.utils.trees import flatten as flatten_config
 
@@ -109,6 +110,10 @@ def open_run(cfg: DictConfig) -> Iterator[Run]:
         pl.seed_everything(cfg.seed, workers=True)
         with atomic_path(out / "config.yaml") as tmp:
             tmp.write_text(OmegaConf.to_yaml(resolved))
+        overrides = command_overrides(out)
+        if overrides is not None:
+            with atomic_path(out / OVERRIDES_FILE) as tmp:
+                tmp.write_text(OmegaConf.to_yaml(redact_overrides(overrides)))
         before = read_run_info(out)
         run_id = before.get("run_id") or uuid.uuid4().hex
         data_before = {k: before[k] for k in DATA_KEYS if k in before}  # checked by record_data on a resume
@@ -121,13 +126,28 @@ def open_run(cfg: DictConfig) -> Iterator[Run]:
             raise
 
 
+def command_overrides(out: Path) -> list[str] | None:
+    """The command line's overrides when ``out`` is the directory of the Hydra job running (not a run
+    the job starts inside its own, such as the funnel's retriever), else None. The run records them
+    itself (``overrides.yaml``): Hydra's own record (``.hydra/``, off in ``configs/hydra/default.yaml``)
+    was written before any check, so a refused command rewrote a finished run's copy, secrets unredacted."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    hc = HydraConfig.get()
+    if Path(hc.runtime.output_dir).resolve() != out.resolve():
+        return None
+    return list(hc.overrides.task)
+
+
 def _forget_empty_run(out: Path) -> None:
     """After a new run failed before it wrote anything of its own (bad data, a schema that cannot
-    train), remove its ``config.yaml`` and ``run_info.json``, so that the directory is as it was and
-    the corrected command can use it; a run that wrote anything else is left for a resume."""
-    own = {"config.yaml", "run_info.json", ".hydra", LOCK}
-    if all(p.name in own or p.suffix == ".log" for p in out.iterdir()):
-        for name in ("config.yaml", "run_info.json"):
+    train), remove its ``config.yaml``, ``overrides.yaml`` and ``run_info.json``, so that the directory
+    is as it was and the corrected command can use it; a run that wrote anything else is left for a resume."""
+    own = ("config.yaml", OVERRIDES_FILE, "run_info.json")
+    if all(p.name in own or p.name == LOCK or p.suffix == ".log" for p in out.iterdir()):
+        for name in own:
             (out / name).unlink(missing_ok=True)
 
 

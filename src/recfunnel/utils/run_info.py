@@ -32,6 +32,7 @@ TRACKED_PACKAGES = (
 _SECRET_KEY = re.compile(r"(?:^|_)(?:api_?key|token|secret|password|passwd)(?:_|$)")
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 REDACTED = "***"
+OVERRIDES_FILE = "overrides.yaml"  # in a run directory: the command-line overrides it was started with (redacted)
 
 
 def run_metadata(seed: int | None = None, cwd: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -101,6 +102,17 @@ def redact(obj: Any) -> Any:
     ``WANDB_API_KEY`` value inside any string.
     """
     return _redact(obj, os.environ.get("WANDB_API_KEY") or None)
+
+
+def redact_overrides(overrides: list[str]) -> list[str]:
+    """Command-line overrides (``key=value``, ``+key=value``) with the value of each secret key (those
+    of :func:`redact`, e.g. ``+logger.wandb.api_key=...``) replaced by ``"***"``, and the current
+    ``WANDB_API_KEY`` value replaced wherever it appears."""
+    out = []
+    for override in overrides:
+        key, sep, _ = override.partition("=")
+        out.append(f"{key}={REDACTED}" if sep and _is_secret_key(key.lstrip("+~")) else override)
+    return redact(out)
 
 
 def _redact(obj: Any, api_key: str | None) -> Any:

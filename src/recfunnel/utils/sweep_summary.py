@@ -4,7 +4,7 @@ Registered in ``configs/hydra/default.yaml`` (``hydra.callbacks.sweep_summary``)
 the end of a multirun (``-m``), so single runs are untouched. It scans the sweep directory for run
 directories holding ``metrics.json`` and writes ``<sweep dir>/summary.csv`` and ``summary.json``:
 one row per trial with its subdirectory (``trial``), the job's overrides (read from
-``<trial>/.hydra/overrides.yaml``; one column per overridden key and the raw list in
+``<trial>/overrides.yaml``, which each run writes; one column per overridden key and the raw list in
 ``overrides``) and every metric. ``python -m recfunnel.compare <sweep dir>`` goes further (the
 config keys that differ, plots).
 """
@@ -22,6 +22,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from recfunnel.utils.io import atomic_path, write_json
+from recfunnel.utils.run_info import OVERRIDES_FILE
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +33,10 @@ def natural_key(path: str | Path) -> tuple[tuple[int, Any], ...]:
 
 
 def read_overrides(run_dir: Path) -> list[str]:
-    """The job's overrides as given on the command line (``.hydra/overrides.yaml``), or []."""
-    path = run_dir / ".hydra" / "overrides.yaml"
-    return list(yaml.safe_load(path.read_text()) or []) if path.is_file() else []
+    """The job's overrides as given on the command line (``overrides.yaml``; Hydra's
+    ``.hydra/overrides.yaml`` in a run from before the runs recorded their own), or []."""
+    path = next((p for p in (run_dir / OVERRIDES_FILE, run_dir / ".hydra" / OVERRIDES_FILE) if p.is_file()), None)
+    return list(yaml.safe_load(path.read_text()) or []) if path is not None else []
 
 
 def override_key_values(overrides: list[str]) -> dict[str, str]:
