@@ -27,6 +27,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from serving_requests import personalised_requests  # noqa: E402
+
 from recfunnel.serving.recommender import Recommender, set_threads  # noqa: E402
 from recfunnel.utils.cli import friendly_errors  # noqa: E402
 from recfunnel.utils.errors import RecfunnelError  # noqa: E402
@@ -107,13 +109,7 @@ def main() -> int:
         raise RecfunnelError("--requests must be ≥ 1, --warmup and --load-workers ≥ 0")
 
     rec = Recommender.from_run(args.run_dir, threads=args.threads[0])
-    users, items = rec.user_ids, rec.item_ids
-    rng = np.random.default_rng(0)
-    requests = []
-    for i in range(args.warmup + args.requests):
-        user = users[i % len(users)] if i % 97 else "unknown-user"
-        recent = list(rng.choice(items, 2, replace=False)) if i % 2 else []
-        requests.append((user, recent))
+    requests = personalised_requests(rec.user_ids, rec.item_ids, args.warmup + args.requests, unknown_every=97)
 
     rows, fallbacks = [], 0
     loads = ["idle"] + ([f"{args.load_workers} busy processes"] if args.load_workers else [])

@@ -8,8 +8,8 @@ run with one torch/faiss thread each and then serve the same personalised reques
 request i goes to one worker, then to the other, the first alternating from request to request. Both
 therefore see the same machine at nearly the same moment, which the separate runs of
 ``bench_serving.py`` cannot promise on a shared machine whose speed drifts by tens of percent within
-minutes. Requests are those of ``bench_serving.py``: the data's users in turn, every other one with
-two recent items.
+minutes. Requests are those of ``bench_serving.py`` (``serving_requests.py``) without its unknown
+users: the data's users in turn, every other one with two recent items.
 
 It prints each version's p50 / p90 / p99 / mean in ms, the median over requests of the per-request
 ratio (this tree / the ref) with the ratio of the means, and how many requests got different items
@@ -32,20 +32,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def requests(user_ids: np.ndarray, item_ids: np.ndarray, n: int) -> list[tuple[object, list]]:
-    """``n`` personalised requests: user i mod U, with two random recent items on odd i (seed 0)."""
-    rng = np.random.default_rng(0)
-    return [(user_ids[i % len(user_ids)], list(rng.choice(item_ids, 2, replace=False)) if i % 2 else [])
-            for i in range(n)]
-
-
 def worker(src: str, run_dir: str, n: int) -> None:
     """Serve request indices read from stdin, one per line; answer each with [ms, items] on stdout."""
+    from serving_requests import personalised_requests  # numpy only: imported before the revision's recfunnel
+
     sys.path.insert(0, src)
     from recfunnel.serving.recommender import Recommender
 
     rec = Recommender.from_run(run_dir, threads=1)
-    todo = requests(rec.user_ids, rec.item_ids, n)
+    todo = personalised_requests(rec.user_ids, rec.item_ids, n)
     print("ready", flush=True)
     for line in sys.stdin:
         user, recent = todo[int(line)]
