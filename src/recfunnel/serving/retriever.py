@@ -290,11 +290,12 @@ class Retriever:
         for w in np.unique(widths):
             sel = np.flatnonzero(widths == w)
             scores[sel, :w], items[sel, :w] = self.index.search(queries[sel], int(w))
-        # drop seen items: one vectorised membership test on (row, item) keys
+        # drop seen items (and the padding): one vectorised membership test on (row, item) keys
         row_of_seen = np.repeat(np.arange(B), per_row)
         seen_keys = row_of_seen * self.index.num_items + seen_items
-        keys = np.arange(B)[:, None] * self.index.num_items + items
-        drop = np.isin(keys, seen_keys) | (items < 0)
+        found = items >= 0
+        drop = ~found
+        drop[found] = np.isin((np.arange(B)[:, None] * self.index.num_items + items)[found], seen_keys)
         order = np.argsort(drop, axis=1, kind="stable")[:, :k]  # kept ones first, in score order
         items, scores = np.take_along_axis(items, order, 1), np.take_along_axis(scores, order, 1)
         gone = np.take_along_axis(drop, order, 1)
