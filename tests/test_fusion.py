@@ -97,6 +97,33 @@ def fused_by_hand(tt: np.ndarray, co: np.ndarray, seen: set, k: int, depth: int,
     return sorted(fused, key=lambda j: (-fused[j], j))[:k]
 
 
+def test_fuse_sums_an_items_terms_in_source_order_and_breaks_ties_to_the_lower_item():
+    """``RankFusion.fuse`` over the lists' union: the same scores, to the bit, as a sum over the whole
+    catalogue; ties to the lower item; −1 / −inf past the items the lists hold."""
+    fusion = RankFusion.__new__(RankFusion)
+    fusion.k0 = 10.0
+    a = np.array([[5, 3, 9, -1], [2, 7, -1, -1]])
+    b = np.array([[3, 5, 1, 0], [7, -1, -1, -1]])
+    c = np.array([[9, 3, -1, -1], [4, 2, -1, -1]])
+    sources = [(a, 0.56), (b, 0.24), (c, 0.2)]
+    items, scores = fusion.fuse(sources, k=6)
+    for row in range(2):
+        dense = np.zeros(10)  # the catalogue-wide sum, source after source
+        member = np.zeros(10, bool)
+        for lst, w in sources:
+            for rank, item in enumerate(lst[row]):
+                if item >= 0:
+                    dense[item] += w / (fusion.k0 + rank + 1)
+                    member[item] = True
+        want = sorted(np.flatnonzero(member), key=lambda j: (-dense[j], j))
+        n = len(want)
+        assert items[row, :n].tolist() == want and (items[row, n:] == -1).all()
+        assert scores[row, :n].tolist() == dense[want].tolist() and np.isneginf(scores[row, n:]).all()
+    # two items with the same terms tie: the lower one first
+    items, _ = fusion.fuse([(np.array([[4, 8]]), 0.5), (np.array([[8, 4]]), 0.5)], k=2)
+    assert items.tolist() == [[4, 8]]
+
+
 def fake_retriever(vectors: np.ndarray) -> Retriever:
     retriever = Retriever.__new__(Retriever)  # ``search`` reads only the index
     retriever.index = ItemIndex.build(vectors, kind="flat")

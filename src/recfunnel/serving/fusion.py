@@ -241,7 +241,7 @@ class RankFusion:
         """Fused top-``k`` items (B, k) int64 (−1 where fewer remain) and fused scores (B, k) float32
         (−inf there) for event ``rows`` (B,) of ``pipeline`` with ``queries`` (B, d1 [+ d2];
         ``query_vectors``), without each row's ``seen`` items (CSR: indptr (B+1,), items)."""
-        B, num_items = len(rows), self.retriever.index.num_items
+        B = len(rows)
         depth = max(self.depth, k)
         d1 = self.retriever.index.dim
         rest = 1.0 - self.second_weight
@@ -254,15 +254,27 @@ class RankFusion:
             sources.append((top_k_rows(cooc, depth)[0], rest * (1.0 - self.weight)))
         if self.second is not None:
             sources.append((self.second.search(queries[:, d1:], depth, seen=seen)[0], self.second_weight))
-        fused = np.zeros((B, num_items), np.float64)
-        member = np.zeros((B, num_items), bool)
-        for items, w in sources:
-            b, rank = np.nonzero(items >= 0)
-            fused[b, items[b, rank]] += w / (self.k0 + rank + 1)
-            member[b, items[b, rank]] = True
-        items, scores = top_k_rows(np.where(member, fused, -np.inf), k)
-        if items.shape[1] < k:  # a catalogue smaller than k
-            pad = k - items.shape[1]
-            items = np.pad(items, ((0, 0), (0, pad)), constant_values=-1)
-            scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+        items, scores = self.fuse(sources, k)
         return items, scores.astype(np.float32)
+
+    def fuse(self, sources: list[tuple[np.ndarray, float]], k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Reciprocal-rank fusion of ranked lists: ``sources`` [(items (B, D_s), −1 = empty; weight)]
+        → the top-``k`` items (B, k) by fused score, ties to the lower item, and their float64 scores.
+
+        Computed over the union of the lists, (B, Σ D_s), not over the catalogue: each row's entries
+        sorted by item (stably, so one item's terms stay in source order and add up in the order a
+        catalogue-wide sum would), an item's terms summed into its first entry."""
+        items = np.concatenate([lst for lst, _ in sources], 1)
+        terms = np.concatenate([np.broadcast_to(w / (self.k0 + np.arange(lst.shape[1]) + 1), lst.shape)
+                                for lst, w in sources], 1)
+        order = np.argsort(np.where(items >= 0, items, np.iinfo(np.int64).max), axis=1, kind="stable")
+        items, terms = np.take_along_axis(items, order, 1), np.take_along_axis(terms, order, 1)
+        fused = terms.copy()
+        for offset in range(1, len(sources)):  # an item is in at most one entry per source
+            same = (items[:, offset:] == items[:, :-offset]) & (items[:, offset:] >= 0)
+            fused[:, :-offset] += np.where(same, terms[:, offset:], 0.0)
+        first = items >= 0
+        first[:, 1:] &= items[:, 1:] != items[:, :-1]
+        # columns are in item order, so top_k_rows's ties to the lower column are ties to the lower item
+        cols, scores = top_k_rows(np.where(first, fused, -np.inf), k)
+        return np.where(cols >= 0, np.take_along_axis(items, np.maximum(cols, 0), 1), -1), scores
