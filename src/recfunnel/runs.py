@@ -58,8 +58,16 @@ from recfunnel.utils.config_checks import check_config
 from recfunnel.utils.dist import barrier, is_main_process
 from recfunnel.utils.errors import RecfunnelError, RunStopped
 from recfunnel.utils.io import atomic_path, write_json
-from recfunnel.utils.run_info import (DATA_KEYS, OVERRIDES_FILE, data_info, read_run_info, redact, redact_overrides,
-                                      run_metadata, update_run_info)
+from recfunnel.utils.run_info import (
+    DATA_KEYS,
+    OVERRIDES_FILE,
+    data_info,
+    read_run_info,
+    redact,
+    redact_overrides,
+    run_metadata,
+    update_run_info,
+)
 from recfunnel.utils.timing import timed
 from recfunnel.utils.trees import flatten as flatten_config
 
