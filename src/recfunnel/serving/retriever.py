@@ -271,9 +271,10 @@ class Retriever:
                ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` items per query from the index, without each query's ``seen`` items.
 
-        Each query asks the index for k plus its seen count rounded up to a power of two, and queries
-        asking for the same number are searched together: a chunk of train events holding one user
-        with thousands of items does not make every query of the chunk ask for thousands.
+        Queries are searched in groups whose seen counts lie within a factor of two (0, 1, 2, 3-4, 5-8,
+        ...), each group asking the index for k plus its largest count: a chunk of train events holding
+        one user with thousands of items does not make every query of the chunk ask for thousands, and
+        a single query asks for k plus its own count.
 
         Returns items (B, k) int64 (−1 where fewer than k remain) and scores (B, k) float32 (−inf there).
         """
@@ -282,14 +283,14 @@ class Retriever:
             seen = (np.zeros(B + 1, np.int64), np.zeros(0, np.int64))
         ptr, seen_items = seen
         per_row = np.diff(ptr)
-        margin = np.where(per_row > 0, 2 ** np.ceil(np.log2(np.maximum(per_row, 1))).astype(np.int64), 0)
-        widths = np.minimum(self.index.num_items, k + margin)
-        wide = int(widths.max()) if B else min(self.index.num_items, k)
+        wide = int(min(self.index.num_items, k + (per_row.max() if B else 0)))
         scores = np.full((B, wide), -np.inf, np.float32)
         items = np.full((B, wide), -1, np.int64)
-        for w in np.unique(widths):
-            sel = np.flatnonzero(widths == w)
-            scores[sel, :w], items[sel, :w] = self.index.search(queries[sel], int(w))
+        group = np.ceil(np.log2(np.maximum(per_row, 0.5))).astype(np.int64)  # seen counts within 2x of each other
+        for g in np.unique(group):
+            sel = np.flatnonzero(group == g)
+            w = int(min(self.index.num_items, k + per_row[sel].max()))
+            scores[sel, :w], items[sel, :w] = self.index.search(queries[sel], w)
         # drop seen items (and the padding): one vectorised membership test on (row, item) keys
         row_of_seen = np.repeat(np.arange(B), per_row)
         seen_keys = row_of_seen * self.index.num_items + seen_items
