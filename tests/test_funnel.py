@@ -79,6 +79,9 @@ def test_funnel_writes_stage_metrics_report_and_plot(funnel_run):
         assert f"{split}/objective/satisfaction/auc" not in m
         assert 0 < m[f"{split}/satisfaction@10"] < m[f"{split}/engagement@10"] == m[f"{split}/recall@10"]
     assert (funnel_run / "retriever" / "metrics.json").exists()  # trained inside, in its own run dir
+    # the command line is the funnel's: recorded in its directory, not in the retriever's it trained
+    assert "pairs.max_events_per_user=2" in (funnel_run / "overrides.yaml").read_text()
+    assert not (funnel_run / "retriever" / "overrides.yaml").exists()
     report = (funnel_run / "funnel.md").read_text()
     assert "| retrieval only |" in report and "| + re-ranking |" in report
     assert (funnel_run / "funnel.png").stat().st_size > 1000
