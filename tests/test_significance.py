@@ -4,6 +4,7 @@ from finished runs (recfunnel.eval.per_target) against the runs' own metrics.jso
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -38,6 +39,20 @@ def test_the_interval_and_p_value_match_the_normal_theory_on_a_large_sample():
     assert r.se_a == pytest.approx(a.std(ddof=1) / np.sqrt(4000))
 
 
+def test_a_true_difference_of_the_detectable_size_is_found_about_80_percent_of_the_time():
+    rng = np.random.default_rng(2)
+    users, noise = 300, 0.1   # per-user differences of spread `noise`
+    b = rng.random(users)
+    a = b + rng.normal(0, noise, users)
+    size = paired_comparison(a, b, resamples=100).detectable
+    assert size == pytest.approx((1.95996 + 0.84162) * (a - b).std(ddof=1) / np.sqrt(users), rel=1e-4)
+    found = 0
+    for _ in range(200):   # repeated comparisons of systems whose true mean difference is `size`
+        b = rng.random(users)
+        found += paired_comparison(b + rng.normal(size, noise, users), b, resamples=500).p_value < 0.05
+    assert 0.7 <= found / 200 <= 0.9
+
+
 def test_bad_paired_values_give_one_clear_error():
     with pytest.raises(RecfunnelError, match="same targets"):
         paired_comparison(np.zeros(3), np.zeros(4))
@@ -67,8 +82,9 @@ def test_the_cli_compares_two_sets_and_a_set_with_a_target(funnel_run, tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     line = proc.stdout.strip().splitlines()[-1]
     assert line.startswith("test ndcg@10: A ") and "A − B" in line and "95% interval" in line and "943 users" in line
+    assert re.search(r"resolve a true difference of ±0\.0\d{3} 80% of the time$", line)
     proc = run("recfunnel.significance", "--a", str(funnel_run), "--target", "0.5")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "0.5 is outside it" in proc.stdout
+    assert "0.5 is outside it" in proc.stdout and "a true distance of ±0.0" in proc.stdout
     bad = run("recfunnel.significance", "--a", str(tmp_path), "--target", "0.1")
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "neither a finished funnel run" in bad.stderr
