@@ -7,9 +7,9 @@ Writes into the run directory: ``metrics.json`` (``valid/...`` and ``test/...``)
 (resolved), ``overrides.yaml`` (the command line's), ``run_info.json`` (run id, git commit, versions,
 seed), ``checkpoints/{best,last}.ckpt``, a CSV log and, for retrieval models, ``index/`` (exact
 inner-product FAISS index of the selected model's item vectors, with the item-id map; logged to W&B
-as an artifact too). Running the same
-command again in the same directory resumes from ``last.ckpt``. Returns the validation metric named
-by ``monitor`` (what sweeps optimise). The job itself is ``recfunnel.runs.train``.
+as an artifact too). Running the same command again in the same directory resumes from
+``last.ckpt``. Returns the validation metric named by ``monitor`` (what sweeps optimise). The job
+itself is ``recfunnel.runs.train``.
 """
 
 from __future__ import annotations
